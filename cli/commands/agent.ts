@@ -1,0 +1,109 @@
+// keytether agent: the holder in the foreground, serving the gpg-agent protocol on a local socket
+// so that local gpg, and OpenSSH `RemoteForward` of that socket, use keytether's keys.
+
+import { Option, type Command } from 'commander';
+import path from 'node:path';
+import type { Socket } from 'node:net';
+import { serveAgent } from '../../protocol/agent/index.js';
+import { ConfigError, loadConfig, mergeFlags } from '../../workstation/config.js';
+import type { Config, ConfigFlags } from '../../workstation/config.js';
+import { listenUnix } from '../../workstation/local-socket.js';
+import { openHolderRuntime } from '../../workstation/runtime.js';
+import { UsageError, UserError } from '../errors.js';
+import { action, collect, resolveHome } from '../program.js';
+
+interface AgentFlags extends ConfigFlags {
+  socket?: string;
+}
+
+/** Loads config.toml plus flags; a bad flag is a usage error, a bad file a plain failure. */
+export async function loadHolderConfig(
+  home: string,
+  configFile: string | undefined,
+  flags: ConfigFlags,
+): Promise<Config> {
+  try {
+    return mergeFlags(await loadConfig(home, configFile), flags);
+  } catch (e) {
+    if (e instanceof ConfigError)
+      throw e.flag ? new UsageError(e.message) : new UserError(e.message);
+    throw e;
+  }
+}
+
+export function register(program: Command): void {
+  program
+    .command('agent')
+    .description('run the key holder in the foreground and serve the gpg-agent protocol')
+    .option(
+      '--socket <path>',
+      'serve the gpg-agent protocol here (default $KEYTETHER_HOME/S.gpg-agent)',
+    )
+    .option('--relay <url>', 'connect out to this relay (repeatable; not available yet)', collect)
+    .option('--pinentry-program <path>', 'pinentry to ask for passphrases and confirmations')
+    .option(
+      '--pinentry-timeout <duration>',
+      'give up on an unanswered pinentry after this long (default 60s)',
+    )
+    .option(
+      '--default-cache-ttl <duration>',
+      'forget an unlocked key after this long unused (default 600s)',
+    )
+    .option(
+      '--max-cache-ttl <duration>',
+      'forget an unlocked key after this long at most (default 7200s)',
+    )
+    .option(
+      '--policy <rule>',
+      "a policy rule, e.g. 'front=ssh,op=decrypt,action=confirm' (repeatable)",
+      collect,
+    )
+    .addOption(
+      new Option('--backend <backend>', 'where the keys live').choices([
+        'builtin',
+        'gpg-agent',
+        'auto',
+      ]),
+    )
+    .action(
+      action(async (flags: AgentFlags, cmd: Command) => {
+        const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
+        const home = resolveHome(globals);
+        const config = await loadHolderConfig(home, globals.config, flags);
+        if (config.backend === 'gpg-agent') {
+          throw new UserError('the gpg-agent back end is not available yet; use --backend builtin');
+        }
+        if (config.relay.length > 0) {
+          throw new UserError('--relay is not available yet; run the agent without it');
+        }
+        const rt = await openHolderRuntime(home, config);
+        const socketPath = path.resolve(config.socket ?? path.join(home, 'S.gpg-agent'));
+        const open = new Set<Socket>();
+        let server;
+        try {
+          server = await listenUnix(socketPath, (sock) => {
+            open.add(sock);
+            sock.on('close', () => open.delete(sock));
+            sock.on('error', () => sock.destroy());
+            void serveAgent(sock, { holder: rt.holder, requester: { front: 'local' } });
+          });
+        } catch (e) {
+          await rt.close();
+          throw e;
+        }
+        process.stdout.write(`ready: ${socketPath}\n`);
+        await new Promise<void>((resolve) => {
+          const stop = () => resolve();
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+          process.once('SIGHUP', stop);
+        });
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          for (const s of open) s.destroy();
+        });
+        await rt.close();
+        return 0;
+      }),
+    );
+}

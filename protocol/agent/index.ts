@@ -1,0 +1,154 @@
+// The one gpg-agent command set. Every front (the workstation's local socket with the in-process
+// holder, the server-side facade with a tunnel-backed holder) serves it with serveAgent(); only
+// the KeyHolder and the per-connection options differ.
+
+import type { Duplex } from 'node:stream';
+import { serveAssuan } from '../assuan/index.js';
+import type { AssuanCommandContext, AssuanHandler } from '../assuan/index.js';
+import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
+import type { KeyHolder, Requester } from '../keyholder.js';
+import { parseArgs, paramError } from './args.js';
+import { FORBIDDEN_COMMANDS } from './forbidden.js';
+import { getInfo } from './getinfo.js';
+import { haveKey, keyInfo, readKey, type KeyCommandContext } from './keys.js';
+import { applyOption } from './options.js';
+import {
+  pkDecrypt,
+  pkSign,
+  setHash,
+  setKey,
+  setKeyDescription,
+  type OperationContext,
+} from './operations.js';
+import { AgentSession } from './session.js';
+
+export { FORBIDDEN_COMMANDS } from './forbidden.js';
+
+/**
+ * Reported by `GETINFO version`. At least as new as the gpg clients we expect, so gpg 2.4 prints
+ * no "server is older than us" warning (§2.1).
+ */
+export const AGENT_VERSION = '2.4.9';
+
+export interface AgentEvent {
+  command: string;
+  error?: GpgError;
+}
+
+export interface AgentSessionOptions {
+  holder: KeyHolder;
+  /** Who is on the other end of this connection; copied into every sign/decrypt request. */
+  requester: Requester;
+  /** Emulate the extra socket (§3): env OPTIONs → Forbidden, GETINFO restricted → OK. */
+  restricted?: boolean;
+  version?: string;
+  peerPid?: number;
+  /** Allow `HAVEKEY --list` / `KEYINFO --list` (gpg 2.4's fast path). Default true. */
+  allowKeyList?: boolean;
+  /** One event per command, for the caller's log. Carries command names and errors only. */
+  onEvent?: (e: AgentEvent) => void;
+}
+
+/** libgpg-error GPG_ERR_NOT_TRUSTED, what gpg-agent answers ISTRUSTED for unknown roots. */
+const NOT_TRUSTED = 98;
+
+/** SCD subcommands the 2.4 extra socket lets through (we have no card daemon either way). */
+const RESTRICTED_SCD = ['SERIALNO', 'GETINFO', 'GETATTR', 'KEYINFO'];
+
+export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<void> {
+  const session = new AgentSession(opts.restricted ?? false);
+  const keys: KeyCommandContext = {
+    holder: opts.holder,
+    session,
+    allowKeyList: opts.allowKeyList ?? true,
+  };
+  const ops: OperationContext = { holder: opts.holder, session, requester: opts.requester };
+  const version = opts.version ?? AGENT_VERSION;
+
+  const report = (e: AgentEvent) => {
+    try {
+      opts.onEvent?.(e);
+    } catch {
+      // A logging callback must not change what gpg sees.
+    }
+  };
+
+  // Every error leaves as a GpgError; anything else (a bug, a dropped tunnel) becomes GENERAL
+  // without its text, which might describe secret material.
+  const wrap =
+    (command: string, handler: AssuanHandler): AssuanHandler =>
+    async (ctx) => {
+      try {
+        const r = await handler(ctx);
+        report({ command });
+        return r;
+      } catch (e) {
+        const err = toGpgError(e);
+        report({ command, error: err });
+        throw err;
+      }
+    };
+
+  const forbidden: AssuanHandler = () => {
+    throw new GpgError(ErrorCode.FORBIDDEN);
+  };
+
+  const handlers: Record<string, AssuanHandler> = {
+    GETINFO: (ctx) => {
+      const data = getInfo(ctx.args, { session, version, pid: process.pid });
+      if (data !== undefined) ctx.sendData(data);
+    },
+    HAVEKEY: (ctx) => haveKey(ctx, keys),
+    KEYINFO: (ctx) => keyInfo(ctx, keys),
+    READKEY: (ctx) => readKey(ctx, keys),
+    SIGKEY: (ctx) => setKey(ctx, session),
+    SETKEY: (ctx) => setKey(ctx, session),
+    SETKEYDESC: (ctx) => setKeyDescription(ctx, session),
+    SETHASH: (ctx) => setHash(ctx, session),
+    PKSIGN: (ctx) => pkSign(ctx, ops),
+    PKDECRYPT: (ctx) => pkDecrypt(ctx, ops),
+    SCD: (ctx) => {
+      const sub = (parseArgs(ctx.args).words[0] ?? '').toUpperCase();
+      if (session.restricted && !RESTRICTED_SCD.includes(sub)) {
+        throw new GpgError(ErrorCode.FORBIDDEN);
+      }
+      throw new GpgError(ErrorCode.NOT_SUPPORTED);
+    },
+    GETEVENTCOUNTER: (ctx) => {
+      if (session.restricted) throw new GpgError(ErrorCode.FORBIDDEN);
+      ctx.sendStatus('EVENTCOUNTER', '0', '0', '0');
+    },
+    ISTRUSTED: (ctx: AssuanCommandContext) => {
+      // Root-certificate trust is a gpgsm matter; keytether's list is empty.
+      const fpr = ctx.args.trim();
+      if (!/^([0-9A-Fa-f]{40}|[0-9A-Fa-f]{32})$/.test(fpr)) throw paramError('invalid fingerprint');
+      throw new GpgError(NOT_TRUSTED);
+    },
+    LISTTRUSTED: () => {
+      if (session.restricted) throw new GpgError(ErrorCode.FORBIDDEN);
+    },
+  };
+  for (const name of FORBIDDEN_COMMANDS) handlers[name] = forbidden;
+
+  const commands: Record<string, AssuanHandler> = {};
+  for (const [name, handler] of Object.entries(handlers)) commands[name] = wrap(name, handler);
+
+  return serveAssuan(stream, {
+    commands,
+    peerPid: opts.peerPid,
+    onOption: (name, value) => {
+      try {
+        applyOption(session, name, value);
+        report({ command: 'OPTION' });
+      } catch (e) {
+        const err = toGpgError(e);
+        report({ command: 'OPTION', error: err });
+        throw err;
+      }
+    },
+    onReset: () => {
+      session.reset();
+      report({ command: 'RESET' });
+    },
+  });
+}

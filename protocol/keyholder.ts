@@ -1,0 +1,87 @@
+// The one interface every front talks to: the workstation's in-process holder implements it,
+// and later a tunnel client on a server implements it again (Go's ssh/agent style).
+
+/** What a key may be used for, in OpenPGP terms. */
+export type KeyUsage = 'certify' | 'sign' | 'encrypt' | 'auth';
+
+/** One secret (sub)key the holder can use, described by public data only. */
+export interface KeyEntry {
+  /** 40 uppercase hex digits, exactly as `gpg --with-keygrip` prints it. */
+  keygrip: string;
+  /** OpenPGP fingerprint of this (sub)key, uppercase hex. */
+  fingerprint: string;
+  /** Fingerprint of the primary key this entry belongs to (equal to `fingerprint` for primaries). */
+  primaryFingerprint: string;
+  /** e.g. `ed25519`, `cv25519`, `rsa3072`, `nistp256`, `brainpoolP256r1`. */
+  algorithm: string;
+  usage: KeyUsage[];
+  /** Canonical `(10:public-key…)` S-expression, as READKEY returns it. */
+  publicKey: Uint8Array;
+  /** Whether an unlocked copy (or passphrase) is currently cached. */
+  cached?: boolean;
+  /** `P` protected, `C` clear, `-` unknown — KEYINFO's PROTECTION field. */
+  protection?: 'P' | 'C' | '-';
+  /** Set for keys that live on a smartcard. */
+  card?: { serialNo: string; idStr: string };
+}
+
+/** A primary key's public certificate and the user ids on it. */
+export interface Certificate {
+  fingerprint: string;
+  userIds: string[];
+  /** ASCII-armored public key block (never secret material). */
+  armored: string;
+}
+
+export interface Inventory {
+  keys: KeyEntry[];
+  certificates: Certificate[];
+}
+
+/** Who is asking, as far as the front can tell. Shown to the user and written to the audit log. */
+export interface Requester {
+  /** `local` (the holder's own socket), `ssh`, `relay`. */
+  front: 'local' | 'ssh' | 'relay';
+  host?: string;
+  user?: string;
+  pid?: number;
+  uid?: number;
+  command?: string;
+  tokenId?: string;
+}
+
+export interface SignRequest {
+  keygrip: string;
+  /** OpenPGP / libgcrypt hash id as sent in `SETHASH <algo> <hex>` (8 = SHA-256, 10 = SHA-512…). */
+  hashAlgo: number;
+  digest: Uint8Array;
+  /** gpg's `SETKEYDESC` text, already decoded (plus → space, %XX → byte), or undefined. */
+  description?: string;
+  requester: Requester;
+}
+
+export interface DecryptRequest {
+  keygrip: string;
+  /** The canonical `(7:enc-val…)` S-expression gpg sent in answer to `INQUIRE CIPHERTEXT`. */
+  ciphertext: Uint8Array;
+  description?: string;
+  requester: Requester;
+}
+
+export interface DecryptResult {
+  /** The bytes inside `(5:value<n>:…)`. */
+  value: Uint8Array;
+  /** `0` when the PKCS#1 padding was already removed (sent as `S PADDING 0`); absent otherwise. */
+  padding?: 0 | 1;
+}
+
+/**
+ * Errors are thrown as `GpgError` (protocol/gpg-error) so that they reach gpg with the same code
+ * a real agent would send; anything else is reported as a general error.
+ */
+export interface KeyHolder {
+  inventory(): Promise<Inventory>;
+  /** Returns a canonical `(7:sig-val…)` S-expression. */
+  sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array>;
+  decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult>;
+}

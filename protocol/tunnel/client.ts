@@ -1,0 +1,270 @@
+// The facade's end of a tunnel (Go's agent.NewClient): something that is a KeyHolder again, so
+// the one Assuan agent server runs on top of it unchanged. The inventory is whatever the holder
+// last pushed; each sign/decrypt is exactly one request frame and one response frame.
+
+import type { Duplex } from 'node:stream';
+import { ErrorCode, GpgError } from '../gpg-error.js';
+import type {
+  DecryptRequest,
+  DecryptResult,
+  Inventory,
+  KeyHolder,
+  SignRequest,
+} from '../keyholder.js';
+import { Link, type PeerInfo, type TunnelOptions } from './link.js';
+import type { Message } from './messages.js';
+
+export interface TunnelClientOptions extends TunnelOptions {
+  /** How long inventory() waits for the holder's first push before failing. Default 10 s. */
+  inventoryTimeoutMs?: number;
+}
+
+export interface TunnelClient extends KeyHolder {
+  /** The holder's software and the agreed protocol; undefined until the handshake is done. */
+  readonly peer: PeerInfo | undefined;
+  /** Resolves once the handshake succeeded and the first inventory arrived; rejects on close. */
+  readonly ready: Promise<void>;
+  readonly closed: Promise<{ reason: string }>;
+  on(ev: 'inventory', fn: (inv: Inventory) => void): void;
+  on(ev: 'close', fn: (reason: string) => void): void;
+  close(reason?: string): void;
+}
+
+export const DEFAULT_INVENTORY_TIMEOUT_MS = 10_000;
+
+type Pending =
+  | { kind: 'sign'; resolve: (v: Uint8Array) => void; reject: (e: GpgError) => void; done(): void }
+  | {
+      kind: 'decrypt';
+      resolve: (v: DecryptResult) => void;
+      reject: (e: GpgError) => void;
+      done(): void;
+    };
+
+export function tunnelClient(stream: Duplex, opts: TunnelClientOptions): TunnelClient {
+  return new Client(stream, opts);
+}
+
+class Client implements TunnelClient {
+  peer: PeerInfo | undefined;
+  readonly ready: Promise<void>;
+  readonly closed: Promise<{ reason: string }>;
+  private readonly link: Link;
+  private readonly pending = new Map<number, Pending>();
+  private readonly inventoryListeners: ((inv: Inventory) => void)[] = [];
+  private readonly closeListeners: ((reason: string) => void)[] = [];
+  private readonly inventoryTimeoutMs: number;
+  private latest: Inventory | undefined;
+  private waiters: { resolve: () => void; reject: (e: GpgError) => void }[] = [];
+  private nextId = 1;
+  private closeReason: string | undefined;
+  private resolveReady!: () => void;
+  private rejectReady!: (e: Error) => void;
+  private resolveClosed!: (v: { reason: string }) => void;
+
+  constructor(stream: Duplex, opts: TunnelClientOptions) {
+    this.inventoryTimeoutMs = opts.inventoryTimeoutMs ?? DEFAULT_INVENTORY_TIMEOUT_MS;
+    this.ready = new Promise<void>((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    // Callers that never await `ready` must not get an unhandled rejection when the link fails.
+    this.ready.catch(() => {});
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.link = new Link(stream, 'facade', opts, {
+      onOpen: (peer) => {
+        this.peer = peer;
+      },
+      onMessage: (m) => this.onMessage(m),
+      // Only the holder end receives requests.
+      onInvalidRequest: () => {},
+      onClose: (reason) => this.onClose(reason),
+    });
+  }
+
+  on(ev: 'inventory', fn: (inv: Inventory) => void): void;
+  on(ev: 'close', fn: (reason: string) => void): void;
+  on(ev: 'inventory' | 'close', fn: ((inv: Inventory) => void) | ((reason: string) => void)): void {
+    if (ev === 'inventory') this.inventoryListeners.push(fn as (inv: Inventory) => void);
+    else if (ev === 'close') this.closeListeners.push(fn as (reason: string) => void);
+  }
+
+  close(reason = 'closed by the server'): void {
+    this.link.close(reason);
+  }
+
+  async inventory(): Promise<Inventory> {
+    if (this.latest) return this.latest;
+    if (this.closeReason !== undefined) throw this.noAgent();
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(new GpgError(ErrorCode.NO_AGENT, 'no key inventory from the workstation'));
+      }, this.inventoryTimeoutMs);
+      timer.unref();
+      const waiter = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e: GpgError) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.waiters.push(waiter);
+    });
+    if (!this.latest) throw this.noAgent();
+    return this.latest;
+  }
+
+  sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.request('sign', signal, (id) =>
+      this.link.send(
+        {
+          type: 'sign',
+          id,
+          keygrip: req.keygrip,
+          hashAlgo: req.hashAlgo,
+          ...(req.description !== undefined ? { description: req.description } : {}),
+          requester: req.requester,
+        },
+        req.digest,
+      ),
+    );
+  }
+
+  decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
+    return this.request('decrypt', signal, (id) =>
+      this.link.send(
+        {
+          type: 'decrypt',
+          id,
+          keygrip: req.keygrip,
+          ...(req.description !== undefined ? { description: req.description } : {}),
+          requester: req.requester,
+        },
+        req.ciphertext,
+      ),
+    );
+  }
+
+  private async request<K extends Pending['kind']>(
+    kind: K,
+    signal: AbortSignal | undefined,
+    send: (id: number) => boolean,
+  ): Promise<K extends 'sign' ? Uint8Array : DecryptResult> {
+    if (!this.link.isOpen) {
+      if (this.closeReason !== undefined) throw this.noAgent();
+      // Requests made while the handshake is still running wait for it.
+      await this.ready.catch(() => {});
+      if (!this.link.isOpen) throw this.noAgent();
+    }
+    if (signal?.aborted) throw new GpgError(ErrorCode.CANCELED);
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        if (!this.pending.delete(id)) return;
+        this.link.send({ type: 'cancel', id });
+        reject(new GpgError(ErrorCode.CANCELED));
+      };
+      const entry = {
+        kind,
+        resolve,
+        reject,
+        done: () => signal?.removeEventListener('abort', onAbort),
+      } as unknown as Pending;
+      this.pending.set(id, entry);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (!send(id)) {
+        this.pending.delete(id);
+        entry.done();
+        reject(
+          this.link.closed
+            ? this.noAgent()
+            : new GpgError(ErrorCode.INV_LENGTH, 'request too large for the tunnel'),
+        );
+      }
+    });
+  }
+
+  private onMessage(m: Message): void {
+    switch (m.type) {
+      case 'inventory': {
+        const inv: Inventory = {
+          keys: m.keys.map((k) => ({ ...k, publicKey: k.publicKey })),
+          certificates: m.certificates,
+        };
+        const first = this.latest === undefined;
+        this.latest = inv;
+        for (const w of this.waiters.splice(0)) w.resolve();
+        if (first) this.resolveReady();
+        for (const fn of this.inventoryListeners) safeCall(() => fn(inv));
+        return;
+      }
+      case 'sign-result':
+      case 'decrypt-result':
+      case 'error': {
+        const p = this.pending.get(m.id);
+        // Unknown ids are answers to requests this side already gave up on (cancelled).
+        if (!p) {
+          if (m.type === 'decrypt-result') m.body.fill(0);
+          return;
+        }
+        if (m.type !== 'error' && m.type !== `${p.kind}-result`) {
+          if (m.type === 'decrypt-result') m.body.fill(0);
+          this.link.close(
+            `bad data from the workstation: a ${m.type} answered a ${p.kind} request`,
+          );
+          return;
+        }
+        this.pending.delete(m.id);
+        p.done();
+        if (m.type === 'error') {
+          p.reject(new GpgError(m.code, m.message || undefined, m.source));
+        } else if (p.kind === 'sign') {
+          p.resolve(Buffer.from(m.body));
+        } else {
+          const value = Buffer.from(m.body);
+          m.body.fill(0);
+          p.resolve(
+            m.type === 'decrypt-result' && m.padding !== undefined
+              ? { value, padding: m.padding }
+              : { value },
+          );
+        }
+        return;
+      }
+    }
+  }
+
+  private onClose(reason: string): void {
+    this.closeReason = reason;
+    const err = this.noAgent();
+    for (const p of this.pending.values()) {
+      p.done();
+      p.reject(err);
+    }
+    this.pending.clear();
+    for (const w of this.waiters.splice(0)) w.reject(err);
+    this.rejectReady(new Error(reason));
+    this.resolveClosed({ reason });
+    for (const fn of this.closeListeners) safeCall(() => fn(reason));
+  }
+
+  private noAgent(): GpgError {
+    return new GpgError(
+      ErrorCode.NO_AGENT,
+      this.closeReason ? `tunnel closed: ${this.closeReason}` : undefined,
+    );
+  }
+}
+
+function safeCall(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // A listener's bug must not break the link or the other listeners.
+  }
+}

@@ -1,0 +1,246 @@
+// The holder's end of a tunnel (Go's agent.ServeAgent): answers sign/decrypt requests from the
+// facade with a KeyHolder and pushes the holder's inventory whenever it changes. The facade is
+// on a server the workstation does not fully trust, so everything it sends is validated first and
+// its claims about the requester can be rewritten by the transport (`requester` option).
+
+import type { Duplex } from 'node:stream';
+import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
+import type { Inventory, KeyHolder, Requester } from '../keyholder.js';
+import { Link, type PeerInfo, type TunnelOptions } from './link.js';
+import { InventorySchema, LIMITS, sanitize, type Message, type MessageOf } from './messages.js';
+
+export interface TunnelServerOptions extends TunnelOptions {
+  /**
+   * Rewrites the requester the facade claims before the holder sees it; the transport knows
+   * facts the remote side cannot be trusted to report (front, host, token).
+   */
+  requester?: (claimed: Requester) => Requester;
+  /** Registers a change listener; the returned function unsubscribes when the link closes. */
+  onInventoryChange?: (changed: () => void) => (() => void) | void;
+  /** Requests served at once on one link; more are refused. Default 256. */
+  maxInFlight?: number;
+}
+
+export interface TunnelServerHandle {
+  /** Re-reads the holder's inventory and pushes it to the facade. */
+  inventoryChanged(): void;
+  close(reason?: string): void;
+  /** Resolves once the handshake succeeded and the first inventory was sent. */
+  readonly ready: Promise<PeerInfo>;
+  /** Resolves (never rejects) when the link is gone, with the reason. */
+  readonly closed: Promise<{ reason: string }>;
+}
+
+export const DEFAULT_MAX_IN_FLIGHT = 256;
+
+export function serveTunnel(
+  holder: KeyHolder,
+  stream: Duplex,
+  opts: TunnelServerOptions,
+): TunnelServerHandle {
+  const inFlight = new Map<number, AbortController>();
+  const maxInFlight = opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+  let unsubscribe: (() => void) | void = undefined;
+  let pushing = false;
+  let pushAgain = false;
+  let firstPushDone = false;
+
+  let resolveClosed!: (v: { reason: string }) => void;
+  const closed = new Promise<{ reason: string }>((r) => (resolveClosed = r));
+  let resolveReady!: (p: PeerInfo) => void;
+  let rejectReady!: (e: Error) => void;
+  const ready = new Promise<PeerInfo>((res, rej) => {
+    resolveReady = res;
+    rejectReady = rej;
+  });
+  ready.catch(() => {});
+  let peer: PeerInfo | undefined;
+
+  const replyError = (id: number, e: unknown): void => {
+    const err = toGpgError(e);
+    link.send({
+      type: 'error',
+      id,
+      code: err.code === 0 ? ErrorCode.GENERAL : err.code,
+      source: err.source & 127,
+      ...(err.detail ? { message: sanitize(err.detail, LIMITS.errorMessageChars) } : {}),
+    });
+  };
+
+  // Inventory reads are serialised and coalesced: a burst of changes costs one or two pushes,
+  // and the facade always ends up with the latest.
+  const pushInventory = async (): Promise<void> => {
+    if (pushing) {
+      pushAgain = true;
+      return;
+    }
+    pushing = true;
+    try {
+      do {
+        pushAgain = false;
+        let header;
+        let inv: Inventory;
+        try {
+          inv = await holder.inventory();
+          header = {
+            type: 'inventory' as const,
+            keys: inv.keys.map((k) => ({
+              ...k,
+              publicKey: Buffer.from(k.publicKey).toString('base64'),
+            })),
+            certificates: inv.certificates,
+          };
+        } catch (e) {
+          // A later failure keeps the facade on the last good inventory; a first one leaves it
+          // with nothing to serve, so the user should hear why.
+          if (!firstPushDone) {
+            link.close(`the key holder could not list its keys: ${toGpgError(e).message}`);
+          }
+          return;
+        }
+        if (link.closed) return;
+        // Checked here, by the same schema the facade uses, so a holder bug is reported where
+        // it can be fixed instead of as "bad data" on a server.
+        const valid = InventorySchema.safeParse(header);
+        if (!valid.success) {
+          const issue = valid.error.issues[0];
+          link.close(
+            `the key holder's inventory is invalid (${sanitize(`${issue?.path.join('.')}: ${issue?.message}`, 200)})`,
+          );
+          return;
+        }
+        if (!link.send(header)) {
+          if (!link.closed) {
+            link.close(
+              `the key inventory (${inv.keys.length} keys, ${inv.certificates.length} certificates) is larger than the server accepts in one frame; raise maxFrameBytes on the server`,
+            );
+          }
+          return;
+        }
+        if (!firstPushDone && peer) {
+          firstPushDone = true;
+          resolveReady(peer);
+        }
+      } while (pushAgain && !link.closed);
+    } finally {
+      pushing = false;
+    }
+  };
+
+  const serve = async (msg: MessageOf<'sign'> | MessageOf<'decrypt'>): Promise<void> => {
+    if (inFlight.has(msg.id)) {
+      link.close(`bad data from the ${link.peerPlace}: request id ${msg.id} is already in use`);
+      return;
+    }
+    if (inFlight.size >= maxInFlight) {
+      replyError(
+        msg.id,
+        new GpgError(ErrorCode.GENERAL, `more than ${maxInFlight} requests at once`),
+      );
+      return;
+    }
+    const controller = new AbortController();
+    inFlight.set(msg.id, controller);
+    try {
+      let requester: Requester = msg.requester;
+      if (opts.requester) requester = opts.requester(requester);
+      const common = {
+        keygrip: msg.keygrip,
+        requester,
+        ...(msg.description !== undefined ? { description: msg.description } : {}),
+      };
+      if (msg.type === 'sign') {
+        const sig = await holder.sign(
+          { ...common, hashAlgo: msg.hashAlgo, digest: Buffer.from(msg.body) },
+          controller.signal,
+        );
+        if (controller.signal.aborted || link.closed) return;
+        if (
+          sig.length > LIMITS.sigValBytes ||
+          !link.send({ type: 'sign-result', id: msg.id }, sig)
+        ) {
+          replyError(msg.id, new GpgError(ErrorCode.GENERAL, 'signature too large for the tunnel'));
+        }
+      } else {
+        const result = await holder.decrypt(
+          { ...common, ciphertext: Buffer.from(msg.body) },
+          controller.signal,
+        );
+        try {
+          if (controller.signal.aborted || link.closed) return;
+          const header = {
+            type: 'decrypt-result' as const,
+            id: msg.id,
+            ...(result.padding !== undefined ? { padding: result.padding } : {}),
+          };
+          if (
+            result.value.length > LIMITS.decryptedBytes ||
+            !link.send(header, result.value, true)
+          ) {
+            replyError(msg.id, new GpgError(ErrorCode.GENERAL, 'decrypted value too large'));
+          }
+        } finally {
+          // The frame holds its own copy; this one is no longer needed by anyone.
+          if (result.value instanceof Uint8Array) result.value.fill(0);
+        }
+      }
+    } catch (e) {
+      if (!controller.signal.aborted) replyError(msg.id, e);
+    } finally {
+      inFlight.delete(msg.id);
+    }
+  };
+
+  const link: Link = new Link(stream, 'holder', opts, {
+    onOpen(info) {
+      peer = info;
+      void pushInventory();
+    },
+    onMessage(msg: Message) {
+      switch (msg.type) {
+        case 'sign':
+        case 'decrypt':
+          void serve(msg);
+          return;
+        case 'cancel':
+          inFlight.get(msg.id)?.abort(new GpgError(ErrorCode.CANCELED, 'cancelled by the server'));
+          return;
+      }
+    },
+    onInvalidRequest(id, reason) {
+      replyError(id, new GpgError(ErrorCode.INV_DATA, reason));
+    },
+    onClose(reason) {
+      for (const c of inFlight.values()) {
+        c.abort(new GpgError(ErrorCode.CANCELED, 'the tunnel closed'));
+      }
+      inFlight.clear();
+      try {
+        if (typeof unsubscribe === 'function') unsubscribe();
+      } catch {
+        // Unsubscribing is best effort; the link is gone either way.
+      }
+      rejectReady(new Error(reason));
+      resolveClosed({ reason });
+    },
+  });
+
+  try {
+    unsubscribe = opts.onInventoryChange?.(() => {
+      if (link.isOpen) void pushInventory();
+    });
+  } catch (e) {
+    link.close(`could not watch the key inventory: ${sanitize(String(e), 100)}`, true);
+  }
+
+  return {
+    inventoryChanged() {
+      if (link.isOpen) void pushInventory();
+    },
+    close(reason = 'closed by the workstation') {
+      link.close(reason);
+    },
+    ready,
+    closed,
+  };
+}

@@ -1,0 +1,259 @@
+// The CLI skeleton as a user meets it: help, version, exit statuses and one-line errors.
+import { readFileSync, statSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { UsageError, UserError } from '../cli/errors.js';
+import {
+  action,
+  buildProgram,
+  parseDuration,
+  resolveHome,
+  runProgram,
+  type Io,
+} from '../cli/program.js';
+import { cliPath, repoRoot, runCli } from './support/cli.js';
+
+const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string };
+
+const TOP_COMMANDS = [
+  'keys',
+  'agent',
+  'ssh',
+  'token',
+  'status',
+  'audit',
+  'relay',
+  'connect',
+  'serve',
+];
+
+// Commands still stubbed by the skeleton, with arguments that get them past usage checks.
+const STUBS: [string, string[]][] = [
+  ['agent', ['agent']],
+  ['ssh', ['ssh', 'user@example.invalid']],
+  ['token create', ['token', 'create', '--key', 'ABCD']],
+  ['token list', ['token', 'list', '--json']],
+  ['token revoke', ['token', 'revoke', 'tok1']],
+  ['status', ['status']],
+  ['relay', ['relay', '--listen', '127.0.0.1:0']],
+  ['connect', ['connect', '--relay', 'http://127.0.0.1:1', '--', 'true']],
+  ['serve', ['serve', '--stdio']],
+];
+
+function assertOneLineNoStack(t: Test, stderr: string): void {
+  const lines = stderr.split('\n').filter((l) => l !== '');
+  t.equal(lines.length, 1, `one line on stderr: ${JSON.stringify(stderr)}`);
+  t.notMatch(stderr, /\n\s+at /, 'no stack trace');
+}
+
+t.test('the entry point keeps its shebang through the build', async (t) => {
+  const main = await cliPath();
+  t.match(readFileSync(main, 'utf8'), /^#!\/usr\/bin\/env node\n/);
+  // dist/ is what `npm install` builds and `npx keytether` runs; check it when present.
+  const dist = join(repoRoot, 'dist', 'cli', 'main.js');
+  if (existsSync(dist)) {
+    t.ok(statSync(dist).mode & 0o100, 'dist/cli/main.js is executable');
+    t.match(readFileSync(dist, 'utf8'), /^#!\/usr\/bin\/env node\n/);
+  }
+});
+
+t.test('--help lists every command and the global options', async (t) => {
+  const r = await runCli(['--help']);
+  t.equal(r.code, 0);
+  t.equal(r.stderr, '');
+  for (const c of TOP_COMMANDS) t.match(r.stdout, new RegExp(`^  ${c}\\b`, 'm'), `lists ${c}`);
+  t.match(r.stdout, /--home <dir>/);
+  t.match(r.stdout, /--version/);
+});
+
+t.test('group commands list their subcommands', async (t) => {
+  const groups: [string, string[]][] = [
+    ['keys', ['import', 'list', 'export', 'remove']],
+    ['token', ['create', 'list', 'revoke']],
+    ['audit', ['verify']],
+  ];
+  for (const [group, subs] of groups) {
+    const r = await runCli([group, '--help']);
+    t.equal(r.code, 0, `${group} --help exits 0`);
+    for (const s of subs) t.match(r.stdout, new RegExp(`^  ${s}\\b`, 'm'), `${group} lists ${s}`);
+  }
+});
+
+t.test('every command documents its flags in --help', async (t) => {
+  const flags: [string[], string[]][] = [
+    [['agent'], ['--socket', '--relay', '--pinentry-program', '--backend']],
+    [
+      ['ssh'],
+      ['-p, --port', '-i, --identity', '-o, --option', '--remote-socket', '--remote-command'],
+    ],
+    [['ssh'], ['--accept-new', '--import-keys', '--reconnect']],
+    [
+      ['token', 'create'],
+      ['--key', '--ops', '--ttl', '--max-uses', '--label', '--relay'],
+    ],
+    [['token', 'list'], ['--json']],
+    [['status'], ['--json']],
+    [['relay'], ['--listen', '--tls-cert', '--tls-key']],
+    [['connect'], ['--relay', '--token', '--socket']],
+    [['serve'], ['--stdio', '--socket', '--import-keys', '--replace']],
+  ];
+  for (const [cmd, expected] of flags) {
+    const r = await runCli([...cmd, '--help']);
+    t.equal(r.code, 0, `${cmd.join(' ')} --help exits 0`);
+    for (const f of expected) t.ok(r.stdout.includes(f), `${cmd.join(' ')} --help shows ${f}`);
+  }
+});
+
+t.test('--version prints the package version', async (t) => {
+  for (const flag of ['--version', '-V']) {
+    const r = await runCli([flag]);
+    t.equal(r.code, 0);
+    t.equal(r.stdout.trim(), pkg.version);
+  }
+});
+
+t.test('commands not built yet exit 1 with one sentence', async (t) => {
+  for (const [name, args] of STUBS) {
+    const r = await runCli(args);
+    t.equal(r.code, 1, `${name} exits 1`);
+    t.equal(r.stderr, `keytether ${name}: not available yet\n`, `${name} says so`);
+    t.equal(r.stdout, '', `${name} prints nothing on stdout`);
+  }
+});
+
+t.test('bad usage exits 2 with one line and no stack trace', async (t) => {
+  const cases: [string[], RegExp][] = [
+    [['frobnicate'], /^keytether: unknown command 'frobnicate' \(see 'keytether --help'\)\n$/],
+    [['--frobnicate'], /^keytether: unknown option '--frobnicate'/],
+    [['status', '--frobnicate'], /^keytether status: unknown option '--frobnicate'.*status --help/],
+    [['ssh'], /^keytether ssh: missing required argument 'destination'/],
+    [['ssh', 'a', 'b'], /^keytether ssh: too many arguments/],
+    [['token', 'create'], /^keytether token create: required option '--key <fpr>'/],
+    [['token', 'create', '--key', 'A', '--ttl', '5 fortnights'], /is not a duration/],
+    [['token', 'create', '--key', 'A', '--max-uses', '0'], /not a whole number/],
+    [['agent', '--backend', 'vault'], /Allowed choices are builtin, gpg-agent/],
+    [['relay', '--listen'], /^keytether relay: option '--listen <host:port>' argument missing/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = await runCli(args);
+    t.equal(r.code, 2, `${args.join(' ')} exits 2`);
+    t.match(r.stderr, pattern, `${args.join(' ')} explains`);
+    assertOneLineNoStack(t, r.stderr);
+    t.equal(r.stdout, '');
+  }
+});
+
+t.test('a group without its subcommand shows its help and exits 2', async (t) => {
+  const r = await runCli(['token']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /Usage: keytether token/);
+});
+
+t.test('global options are accepted after the subcommand too', async (t) => {
+  const r = await runCli(['status', '--home', '/nonexistent', '--json']);
+  t.equal(r.code, 1);
+  t.equal(r.stderr, 'keytether status: not available yet\n');
+});
+
+// In-process checks of the helpers the command modules share.
+
+function capture(): Io & { out: string; err: string } {
+  const io = {
+    out: '',
+    err: '',
+    stdout: { write: (s: string) => (io.out += s) },
+    stderr: { write: (s: string) => (io.err += s) },
+  };
+  return io;
+}
+
+t.test(
+  'an unexpected error is an internal error: one line, exit 1, stack only on request',
+  async (t) => {
+    const make = () => {
+      const program = buildProgram();
+      program.command('explode').action(
+        action(() => {
+          throw new TypeError('cannot read the thing\nsecond line');
+        }),
+      );
+      return program;
+    };
+    const saved = process.env.KEYTETHER_DEBUG;
+    t.teardown(() => {
+      if (saved === undefined) delete process.env.KEYTETHER_DEBUG;
+      else process.env.KEYTETHER_DEBUG = saved;
+    });
+    delete process.env.KEYTETHER_DEBUG;
+    const io = capture();
+    t.equal(await runProgram(make(), ['explode'], io), 1);
+    t.equal(io.err, 'keytether explode: internal error: cannot read the thing second line\n');
+
+    process.env.KEYTETHER_DEBUG = '1';
+    const dbg = capture();
+    t.equal(await runProgram(make(), ['explode'], dbg), 1);
+    t.match(
+      dbg.err,
+      /^keytether explode: internal error: .*\nTypeError: cannot read the thing\n.*\n\s+at /,
+    );
+  },
+);
+
+t.test('UserError and UsageError thrown by an action give exit 1 and 2', async (t) => {
+  const program = buildProgram();
+  program.command('fail-user').action(
+    action(() => {
+      throw new UserError('the key ABCD is not in the keystore; run keytether keys list');
+    }),
+  );
+  program.command('fail-usage').action(
+    action(async () => {
+      throw new UsageError('give either --token or KEYTETHER_TOKEN');
+    }),
+  );
+  program.command('pass-status').action(action(() => 7));
+  let io = capture();
+  t.equal(await runProgram(program, ['fail-user'], io), 1);
+  t.equal(
+    io.err,
+    'keytether fail-user: the key ABCD is not in the keystore; run keytether keys list\n',
+  );
+  io = capture();
+  t.equal(await runProgram(program, ['fail-usage'], io), 2);
+  t.equal(io.err, 'keytether fail-usage: give either --token or KEYTETHER_TOKEN\n');
+  io = capture();
+  t.equal(await runProgram(program, ['pass-status'], io), 7, 'an action can pass on a status');
+  t.equal(io.err, '');
+});
+
+t.test('parseDuration', async (t) => {
+  t.equal(parseDuration('90s'), 90_000);
+  t.equal(parseDuration('15m'), 900_000);
+  t.equal(parseDuration('1h'), 3_600_000);
+  t.equal(parseDuration('2d'), 172_800_000);
+  t.equal(parseDuration('1h30m'), 5_400_000);
+  t.equal(parseDuration('250ms'), 250);
+  for (const bad of [
+    '',
+    '1',
+    'h',
+    '1 h',
+    '-1h',
+    '1.5h',
+    '0s',
+    '1y',
+    '99999999999d',
+    'x'.repeat(100),
+  ]) {
+    t.throws(() => parseDuration(bad), UsageError, `rejects ${JSON.stringify(bad)}`);
+  }
+});
+
+t.test('resolveHome', async (t) => {
+  t.equal(resolveHome({ home: '/a/b' }, { KEYTETHER_HOME: '/c' }), '/a/b');
+  t.equal(resolveHome({}, { KEYTETHER_HOME: '/c', XDG_DATA_HOME: '/x' }), '/c');
+  t.equal(resolveHome({}, { XDG_DATA_HOME: '/x' }), '/x/keytether');
+  t.equal(resolveHome({}, { XDG_DATA_HOME: 'relative', HOME: '/h' }), '/h/.local/share/keytether');
+  t.equal(resolveHome(undefined, { HOME: '/h' }), '/h/.local/share/keytether');
+  t.equal(resolveHome({ home: 'rel' }, {}), join(process.cwd(), 'rel'), 'made absolute');
+});

@@ -1,0 +1,404 @@
+// The holder's settings: `$KEYTETHER_HOME/config.toml` (or `--config FILE`) overlaid by flags.
+// Names follow gpg-agent's where gpg-agent has the setting, so users can carry their habits over.
+
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { z } from 'zod';
+
+/** A config file or flag the holder cannot use; the message is one sentence for the user. */
+export class ConfigError extends Error {
+  /** Set when the bad value came from a command-line flag (the CLI reports those as usage errors). */
+  readonly flag: string | undefined;
+  constructor(message: string, flag?: string) {
+    super(message);
+    this.name = 'ConfigError';
+    this.flag = flag;
+  }
+}
+
+export type Front = 'local' | 'ssh' | 'relay';
+export type PolicyAction = 'allow' | 'confirm' | 'deny';
+
+/** One `[[policy]]` rule; an absent matcher field matches anything. */
+export interface PolicyRule {
+  front?: Front | '*';
+  /** Glob (`*`, `?`) over the remote host name, case-insensitive. */
+  host?: string;
+  /** Glob over the token id. */
+  token?: string;
+  /** Fingerprint, keygrip, 16-hex-digit long key id, or `*`. */
+  key?: string;
+  op?: 'sign' | 'decrypt' | '*';
+  /** true: only certify-capable keys; false: only keys that cannot certify. */
+  certify?: boolean;
+  action: PolicyAction;
+  /** After one confirmation, allow the same front+host+token+key+op for this long. */
+  rememberMs?: number;
+  /** Where the rule came from, for the decision's human description. */
+  origin?: string;
+}
+
+export interface Config {
+  pinentryProgram: string | undefined;
+  pinentryTimeoutMs: number;
+  /** Idle time after which an unlocked key is forgotten; each use restarts it. */
+  defaultCacheTtlMs: number;
+  /** Absolute lifetime of an unlocked key, however often it is used. */
+  maxCacheTtlMs: number;
+  backend: 'builtin' | 'gpg-agent' | 'auto';
+  socket: string | undefined;
+  relay: string[];
+  /** User rules in file order, flag rules first; the built-in defaults are in policy.ts. */
+  policy: PolicyRule[];
+  /** The file the settings were read from, or undefined when none existed. */
+  file: string | undefined;
+}
+
+export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
+  pinentryProgram: undefined,
+  pinentryTimeoutMs: 60_000,
+  defaultCacheTtlMs: 600_000,
+  maxCacheTtlMs: 7_200_000,
+  backend: 'builtin',
+  socket: undefined,
+  relay: [],
+  policy: [],
+  file: undefined,
+});
+
+const MAX_CONFIG_BYTES = 1024 * 1024;
+const MAX_RULES = 1000;
+const MAX_DURATION_MS = 10 * 366 * 86_400_000;
+const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * `15m`, `1h`, `90s`, `2d`, `1h30m`, or plain seconds (`600`, or the number 600) → milliseconds.
+ * Throws ConfigError on anything else.
+ */
+export function parseDuration(text: string | number): number {
+  const bad = () =>
+    new ConfigError(
+      `"${String(text).slice(0, 40)}" is not a duration: use seconds or a number with s, m, h or d, like 15m`,
+    );
+  let ms: number;
+  if (typeof text === 'number') {
+    if (!Number.isInteger(text) || text < 0) throw bad();
+    ms = text * 1000;
+  } else {
+    const s = text.trim();
+    if (s.length === 0 || s.length > 32) throw bad();
+    if (/^\d+$/.test(s)) {
+      ms = Number(s) * 1000;
+    } else {
+      if (!/^(\d+[smhd])+$/i.test(s)) throw bad();
+      ms = 0;
+      for (const m of s.matchAll(/(\d+)([smhd])/gi)) {
+        ms += Number(m[1]) * (UNIT_MS[m[2]!.toLowerCase()] ?? NaN);
+      }
+    }
+  }
+  if (!Number.isSafeInteger(ms) || ms > MAX_DURATION_MS) throw bad();
+  return ms;
+}
+
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  try {
+    return parseDuration(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
+function normaliseKeySpec(s: string): string {
+  return s.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
+}
+
+const keySpec = z
+  .string()
+  .max(100)
+  .refine(
+    (s) => s === '*' || /^([0-9A-F]{16}|[0-9A-F]{40}|[0-9A-F]{64})$/.test(normaliseKeySpec(s)),
+    {
+      message: 'must be "*", a fingerprint, a keygrip or a 16-hex-digit key id',
+    },
+  );
+
+const ruleSchema = z.strictObject({
+  front: z.enum(['local', 'ssh', 'relay', '*']).optional(),
+  host: z.string().min(1).max(255).optional(),
+  token: z.string().min(1).max(128).optional(),
+  key: keySpec.optional(),
+  op: z.enum(['sign', 'decrypt', '*']).optional(),
+  certify: z.boolean().optional(),
+  action: z.enum(['allow', 'confirm', 'deny']),
+  remember: duration.optional(),
+});
+
+const fileSchema = z.strictObject({
+  'pinentry-program': z.string().min(1).max(4096).optional(),
+  'pinentry-timeout': duration.optional(),
+  'default-cache-ttl': duration.optional(),
+  'max-cache-ttl': duration.optional(),
+  backend: z.enum(['builtin', 'gpg-agent', 'auto']).optional(),
+  socket: z.string().min(1).max(4096).optional(),
+  relay: z.array(z.string().min(1).max(2048)).max(64).optional(),
+  policy: z.array(ruleSchema).max(MAX_RULES).optional(),
+});
+
+type RuleInput = z.output<typeof ruleSchema>;
+
+function toRule(r: RuleInput, origin: string): PolicyRule {
+  const rule: PolicyRule = { action: r.action, origin };
+  if (r.front !== undefined) rule.front = r.front;
+  if (r.host !== undefined) rule.host = r.host;
+  if (r.token !== undefined) rule.token = r.token;
+  if (r.key !== undefined) rule.key = r.key === '*' ? '*' : normaliseKeySpec(r.key);
+  if (r.op !== undefined) rule.op = r.op;
+  if (r.certify !== undefined) rule.certify = r.certify;
+  if (r.remember !== undefined) rule.rememberMs = r.remember;
+  return rule;
+}
+
+/** Best-effort line of a setting in the TOML text, so the message can point at it. */
+function findLine(text: string, path: PropertyKey[]): number | undefined {
+  const lines = text.split(/\r?\n/);
+  const keyRe = (k: string) =>
+    new RegExp(`^\\s*(${escapeRe(k)}|"${escapeRe(k)}"|'${escapeRe(k)}')\\s*(=|\\.)`);
+  const headerRe = /^\s*\[/;
+  const [top, index, inner] = path;
+  if (typeof top !== 'string') return undefined;
+  if (top === 'policy' && typeof index === 'number') {
+    let seen = -1;
+    for (let i = 0; i < lines.length; i++) {
+      if (/^\s*\[\[\s*policy\s*\]\]/.test(lines[i]!)) {
+        seen++;
+        if (seen !== index) continue;
+        if (typeof inner !== 'string') return i + 1;
+        for (let j = i + 1; j < lines.length && !headerRe.test(lines[j]!); j++) {
+          if (keyRe(inner).test(lines[j]!)) return j + 1;
+        }
+        return i + 1;
+      }
+    }
+    return undefined;
+  }
+  const tableRe = new RegExp(`^\\s*\\[\\[?\\s*("?)${escapeRe(top)}\\1\\s*[\\].]`);
+  let inTable = false;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (tableRe.test(line)) return i + 1;
+    if (headerRe.test(line)) inTable = true;
+    if (!inTable && keyRe(top).test(line)) return i + 1;
+  }
+  return undefined;
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** `policy rule 2 setting "acton"` / `setting "backend"`, counting rules from 1 as users do. */
+function describePath(path: PropertyKey[], key?: string): string {
+  const parts = key === undefined ? path : [...path, key];
+  if (parts[0] === 'policy' && typeof parts[1] === 'number') {
+    const rest = parts.slice(2).map(String).join('.');
+    return rest ? `"${rest}" in policy rule ${parts[1] + 1}` : `policy rule ${parts[1] + 1}`;
+  }
+  return `"${parts.map(String).join('.')}"`;
+}
+
+function valueAt(raw: unknown, path: PropertyKey[]): unknown {
+  let v = raw;
+  for (const k of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[k];
+  }
+  return v;
+}
+
+function issueSentence(issue: z.core.$ZodIssue, file: string, text: string, raw: unknown): string {
+  const where = (path: PropertyKey[]) => {
+    const line = findLine(text, path);
+    return line === undefined ? file : `${file} (line ${line})`;
+  };
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0] ?? '';
+    return `unknown setting ${describePath(issue.path, key)} in ${where([...issue.path, key])}`;
+  }
+  const what = describePath(issue.path);
+  if (valueAt(raw, issue.path) === undefined) {
+    return `missing setting ${what} in ${where(issue.path.slice(0, 2))}`;
+  }
+  if (issue.code === 'invalid_value') {
+    const values = issue.values.map((v) => JSON.stringify(v)).join(', ');
+    return `setting ${what} in ${where(issue.path)} must be one of ${values}`;
+  }
+  if (issue.code === 'invalid_type') {
+    const expected = { array: 'list', object: 'table' }[issue.expected as string] ?? issue.expected;
+    return `setting ${what} in ${where(issue.path)} must be a ${expected}`;
+  }
+  if (issue.code === 'invalid_union') {
+    // The only union in the schema is a duration.
+    return `setting ${what} in ${where(issue.path)} must be a number of seconds or a duration like 15m`;
+  }
+  return `setting ${what} in ${where(issue.path)} is invalid: ${issue.message}`;
+}
+
+/** Parse and validate config text; `file` is only used in messages. */
+export function parseConfig(text: string, file: string): Config {
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (e) {
+    if (e instanceof TomlError) {
+      const detail = (e.message.split('\n')[0] ?? '').replace(/^Invalid TOML document:\s*/, '');
+      throw new ConfigError(
+        `syntax error in ${file} (line ${e.line}, column ${e.column}): ${detail}`,
+      );
+    }
+    throw new ConfigError(`cannot parse ${file}: ${(e as Error).message}`);
+  }
+  const result = fileSchema.safeParse(raw);
+  if (!result.success) {
+    const issues = [...result.error.issues].sort(
+      (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
+    );
+    const more =
+      issues.length > 1
+        ? ` (and ${issues.length - 1} more problem${issues.length > 2 ? 's' : ''})`
+        : '';
+    throw new ConfigError(issueSentence(issues[0]!, file, text, raw) + more);
+  }
+  const c = result.data;
+  return {
+    pinentryProgram: c['pinentry-program'] ?? DEFAULT_CONFIG.pinentryProgram,
+    pinentryTimeoutMs: c['pinentry-timeout'] ?? DEFAULT_CONFIG.pinentryTimeoutMs,
+    defaultCacheTtlMs: c['default-cache-ttl'] ?? DEFAULT_CONFIG.defaultCacheTtlMs,
+    maxCacheTtlMs: c['max-cache-ttl'] ?? DEFAULT_CONFIG.maxCacheTtlMs,
+    backend: c.backend ?? DEFAULT_CONFIG.backend,
+    socket: c.socket ?? DEFAULT_CONFIG.socket,
+    relay: c.relay ?? [],
+    policy: (c.policy ?? []).map((r, i) => {
+      const line = findLine(text, ['policy', i]);
+      return toRule(r, `policy rule ${i + 1} in ${file}${line ? ` (line ${line})` : ''}`);
+    }),
+    file,
+  };
+}
+
+/**
+ * Reads `file`, or `$home/config.toml` when no file is named. A missing default file means
+ * defaults; a missing named file is an error, since the user asked for it.
+ */
+export async function loadConfig(home: string, file?: string): Promise<Config> {
+  const path = file ?? join(home, 'config.toml');
+  let info;
+  try {
+    info = await stat(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (file === undefined) return { ...DEFAULT_CONFIG, relay: [], policy: [] };
+      throw new ConfigError(`config file ${path} does not exist: create it or drop --config`);
+    }
+    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+  }
+  if (!info.isFile()) throw new ConfigError(`config file ${path} is not a regular file`);
+  if (info.size > MAX_CONFIG_BYTES) {
+    throw new ConfigError(`config file ${path} is larger than 1 MiB; it cannot be a config file`);
+  }
+  // The file decides what remote hosts may do with the keys, so others must not be able to edit it.
+  if ((info.mode & 0o022) !== 0) {
+    throw new ConfigError(`config file ${path} is writable by other users: run chmod go-w ${path}`);
+  }
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+  }
+  return parseConfig(text, path);
+}
+
+/** Command-line overrides as commander hands them over (strings) or as numbers. */
+export interface ConfigFlags {
+  pinentryProgram?: string;
+  pinentryTimeout?: string | number;
+  defaultCacheTtl?: string | number;
+  maxCacheTtl?: string | number;
+  backend?: string;
+  socket?: string;
+  relay?: string[];
+  /** `--policy 'front=ssh,op=decrypt,action=confirm,remember=15m'` (repeatable). */
+  policy?: string[];
+}
+
+function flagDuration(value: string | number, flag: string): number {
+  try {
+    return parseDuration(value);
+  } catch (e) {
+    throw new ConfigError(`${flag}: ${(e as Error).message}`, flag);
+  }
+}
+
+/** `front=ssh,op=decrypt,action=confirm` → a rule, validated by the same schema as the file. */
+export function parsePolicyFlag(text: string): PolicyRule {
+  if (text.length > 1024) throw new ConfigError('--policy: the rule is too long', '--policy');
+  const obj: Record<string, unknown> = {};
+  for (const part of text.split(',')) {
+    const m = /^\s*([a-z-]+)\s*=\s*(.*?)\s*$/.exec(part);
+    if (!m) {
+      throw new ConfigError(
+        `--policy: "${part.slice(0, 40)}" is not name=value; write e.g. --policy 'front=ssh,op=decrypt,action=confirm'`,
+        '--policy',
+      );
+    }
+    const [, name, value] = m as unknown as [string, string, string];
+    obj[name] =
+      name === 'certify' ? (value === 'true' ? true : value === 'false' ? false : value) : value;
+  }
+  const r = ruleSchema.safeParse(obj);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const name = issue.code === 'unrecognized_keys' ? issue.keys[0] : issue.path.join('.');
+    const why =
+      issue.code === 'unrecognized_keys'
+        ? 'unknown rule field'
+        : valueAt(obj, issue.path) === undefined
+          ? 'missing'
+          : issue.message;
+    throw new ConfigError(`--policy: "${name}": ${why}`, '--policy');
+  }
+  return toRule(r.data, `--policy ${text}`);
+}
+
+/** Overlay flags on a config; flags win, and flag policy rules are checked before the file's. */
+export function mergeFlags(config: Config, flags: ConfigFlags): Config {
+  const out: Config = { ...config, relay: [...config.relay], policy: [...config.policy] };
+  if (flags.pinentryProgram !== undefined) out.pinentryProgram = flags.pinentryProgram;
+  if (flags.pinentryTimeout !== undefined) {
+    out.pinentryTimeoutMs = flagDuration(flags.pinentryTimeout, '--pinentry-timeout');
+  }
+  if (flags.defaultCacheTtl !== undefined) {
+    out.defaultCacheTtlMs = flagDuration(flags.defaultCacheTtl, '--default-cache-ttl');
+  }
+  if (flags.maxCacheTtl !== undefined) {
+    out.maxCacheTtlMs = flagDuration(flags.maxCacheTtl, '--max-cache-ttl');
+  }
+  if (flags.backend !== undefined) {
+    if (flags.backend !== 'builtin' && flags.backend !== 'gpg-agent' && flags.backend !== 'auto') {
+      throw new ConfigError(
+        `--backend must be builtin, gpg-agent or auto, not "${flags.backend.slice(0, 40)}"`,
+        '--backend',
+      );
+    }
+    out.backend = flags.backend;
+  }
+  if (flags.socket !== undefined) out.socket = flags.socket;
+  if (flags.relay !== undefined && flags.relay.length > 0) out.relay = [...flags.relay];
+  if (flags.policy !== undefined && flags.policy.length > 0) {
+    out.policy = [...flags.policy.map(parsePolicyFlag), ...config.policy];
+  }
+  return out;
+}

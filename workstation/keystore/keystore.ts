@@ -1,0 +1,317 @@
+// The builtin back end's key store: OpenPGP secret keys exactly as gpg exported them (still
+// passphrase-encrypted), one file per primary key under $KEYTETHER_HOME/keys/<FPR>.key.
+// Nothing is decrypted until unlock(), and then only the one packet asked for.
+
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import * as openpgp from 'openpgp';
+import { UserError } from '../../cli/errors.js';
+import { ErrorCode, GpgError, gpgErr } from '../../protocol/gpg-error.js';
+import type { Certificate, Inventory, KeyEntry, KeyUsage } from '../../protocol/keyholder.js';
+import { publicKeySexp } from '../../protocol/keygrip.js';
+import { createUnlockedKey, type UnlockedKey } from '../crypto/unlocked-key.js';
+import { ensureHome, readSecretFile, writeSecretFile } from '../home.js';
+import { describeKey, secretMaterial, type KeyPart } from './key-part.js';
+import { readKeyInput } from './import-input.js';
+
+export interface ImportResult {
+  fingerprint: string;
+  /** First user id, or '' when the key has none. */
+  uid: string;
+  /** False when the key was already in the store and has been updated. */
+  created: boolean;
+}
+
+export interface ListedSubkey {
+  fingerprint: string;
+  algorithm: string;
+  /** 40 uppercase hex digits as `gpg --with-keygrip` prints; null for unsupported algorithms. */
+  keygrip: string | null;
+  usage: KeyUsage[];
+  /** False when only a stub is stored (no secret material here). */
+  secret: boolean;
+}
+
+export interface ListedKey extends ListedSubkey {
+  uids: string[];
+  subkeys: ListedSubkey[];
+}
+
+interface StoredKey {
+  fingerprint: string;
+  file: string;
+  armored: string;
+  key: openpgp.Key;
+  parts: KeyPart[];
+}
+
+const FPR_RE = /^[0-9A-F]{40}$|^[0-9A-F]{64}$/;
+
+export function normaliseFingerprint(input: string): string | undefined {
+  const f = input.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
+  return FPR_RE.test(f) ? f : undefined;
+}
+
+export class Keystore {
+  readonly home: string;
+  readonly dir: string;
+  private keys = new Map<string, StoredKey>();
+
+  private constructor(home: string) {
+    this.home = home;
+    this.dir = path.join(home, 'keys');
+  }
+
+  /** Opens (creating if needed) the store in HOME, refusing directories others can read. */
+  static async open(home: string): Promise<Keystore> {
+    await ensureHome(home);
+    const ks = new Keystore(home);
+    await ensureHome(ks.dir);
+    await ks.reload();
+    return ks;
+  }
+
+  /** Re-reads the key files, e.g. after another process imported or removed keys. */
+  async reload(): Promise<void> {
+    const next = new Map<string, StoredKey>();
+    const names = await fs.readdir(this.dir);
+    for (const name of names.sort()) {
+      const m = /^([0-9A-F]{40}|[0-9A-F]{64})\.key$/.exec(name);
+      if (!m) continue;
+      const file = path.join(this.dir, name);
+      const armored = (await readSecretFile(file)).toString('utf8');
+      let key: openpgp.Key;
+      try {
+        key = await openpgp.readKey({ armoredKey: armored });
+      } catch {
+        throw new UserError(
+          `${file} is not a readable key file; remove it and import the key again`,
+        );
+      }
+      next.set(m[1]!, this.entry(key, armored));
+    }
+    this.keys = next;
+  }
+
+  private entry(key: openpgp.Key, armored: string): StoredKey {
+    const fingerprint = key.getFingerprint().toUpperCase();
+    return {
+      fingerprint,
+      file: path.join(this.dir, `${fingerprint}.key`),
+      armored,
+      key,
+      parts: describeKey(key),
+    };
+  }
+
+  /**
+   * Imports every key in BYTES (armored or binary `gpg --export-secret-keys` output). Re-importing
+   * a key merges it with the stored copy; secret parts the new export lacks (stubs) are kept.
+   */
+  async importKeys(bytes: Uint8Array, source = 'the input'): Promise<ImportResult[]> {
+    const incoming = await readKeyInput(bytes, source);
+    const prepared: { key: openpgp.Key; created: boolean }[] = [];
+    for (const k of incoming) {
+      const fpr = k.getFingerprint().toUpperCase();
+      const old = this.keys.get(fpr);
+      const merged = old
+        ? await mergeKeys(k as openpgp.PrivateKey, old.key as openpgp.PrivateKey)
+        : k;
+      if (!describeKey(merged).some((p) => p.secret)) {
+        throw new UserError(
+          `${source} holds only stubs of key ${fpr} (no secret key material, e.g. keys on a smartcard or exported with --export-secret-subkeys of a stub); export it from the machine that has the secret keys`,
+        );
+      }
+      prepared.push({ key: merged, created: !old });
+    }
+    const results: ImportResult[] = [];
+    for (const { key, created } of prepared) {
+      const armored = key.armor();
+      const entry = this.entry(key, armored);
+      await writeSecretFile(entry.file, armored);
+      this.keys.set(entry.fingerprint, entry);
+      results.push({ fingerprint: entry.fingerprint, uid: key.getUserIDs()[0] ?? '', created });
+    }
+    return results;
+  }
+
+  list(): ListedKey[] {
+    const sub = (p: KeyPart): ListedSubkey => ({
+      fingerprint: p.fingerprint,
+      algorithm: p.algorithm,
+      keygrip: p.keygrip ?? null,
+      usage: p.usage,
+      secret: p.secret,
+    });
+    return [...this.keys.values()].map((k) => {
+      const [primary, ...subs] = k.parts;
+      return { ...sub(primary!), uids: k.key.getUserIDs(), subkeys: subs.map(sub) };
+    });
+  }
+
+  private lookup(fprs: string[]): StoredKey[] {
+    return fprs.map((input) => {
+      const f = normaliseFingerprint(input);
+      const k = f ? this.keys.get(f) : undefined;
+      if (!k) {
+        throw new UserError(
+          `no key with fingerprint ${input} in ${this.dir}; see keytether keys list for the stored keys`,
+        );
+      }
+      return k;
+    });
+  }
+
+  /** One armored block of the public keys named (all when none): never any secret packet. */
+  exportPublic(fprs: string[] = []): string {
+    const chosen = fprs.length > 0 ? this.lookup(fprs) : [...this.keys.values()];
+    const bytes = chosen.map((k) => k.key.toPublic().write());
+    // gpg 2.2 reads armor without the CRC24 line as corrupt, so emit it (as key.armor() does
+    // for v4 keys).
+    return openpgp.armor(
+      openpgp.enums.armor.publicKey,
+      concat(bytes),
+      undefined,
+      undefined,
+      undefined,
+      true,
+    );
+  }
+
+  async remove(fpr: string): Promise<string> {
+    const [k] = this.lookup([fpr]);
+    await fs.rm(k!.file, { force: true });
+    this.keys.delete(k!.fingerprint);
+    return k!.fingerprint;
+  }
+
+  private part(keygrip: string): { stored: StoredKey; part: KeyPart } | undefined {
+    const grip = keygrip.toUpperCase();
+    for (const stored of this.keys.values()) {
+      for (const part of stored.parts) {
+        if (part.keygrip === grip && part.secret && part.materialKind) return { stored, part };
+      }
+    }
+    return undefined;
+  }
+
+  inventory(): Inventory {
+    const keys: KeyEntry[] = [];
+    const certificates: Certificate[] = [];
+    for (const stored of this.keys.values()) {
+      certificates.push({
+        fingerprint: stored.fingerprint,
+        userIds: stored.key.getUserIDs(),
+        armored: stored.key.toPublic().armor(),
+      });
+      for (const p of stored.parts) {
+        if (!p.secret || !p.keygrip || !p.publicKey || !p.materialKind) continue;
+        keys.push({
+          keygrip: p.keygrip,
+          fingerprint: p.fingerprint,
+          primaryFingerprint: p.primaryFingerprint,
+          algorithm: p.algorithm,
+          usage: p.usage,
+          publicKey: publicKeySexp(p.publicKey),
+          protection: p.protection,
+        });
+      }
+    }
+    return { keys, certificates };
+  }
+
+  hasKey(keygrip: string): boolean {
+    return this.part(keygrip) !== undefined;
+  }
+
+  isProtected(keygrip: string): boolean {
+    const found = this.part(keygrip);
+    if (!found) throw gpgErr('NO_SECKEY');
+    return found.part.protection === 'P';
+  }
+
+  /**
+   * Decrypts the secret (sub)key with KEYGRIP. PASSPHRASE is the raw bytes a pinentry returned
+   * (null for keys stored in the clear). Wrong passphrase → GpgError BAD_PASSPHRASE.
+   */
+  async unlock(keygrip: string, passphrase: Buffer | null): Promise<UnlockedKey> {
+    const found = this.part(keygrip);
+    if (!found) throw gpgErr('NO_SECKEY');
+    const { stored, part } = found;
+    // A fresh parse, so decrypted parameters never linger in the long-lived key objects.
+    const key = await openpgp.readKey({ armoredKey: stored.armored });
+    const holder = key.getKeys().find((k) => k.getFingerprint().toUpperCase() === part.fingerprint);
+    const packet = holder?.keyPacket as openpgp.SecretKeyPacket | undefined;
+    if (!packet || typeof packet.decrypt !== 'function') throw gpgErr('NO_SECKEY');
+    try {
+      if (!packet.isDecrypted()) {
+        if (passphrase === null) throw gpgErr('BAD_PASSPHRASE', 'the key needs a passphrase');
+        try {
+          // openpgp takes the passphrase as a string; pinentry passphrases are UTF-8.
+          await packet.decrypt(passphrase.toString('utf8'));
+        } catch {
+          throw gpgErr('BAD_PASSPHRASE');
+        }
+      }
+      const material = secretMaterial(part, packet);
+      if (!material)
+        throw gpgErr('UNSUPPORTED_ALGORITHM', `${part.algorithm} keys are not supported`);
+      try {
+        // The crypto layer checks that the secret matches the public key (openpgp's validate()
+        // rejects valid brainpool keys); that check also catches a wrong passphrase which slipped
+        // past a 2-byte-checksum (s2k usage 255) key.
+        return createUnlockedKey(part.keygrip!, part.algorithm, material);
+      } catch (e) {
+        if (e instanceof GpgError && e.code === ErrorCode.INV_DATA && part.protection === 'P') {
+          throw gpgErr('BAD_PASSPHRASE');
+        }
+        throw e;
+      }
+    } finally {
+      // Zeroes openpgp's copy; the UnlockedKey holds its own.
+      if (packet.isDecrypted() && packet.privateParams) {
+        (packet as unknown as { clearPrivateParams(): void }).clearPrivateParams();
+      }
+    }
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  return Buffer.concat(parts.map((p) => Buffer.from(p.buffer, p.byteOffset, p.length)));
+}
+
+type KeyHolderPacket = { keyPacket: openpgp.SecretKeyPacket | openpgp.SecretSubkeyPacket };
+
+function isStub(k: KeyHolderPacket): boolean {
+  const p = k.keyPacket as Partial<openpgp.SecretKeyPacket>;
+  return typeof p.isMissingSecretKeyMaterial !== 'function' || p.isMissingSecretKeyMaterial();
+}
+
+/**
+ * The new export wins (its passphrase, its secret packets), with user ids, signatures and subkeys
+ * only the stored copy has added back; where the new export has a stub and the stored copy real
+ * secret material, the stored packet is kept.
+ */
+async function mergeKeys(
+  incoming: openpgp.PrivateKey,
+  stored: openpgp.PrivateKey,
+): Promise<openpgp.Key> {
+  let merged: openpgp.Key;
+  try {
+    merged = await incoming.update(stored);
+  } catch {
+    // openpgp refuses merges whose signatures it cannot check; the fresh export alone is fine.
+    merged = incoming;
+  }
+  const oldParts = new Map<string, KeyHolderPacket>();
+  for (const k of stored.getKeys())
+    oldParts.set(k.getFingerprint(), k as unknown as KeyHolderPacket);
+  for (const k of merged.getKeys()) {
+    const mine = k as unknown as KeyHolderPacket;
+    const old = oldParts.get(k.getFingerprint());
+    if (old && isStub(mine) && !isStub(old)) {
+      (mine as { keyPacket: unknown }).keyPacket = old.keyPacket;
+    }
+  }
+  return merged;
+}

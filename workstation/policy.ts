@@ -1,0 +1,166 @@
+// Per-operation policy: parse, check constraints, then act (ssh-agent.c's order). The user's rules
+// come first in file order; the built-in defaults below only decide what no rule matched.
+
+import type { ApprovalMemory, ApprovalScope } from './approvals.js';
+import type { Front, PolicyAction, PolicyRule } from './config.js';
+
+export type { PolicyRule } from './config.js';
+
+export interface PolicyRequest {
+  front: Front;
+  host?: string;
+  tokenId?: string;
+  fingerprint: string;
+  primaryFingerprint: string;
+  keygrip: string;
+  op: 'sign' | 'decrypt';
+  certifyCapable: boolean;
+}
+
+export interface Decision {
+  action: PolicyAction;
+  /** Human description of the matching rule, or `default` when no user rule matched. */
+  rule: string;
+  /** Set on `confirm` decisions whose rule has `remember`: grant that long after a yes. */
+  rememberMs?: number;
+  /** Why a default decided, or what to be wary of; for the audit reason and the prompt. */
+  note?: string;
+  /**
+   * The request is a blind signature by a certify-capable key: the holder cannot tell a data
+   * signature from a key certification, so this is worth a warning even when allowed.
+   */
+  flagged?: boolean;
+  /** True when a `confirm` became `allow` because of a remembered approval. */
+  remembered?: boolean;
+}
+
+/** `*` any run, `?` one character; case-insensitive. Iterative, so no pattern can backtrack badly. */
+export function globMatch(pattern: string, text: string): boolean {
+  const p = pattern.toLowerCase();
+  const t = text.toLowerCase();
+  let pi = 0;
+  let ti = 0;
+  let starP = -1;
+  let starT = 0;
+  while (ti < t.length) {
+    if (pi < p.length && (p[pi] === '?' || p[pi] === t[ti])) {
+      pi++;
+      ti++;
+    } else if (pi < p.length && p[pi] === '*') {
+      starP = pi++;
+      starT = ti;
+    } else if (starP >= 0) {
+      pi = starP + 1;
+      ti = ++starT;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.length && p[pi] === '*') pi++;
+  return pi === p.length;
+}
+
+function norm(hex: string): string {
+  return hex.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
+}
+
+/** Full fingerprint (of the subkey or its primary), keygrip, or long key id; case-insensitive. */
+export function keyMatches(
+  spec: string,
+  key: { fingerprint: string; primaryFingerprint: string; keygrip: string },
+): boolean {
+  if (spec === '*') return true;
+  const s = norm(spec);
+  const fprs = [norm(key.fingerprint), norm(key.primaryFingerprint)];
+  if (s.length === 16) {
+    // v4 key ids are the fingerprint's tail, v5/v6 ones its head.
+    return fprs.some((f) => (f.length === 64 ? f.startsWith(s) : f.endsWith(s)));
+  }
+  return fprs.includes(s) || norm(key.keygrip) === s;
+}
+
+function optionalGlob(pattern: string | undefined, value: string | undefined): boolean {
+  if (pattern === undefined || pattern === '*') return true;
+  return value !== undefined && globMatch(pattern, value);
+}
+
+export function ruleMatches(rule: PolicyRule, req: PolicyRequest): boolean {
+  if (rule.front !== undefined && rule.front !== '*' && rule.front !== req.front) return false;
+  if (rule.op !== undefined && rule.op !== '*' && rule.op !== req.op) return false;
+  if (rule.certify !== undefined && rule.certify !== req.certifyCapable) return false;
+  if (!optionalGlob(rule.host, req.host)) return false;
+  if (!optionalGlob(rule.token, req.tokenId)) return false;
+  if (rule.key !== undefined && !keyMatches(rule.key, req)) return false;
+  return true;
+}
+
+export function describeRule(rule: PolicyRule): string {
+  const fields: string[] = [];
+  for (const k of ['front', 'host', 'token', 'key', 'op', 'certify', 'action'] as const) {
+    if (rule[k] !== undefined) fields.push(`${k}=${String(rule[k])}`);
+  }
+  if (rule.rememberMs !== undefined) fields.push(`remember=${Math.round(rule.rememberMs / 1000)}s`);
+  const body = fields.join(' ');
+  return rule.origin ? `${rule.origin}: ${body}` : body;
+}
+
+function defaultDecision(req: PolicyRequest): Decision {
+  if (req.front === 'local') {
+    return { action: 'allow', rule: 'default', note: 'local requests are allowed by default' };
+  }
+  if (req.op === 'decrypt') {
+    return {
+      action: 'confirm',
+      rule: 'default',
+      note: 'remote decryption needs confirmation by default',
+    };
+  }
+  if (req.certifyCapable) {
+    return {
+      action: 'allow',
+      rule: 'default',
+      flagged: true,
+      note:
+        'blind remote signature by a certify-capable key (it could be a key certification); ' +
+        'add a policy rule with certify = true and action = "confirm" to be asked',
+    };
+  }
+  return { action: 'allow', rule: 'default', note: 'remote signing is allowed by default' };
+}
+
+/** What a remembered approval for this request covers; pass it to ApprovalMemory.grant. */
+export function approvalScope(req: PolicyRequest): ApprovalScope {
+  const scope: ApprovalScope = { front: req.front, keygrip: req.keygrip, op: req.op };
+  if (req.host !== undefined) scope.host = req.host;
+  if (req.tokenId !== undefined) scope.tokenId = req.tokenId;
+  return scope;
+}
+
+/**
+ * The first matching rule decides; with `memory`, a `confirm` the user already approved within
+ * its remember window becomes `allow`.
+ */
+export function decide(
+  rules: readonly PolicyRule[],
+  req: PolicyRequest,
+  memory?: ApprovalMemory,
+  now?: number,
+): Decision {
+  let decision: Decision | undefined;
+  for (const rule of rules) {
+    if (!ruleMatches(rule, req)) continue;
+    decision = { action: rule.action, rule: describeRule(rule) };
+    if (rule.action === 'confirm' && rule.rememberMs !== undefined) {
+      decision.rememberMs = rule.rememberMs;
+    }
+    break;
+  }
+  decision ??= defaultDecision(req);
+  if (req.front !== 'local' && req.op === 'sign' && req.certifyCapable) decision.flagged = true;
+  if (decision.action === 'confirm' && memory) {
+    if (memory.isGranted(approvalScope(req), now)) {
+      return { ...decision, action: 'allow', remembered: true };
+    }
+  }
+  return decision;
+}

@@ -1,0 +1,419 @@
+// Resolves `[USER@]HOST` plus `-p`/`-i`/`-o` and ssh_config into the settings one connection
+// needs, the way OpenSSH does: the first value obtained wins, command-line options beat
+// ~/.ssh/config, which beats /etc/ssh/ssh_config. Parsing and Host/Match evaluation come from the
+// `ssh-config` package; this module adds Include, token expansion and validation.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import SSHConfig from 'ssh-config';
+import { UsageError, UserError } from '../../cli/errors.js';
+
+export type StrictHostKeyChecking = 'yes' | 'no' | 'ask' | 'accept-new';
+
+export interface SshTarget {
+  /** The host as given (the ssh_config alias). */
+  host: string;
+  /** What to connect to (HostName, else host). */
+  hostName: string;
+  user: string;
+  port: number;
+  /** Absolute paths, in the order to try them. */
+  identityFiles: string[];
+  /** True when no IdentityFile was configured and these are OpenSSH's defaults (may not exist). */
+  identityFilesDefaulted: boolean;
+  identitiesOnly: boolean;
+  /** Agent socket to use: a path, or undefined for none (IdentityAgent none / no SSH_AUTH_SOCK). */
+  identityAgent: string | undefined;
+  /** UserKnownHostsFile: checked, and the first one is where new keys are recorded. */
+  knownHostsFiles: string[];
+  /** GlobalKnownHostsFile: checked only. */
+  globalKnownHostsFiles: string[];
+  strictHostKeyChecking: StrictHostKeyChecking;
+  /** HostKeyAlias: the name to look up in known_hosts instead of hostName. */
+  hostKeyAlias: string | undefined;
+  hashKnownHosts: boolean;
+  connectTimeoutMs: number | undefined;
+  serverAliveIntervalMs: number | undefined;
+  serverAliveCountMax: number | undefined;
+  /** ProxyJump / ProxyCommand as configured; keytether does not support them yet. */
+  proxyJump: string | undefined;
+  proxyCommand: string | undefined;
+  /** Plain sentences about configuration that was ignored. */
+  unsupported: string[];
+}
+
+export interface ResolveSshTargetOptions {
+  /** `[USER@]HOST` or `ssh://[USER@]HOST[:PORT]`. */
+  target: string;
+  /** `-p PORT`: beats everything else. */
+  port?: number;
+  /** `-i FILE` (repeatable): tried before configured IdentityFiles. */
+  identities?: string[];
+  /** `-o Name=Value` (repeatable): beat the config files. */
+  options?: string[];
+  /** User config; default `~/.ssh/config`; null for none. */
+  configFile?: string | null;
+  /** System config; default `/etc/ssh/ssh_config`; null for none. */
+  systemConfigFile?: string | null;
+  env?: NodeJS.ProcessEnv;
+  /** Home directory for `~` and `%d` (default: HOME from env, else the OS's). */
+  home?: string;
+  /** Local user name for `%u` (default: the OS's). */
+  localUser?: string;
+}
+
+const MAX_CONFIG_BYTES = 1024 * 1024;
+const MAX_INCLUDE_DEPTH = 16;
+const MAX_INCLUDED_FILES = 256;
+const MAX_OPTION_LENGTH = 4096;
+// OpenSSH's valid_hostname()/valid_ruser() refuse these so a name can never smuggle shell syntax
+// into a ProxyCommand or a `%h` expansion.
+const FORBIDDEN_NAME_CHARS = /[\s\x00-\x1f\x7f'`"$\\;&<>|(){}]/;
+const DEFAULT_IDENTITIES = [
+  'id_rsa',
+  'id_ecdsa',
+  'id_ecdsa_sk',
+  'id_ed25519',
+  'id_ed25519_sk',
+  'id_xmss',
+  'id_dsa',
+];
+const NOT_ALLOWED_ON_COMMAND_LINE = new Set(['host', 'match', 'include']);
+
+interface ParsedTarget {
+  user: string | undefined;
+  host: string;
+  port: number | undefined;
+}
+
+/** Splits `[USER@]HOST` (the last `@` separates, as in OpenSSH) or `ssh://[USER@]HOST[:PORT]`. */
+export function parseTarget(target: string): ParsedTarget {
+  let rest = target;
+  let port: number | undefined;
+  if (/^ssh:\/\//i.test(rest)) {
+    rest = rest.slice('ssh://'.length).replace(/\/$/, '');
+    const m = /^(.*?)(?::(\d+))?$/.exec(rest);
+    if (m?.[2] !== undefined) {
+      port = parsePort(m[2], 'the port in ' + target);
+      rest = m[1] ?? '';
+    }
+  }
+  const at = rest.lastIndexOf('@');
+  const user = at >= 0 ? rest.slice(0, at) : undefined;
+  let host = at >= 0 ? rest.slice(at + 1) : rest;
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (host === '')
+    throw new UsageError(`no host name in ${JSON.stringify(target)}; use [USER@]HOST`);
+  if (host.startsWith('-') || FORBIDDEN_NAME_CHARS.test(host) || host.length > 255) {
+    throw new UsageError(`${JSON.stringify(host)} is not a valid host name`);
+  }
+  if (user !== undefined && (user === '' || FORBIDDEN_NAME_CHARS.test(user) || user.length > 255)) {
+    throw new UsageError(`${JSON.stringify(user)} is not a valid remote user name`);
+  }
+  return { user, host, port };
+}
+
+export function parsePort(text: string, what: string): number {
+  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    throw new UsageError(
+      `${what} must be a port number from 1 to 65535, not ${JSON.stringify(text)}`,
+    );
+  }
+  return n;
+}
+
+/** `-o Name=Value` or `-o "Name Value"` → one ssh_config line. */
+function optionToLine(option: string): string {
+  if (option.length > MAX_OPTION_LENGTH || /[\r\n\0]/.test(option)) {
+    throw new UsageError(`-o ${JSON.stringify(option.slice(0, 40))} is not a valid ssh option`);
+  }
+  const m = /^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(.*?)\s*$/.exec(option);
+  if (!m || m[2] === '') {
+    throw new UsageError(`-o ${JSON.stringify(option)} is not of the form Name=Value`);
+  }
+  const name = m[1] ?? '';
+  if (NOT_ALLOWED_ON_COMMAND_LINE.has(name.toLowerCase())) {
+    throw new UsageError(`-o ${name} is not allowed on the command line; put it in ~/.ssh/config`);
+  }
+  return `${name} ${m[2]}`;
+}
+
+function expandTilde(p: string, home: string): string {
+  if (p === '~') return home;
+  if (p.startsWith('~/')) return path.join(home, p.slice(2));
+  return p;
+}
+
+/** Reads a config file and splices in its Include directives (OpenSSH resolves relative
+ * Include paths against ~/.ssh for the user file and /etc/ssh for the system file). */
+function readConfigText(
+  file: string,
+  base: string,
+  home: string,
+  state: { files: number },
+  depth: number,
+): string {
+  if (depth > MAX_INCLUDE_DEPTH) {
+    throw new UserError(
+      `ssh config ${file}: Include nests deeper than ${MAX_INCLUDE_DEPTH} levels`,
+    );
+  }
+  if (++state.files > MAX_INCLUDED_FILES) {
+    throw new UserError(`ssh config ${file}: more than ${MAX_INCLUDED_FILES} files included`);
+  }
+  let text: string;
+  try {
+    if (statSync(file).size > MAX_CONFIG_BYTES) {
+      throw new UserError(`ssh config ${file} is larger than ${MAX_CONFIG_BYTES} bytes`);
+    }
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return '';
+    throw new UserError(`cannot read ssh config ${file} (${code ?? String(e)})`);
+  }
+  return text
+    .split(/\r?\n/)
+    .map((line) => {
+      const m = /^\s*include(?:\s*=\s*|\s+)(.+?)\s*$/i.exec(line);
+      if (!m) return line;
+      const parts = (m[1] ?? '').match(/"[^"]*"|\S+/g) ?? [];
+      return parts
+        .flatMap((raw) => {
+          const p = expandTilde(raw.replace(/^"|"$/g, ''), home);
+          return expandGlob(path.isAbsolute(p) ? p : path.join(base, p));
+        })
+        .map((f) => readConfigText(f, base, home, state, depth + 1))
+        .join('\n');
+    })
+    .join('\n');
+}
+
+/** Wildcards only in the last path component; matches sorted like glob(3). */
+function expandGlob(p: string): string[] {
+  const dir = path.dirname(p);
+  const name = path.basename(p);
+  if (!/[*?]/.test(name)) return [p];
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const re = new RegExp(
+    '^' +
+      name
+        .split('')
+        .map((c) =>
+          c === '*' ? '[^/]*' : c === '?' ? '[^/]' : c.replace(/[.+^${}()|[\]\\]/g, '\\$&'),
+        )
+        .join('') +
+      '$',
+  );
+  return entries
+    .filter((e) => !e.startsWith('.') && re.test(e))
+    .sort()
+    .map((e) => path.join(dir, e));
+}
+
+function first(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function list(v: string | string[] | undefined): string[] {
+  if (v === undefined) return [];
+  return Array.isArray(v) ? v : v.split(/\s+/).filter(Boolean);
+}
+
+function yesNo(v: string | undefined, name: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  const s = v.toLowerCase();
+  if (s === 'yes' || s === 'true') return true;
+  if (s === 'no' || s === 'false') return false;
+  throw new UserError(`ssh option ${name} must be yes or no, not ${JSON.stringify(v)}`);
+}
+
+function seconds(v: string | undefined, name: string): number | undefined {
+  if (v === undefined || v.toLowerCase() === 'none') return undefined;
+  if (!/^\d{1,6}$/.test(v)) {
+    throw new UserError(`ssh option ${name} must be a number of seconds, not ${JSON.stringify(v)}`);
+  }
+  return Number(v) * 1000;
+}
+
+/** Expands `%%`, `%h`, `%n`, `%p`, `%r`, `%u`, `%d`, `%i`, `%l`, `%L` as OpenSSH does for paths. */
+export function expandTokens(text: string, tokens: Record<string, string>, what: string): string {
+  return text.replace(/%(.)?/g, (_all, c: string | undefined) => {
+    if (c === '%') return '%';
+    const v = c === undefined ? undefined : tokens[c];
+    if (v === undefined) {
+      throw new UserError(`${what} ${JSON.stringify(text)} uses an unsupported %-token`);
+    }
+    return v;
+  });
+}
+
+export function resolveSshTarget(opts: ResolveSshTargetOptions): SshTarget {
+  const env = opts.env ?? process.env;
+  const home = opts.home ?? env.HOME ?? os.homedir();
+  const localUser = opts.localUser ?? safeUserName(env);
+  const parsed = parseTarget(opts.target);
+
+  const lines = (opts.options ?? []).map(optionToLine);
+  const state = { files: 0 };
+  const configFile =
+    opts.configFile === undefined ? path.join(home, '.ssh', 'config') : opts.configFile;
+  const systemFile =
+    opts.systemConfigFile === undefined ? '/etc/ssh/ssh_config' : opts.systemConfigFile;
+  // `Host *` restarts an unconditional block so a file that ends inside a Host section does not
+  // swallow the next file's settings.
+  const texts = [lines.join('\n')];
+  if (configFile)
+    texts.push('Host *', readConfigText(configFile, path.join(home, '.ssh'), home, state, 0));
+  if (systemFile) texts.push('Host *', readConfigText(systemFile, '/etc/ssh', home, state, 0));
+
+  let computed: Record<string, string | string[]>;
+  try {
+    computed = SSHConfig.parse(texts.join('\n')).compute(
+      parsed.user === undefined ? { Host: parsed.host } : { Host: parsed.host, User: parsed.user },
+      // `Match exec` would run shell commands from the config; keytether does not.
+      { ignoreCase: true, matchExec: false },
+    );
+  } catch (e) {
+    throw new UserError(`cannot parse ssh config: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const get = (k: string): string | undefined => first(computed[k]);
+  const unsupported: string[] = [];
+
+  const hostNameRaw = get('hostname');
+  const hostName = hostNameRaw
+    ? expandTokens(hostNameRaw, { h: parsed.host, n: parsed.host }, 'HostName')
+    : parsed.host;
+  if (FORBIDDEN_NAME_CHARS.test(hostName) || hostName.startsWith('-') || hostName === '') {
+    throw new UserError(
+      `ssh config gives ${JSON.stringify(hostName)} as HostName, which is not valid`,
+    );
+  }
+  const user = parsed.user ?? get('user') ?? localUser;
+  const portText = get('port');
+  const port = opts.port ?? parsed.port ?? (portText ? parsePort(portText, 'ssh option Port') : 22);
+
+  const tokens: Record<string, string> = {
+    h: hostName,
+    n: parsed.host,
+    p: String(port),
+    r: user,
+    u: localUser,
+    d: home,
+    i: String(process.getuid?.() ?? ''),
+    l: os.hostname(),
+    L: os.hostname().split('.')[0] ?? '',
+  };
+  const pathOf = (p: string, what: string): string => {
+    const expanded = expandTilde(expandTokens(p, tokens, what), home);
+    return path.isAbsolute(expanded) ? expanded : path.join(home, '.ssh', expanded);
+  };
+
+  const configured = [...(opts.identities ?? []), ...list(computed['identityfile'])];
+  const identityFilesDefaulted = configured.length === 0;
+  const identityFiles = identityFilesDefaulted
+    ? DEFAULT_IDENTITIES.map((n) => path.join(home, '.ssh', n))
+    : dedupe(
+        configured.filter((f) => f.toLowerCase() !== 'none').map((f) => pathOf(f, 'IdentityFile')),
+      );
+
+  const userKnown = list(computed['userknownhostsfile']);
+  const knownHostsFiles =
+    userKnown.length === 0
+      ? [path.join(home, '.ssh', 'known_hosts'), path.join(home, '.ssh', 'known_hosts2')]
+      : userKnown[0]?.toLowerCase() === 'none'
+        ? []
+        : userKnown.map((f) => pathOf(f, 'UserKnownHostsFile'));
+  const globalKnown = list(computed['globalknownhostsfile']);
+  const globalKnownHostsFiles =
+    globalKnown.length === 0
+      ? ['/etc/ssh/ssh_known_hosts', '/etc/ssh/ssh_known_hosts2']
+      : globalKnown[0]?.toLowerCase() === 'none'
+        ? []
+        : globalKnown.map((f) => pathOf(f, 'GlobalKnownHostsFile'));
+
+  const strictRaw = (get('stricthostkeychecking') ?? 'ask').toLowerCase();
+  const strictMap: Record<string, StrictHostKeyChecking> = {
+    yes: 'yes',
+    true: 'yes',
+    ask: 'ask',
+    'accept-new': 'accept-new',
+    no: 'no',
+    off: 'no',
+    false: 'no',
+  };
+  const strictHostKeyChecking = strictMap[strictRaw];
+  if (!strictHostKeyChecking) {
+    throw new UserError(
+      `ssh option StrictHostKeyChecking has an unknown value ${JSON.stringify(strictRaw)}`,
+    );
+  }
+
+  const agentRaw = get('identityagent');
+  let identityAgent: string | undefined = env.SSH_AUTH_SOCK || undefined;
+  if (agentRaw !== undefined) {
+    if (agentRaw.toLowerCase() === 'none') identityAgent = undefined;
+    else if (agentRaw === 'SSH_AUTH_SOCK') identityAgent = env.SSH_AUTH_SOCK || undefined;
+    else if (agentRaw.startsWith('$')) identityAgent = env[agentRaw.slice(1)] || undefined;
+    else identityAgent = pathOf(agentRaw, 'IdentityAgent');
+  }
+
+  const proxyJumpRaw = get('proxyjump');
+  const proxyJump =
+    proxyJumpRaw && proxyJumpRaw.toLowerCase() !== 'none' ? proxyJumpRaw : undefined;
+  const proxyCommandRaw = get('proxycommand');
+  const proxyCommand =
+    proxyCommandRaw && proxyCommandRaw.toLowerCase() !== 'none' ? proxyCommandRaw : undefined;
+  if (proxyJump) unsupported.push(`ProxyJump ${proxyJump} is not supported yet`);
+  if (proxyCommand) unsupported.push('ProxyCommand is not supported yet');
+  if (get('certificatefile')) unsupported.push('CertificateFile is not supported yet');
+
+  return {
+    host: parsed.host,
+    hostName,
+    user,
+    port,
+    identityFiles,
+    identityFilesDefaulted,
+    identitiesOnly: yesNo(get('identitiesonly'), 'IdentitiesOnly', false),
+    identityAgent,
+    knownHostsFiles,
+    globalKnownHostsFiles,
+    strictHostKeyChecking,
+    hostKeyAlias: get('hostkeyalias'),
+    hashKnownHosts: yesNo(get('hashknownhosts'), 'HashKnownHosts', false),
+    connectTimeoutMs: seconds(get('connecttimeout'), 'ConnectTimeout'),
+    serverAliveIntervalMs: seconds(get('serveraliveinterval'), 'ServerAliveInterval'),
+    serverAliveCountMax: count(get('serveralivecountmax'), 'ServerAliveCountMax'),
+    proxyJump,
+    proxyCommand,
+    unsupported,
+  };
+}
+
+function count(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,4}$/.test(v))
+    throw new UserError(`ssh option ${name} must be a number, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+function dedupe(xs: string[]): string[] {
+  return [...new Set(xs)];
+}
+
+function safeUserName(env: NodeJS.ProcessEnv): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return env.USER ?? env.LOGNAME ?? 'root';
+  }
+}
