@@ -47,6 +47,8 @@ export interface Config {
   /** Absolute lifetime of an unlocked key, however often it is used. */
   maxCacheTtlMs: number;
   backend: 'builtin' | 'gpg-agent' | 'auto';
+  /** `write`: audit records reach the kernel before a result is sent; `fsync`: also the disk. */
+  auditSync: 'write' | 'fsync';
   socket: string | undefined;
   relay: string[];
   /** User rules in file order, flag rules first; the built-in defaults are in policy.ts. */
@@ -61,6 +63,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   defaultCacheTtlMs: 600_000,
   maxCacheTtlMs: 7_200_000,
   backend: 'builtin',
+  auditSync: 'write',
   socket: undefined,
   relay: [],
   policy: [],
@@ -142,6 +145,7 @@ const fileSchema = z.strictObject({
   'default-cache-ttl': duration.optional(),
   'max-cache-ttl': duration.optional(),
   backend: z.enum(['builtin', 'gpg-agent', 'auto']).optional(),
+  'audit-sync': z.enum(['write', 'fsync']).optional(),
   socket: z.string().min(1).max(4096).optional(),
   relay: z.array(z.string().min(1).max(2048)).max(64).optional(),
   policy: z.array(ruleSchema).max(MAX_RULES).optional(),
@@ -278,6 +282,7 @@ export function parseConfig(text: string, file: string): Config {
     defaultCacheTtlMs: c['default-cache-ttl'] ?? DEFAULT_CONFIG.defaultCacheTtlMs,
     maxCacheTtlMs: c['max-cache-ttl'] ?? DEFAULT_CONFIG.maxCacheTtlMs,
     backend: c.backend ?? DEFAULT_CONFIG.backend,
+    auditSync: c['audit-sync'] ?? DEFAULT_CONFIG.auditSync,
     socket: c.socket ?? DEFAULT_CONFIG.socket,
     relay: c.relay ?? [],
     policy: (c.policy ?? []).map((r, i) => {
@@ -328,6 +333,7 @@ export interface ConfigFlags {
   defaultCacheTtl?: string | number;
   maxCacheTtl?: string | number;
   backend?: string;
+  auditSync?: string;
   socket?: string;
   relay?: string[];
   /** `--policy 'front=ssh,op=decrypt,action=confirm,remember=15m'` (repeatable). */
@@ -394,6 +400,15 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
       );
     }
     out.backend = flags.backend;
+  }
+  if (flags.auditSync !== undefined) {
+    if (flags.auditSync !== 'write' && flags.auditSync !== 'fsync') {
+      throw new ConfigError(
+        `--audit-sync must be write or fsync, not "${flags.auditSync.slice(0, 40)}"`,
+        '--audit-sync',
+      );
+    }
+    out.auditSync = flags.auditSync;
   }
   if (flags.socket !== undefined) out.socket = flags.socket;
   if (flags.relay !== undefined && flags.relay.length > 0) out.relay = [...flags.relay];

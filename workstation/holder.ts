@@ -21,7 +21,10 @@ import type { UnlockCache } from './unlock-cache.js';
 import type { Keystore } from './keystore/index.js';
 import type { UnlockedKey } from './crypto/index.js';
 import type { PassphraseAsker } from './pinentry.js';
-import { askUntilUnlocked } from './pinentry.js';
+import type { Backend, KeyOperator } from './backends/backend.js';
+import { mergeInventories } from './backends/backend.js';
+import { BuiltinBackend } from './backends/builtin.js';
+import { describeRequester } from './backends/requester-text.js';
 
 export interface HolderDeps {
   keystore: Keystore;
@@ -31,6 +34,11 @@ export interface HolderDeps {
   cache: UnlockCache<UnlockedKey>;
   approvals: ApprovalMemory;
   now?: () => number;
+  /**
+   * Where keys live, first wins a keygrip. Default: the builtin back end over `keystore`. The
+   * pinentry above is still the one that asks for policy confirmations.
+   */
+  backends?: Backend[];
 }
 
 type Op = 'sign' | 'decrypt';
@@ -48,21 +56,29 @@ const HASH_NAMES: Record<number, string> = {
 export class Holder implements KeyHolder {
   readonly #d: HolderDeps;
   readonly #now: () => number;
-  /** Unlocks of one key are serialised so that two waiting gpg calls ask the pinentry once. */
-  readonly #unlocking = new Map<string, Promise<UnlockedKey>>();
+  readonly #backends: Backend[];
 
   constructor(deps: HolderDeps) {
     this.#d = deps;
     this.#now = deps.now ?? Date.now;
+    this.#backends = deps.backends ?? [
+      new BuiltinBackend({ keystore: deps.keystore, pinentry: deps.pinentry, cache: deps.cache }),
+    ];
   }
 
   async inventory(): Promise<Inventory> {
-    const inv = await this.#d.keystore.inventory();
-    const cached = new Set(this.#d.cache.entries().map((e) => e.keygrip));
-    return {
-      certificates: inv.certificates,
-      keys: inv.keys.map((k) => ({ ...k, cached: cached.has(k.keygrip) })),
-    };
+    return mergeInventories(await Promise.all(this.#backends.map((b) => b.inventory())));
+  }
+
+  /** The entry for KEYGRIP and the first back end that has it. */
+  async #find(keygrip: string): Promise<{ entry: KeyEntry; backend: Backend } | undefined> {
+    const grip = keygrip.toUpperCase();
+    const invs = await Promise.all(this.#backends.map((b) => b.inventory()));
+    for (let i = 0; i < invs.length; i++) {
+      const entry = invs[i]!.keys.find((k) => k.keygrip.toUpperCase() === grip);
+      if (entry) return { entry, backend: this.#backends[i]! };
+    }
+    return undefined;
   }
 
   async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
@@ -93,11 +109,11 @@ export class Holder implements KeyHolder {
     description: string | undefined,
     signal: AbortSignal | undefined,
     extra: { hashAlgo?: string; digest?: string },
-    act: (key: UnlockedKey) => T,
+    act: (key: KeyOperator) => T | Promise<T>,
   ): Promise<T> {
     const started = this.#now();
-    const inv = await this.#d.keystore.inventory();
-    const entry = inv.keys.find((k) => k.keygrip === keygrip.toUpperCase());
+    const found = await this.#find(keygrip);
+    const entry = found?.entry;
     const base = {
       front: requester.front,
       host: requester.host,
@@ -123,7 +139,7 @@ export class Holder implements KeyHolder {
       } as Parameters<AuditLog['append']>[0]);
     };
 
-    if (!entry || !entry.usage.some((u) => usable(op, u))) {
+    if (!found || !entry || !entry.usage.some((u) => usable(op, u))) {
       await record('failed', entry ? `key cannot ${op}` : 'no such key');
       throw gpgErr('NO_SECKEY');
     }
@@ -144,7 +160,7 @@ export class Holder implements KeyHolder {
 
     let decision = 'allowed';
     try {
-      const key = await this.#unlock(entry, description, requester, signal);
+      const key = await found.backend.open(entry, { description, requester, signal });
       const scope = {
         front: requester.front,
         host: requester.host,
@@ -164,7 +180,7 @@ export class Holder implements KeyHolder {
         decision = 'confirmed';
         if (verdict.rememberMs) this.#d.approvals.grant(scope, verdict.rememberMs, this.#now());
       }
-      const result = act(key);
+      const result = await act(key);
       await record(decision, `policy: ${verdict.rule}`);
       return result;
     } catch (e) {
@@ -175,66 +191,15 @@ export class Holder implements KeyHolder {
       throw err;
     }
   }
-
-  async #unlock(
-    entry: KeyEntry,
-    description: string | undefined,
-    requester: Requester,
-    signal: AbortSignal | undefined,
-  ): Promise<UnlockedKey> {
-    const hit = this.#d.cache.get(entry.keygrip);
-    if (hit) return hit;
-    const pending = this.#unlocking.get(entry.keygrip);
-    if (pending) return pending;
-    const p = (async () => {
-      const ks = this.#d.keystore;
-      const key = ks.isProtected(entry.keygrip)
-        ? await askUntilUnlocked(
-            this.#d.pinentry,
-            {
-              keygrip: entry.keygrip,
-              description: unlockText(entry, description, requester),
-            },
-            (pass) => ks.unlock(entry.keygrip, pass),
-            3,
-            signal,
-          )
-        : await ks.unlock(entry.keygrip, null);
-      this.#d.cache.put(entry.keygrip, key);
-      return key;
-    })();
-    this.#unlocking.set(entry.keygrip, p);
-    try {
-      return await p;
-    } finally {
-      this.#unlocking.delete(entry.keygrip);
-    }
-  }
 }
 
 function usable(op: Op, u: string): boolean {
   return op === 'sign' ? u === 'sign' || u === 'certify' : u === 'encrypt';
 }
 
-function who(r: Requester): string {
-  const parts: string[] = [];
-  if (r.front === 'local') parts.push('local gpg');
-  else if (r.front === 'ssh') parts.push(`ssh ${r.user ? `${r.user}@` : ''}${r.host ?? 'server'}`);
-  else parts.push(`relay token ${r.tokenId ?? '?'}`);
-  if (r.command) parts.push(`(${r.command}${r.pid ? `, pid ${r.pid}` : ''})`);
-  else if (r.pid) parts.push(`(pid ${r.pid})`);
-  return parts.join(' ');
-}
-
-function unlockText(entry: KeyEntry, gpgText: string | undefined, r: Requester): string {
-  const head = `keytether: request from ${who(r)}`;
-  const body = gpgText ?? `Please enter the passphrase to unlock the key\n${entry.fingerprint}`;
-  return `${head}\n\n${body}`;
-}
-
 function confirmText(op: Op, entry: KeyEntry, r: Requester, digest: string | undefined): string {
   const what = op === 'sign' ? `sign${digest ? ` digest ${digest.slice(0, 16)}…` : ''}` : 'decrypt';
-  return `keytether: allow ${who(r)} to ${what} with key ${entry.fingerprint}?`;
+  return `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`;
 }
 
 export { GpgError };

@@ -12,6 +12,11 @@ import { ensureHome } from './home.js';
 import { Keystore } from './keystore/index.js';
 import { Pinentry } from './pinentry.js';
 import { UnlockCache } from './unlock-cache.js';
+import type { Backend } from './backends/backend.js';
+import { BuiltinBackend } from './backends/builtin.js';
+import { GpgAgentBackend } from './backends/gpg-agent.js';
+import type { CommandObserver } from './backends/agent-connection.js';
+import { UserError } from '../cli/errors.js';
 
 export interface HolderRuntime {
   holder: Holder;
@@ -19,13 +24,49 @@ export interface HolderRuntime {
   cache: UnlockCache<UnlockedKey>;
   audit: AuditLog;
   home: string;
+  /** Set when the workstation's gpg-agent serves keys too (backend gpg-agent or auto). */
+  gpgAgent: GpgAgentBackend | undefined;
   close(): Promise<void>;
 }
 
-export async function openHolderRuntime(home: string, config: Config): Promise<HolderRuntime> {
+export interface HolderRuntimeOptions {
+  /** GNUPGHOME of the workstation gpg-agent back end (default: the environment's). */
+  gnupgHome?: string;
+  /** Test hook: every command line the gpg-agent back end sends. */
+  onGpgAgentCommand?: CommandObserver;
+}
+
+async function openGpgAgent(
+  config: Config,
+  opts: HolderRuntimeOptions,
+): Promise<GpgAgentBackend | undefined> {
+  if (config.backend === 'builtin') return undefined;
+  const backendOpts = {
+    ...(opts.gnupgHome !== undefined ? { gnupgHome: opts.gnupgHome } : {}),
+    ...(opts.onGpgAgentCommand ? { onCommand: opts.onGpgAgentCommand } : {}),
+  };
+  if (config.backend === 'auto') {
+    // No GnuPG on this machine: keytether's own keys only, without a word.
+    return GpgAgentBackend.open(backendOpts).catch(() => undefined);
+  }
+  try {
+    return await GpgAgentBackend.open({ ...backendOpts, requireAgent: true });
+  } catch (e) {
+    throw new UserError(
+      `cannot reach the workstation's gpg-agent (${(e as Error).message}); start it with "gpgconf --launch gpg-agent" or use --backend builtin`,
+    );
+  }
+}
+
+export async function openHolderRuntime(
+  home: string,
+  config: Config,
+  opts: HolderRuntimeOptions = {},
+): Promise<HolderRuntime> {
   await ensureHome(home);
   const keystore = await Keystore.open(home);
-  const audit = await AuditLog.open(path.join(home, 'audit.jsonl'));
+  const gpgAgent = await openGpgAgent(config, opts);
+  const audit = await AuditLog.open(path.join(home, 'audit.jsonl'), { sync: config.auditSync });
   const cache = new UnlockCache<UnlockedKey>({
     defaultTtlMs: config.defaultCacheTtlMs,
     maxTtlMs: config.maxCacheTtlMs,
@@ -35,7 +76,12 @@ export async function openHolderRuntime(home: string, config: Config): Promise<H
     timeoutMs: config.pinentryTimeoutMs,
     title: 'keytether',
   });
+  const backends: Backend[] = [];
+  if (config.backend !== 'gpg-agent')
+    backends.push(new BuiltinBackend({ keystore, pinentry, cache }));
+  if (gpgAgent) backends.push(gpgAgent);
   const holder = new Holder({
+    backends,
     keystore,
     policy: config.policy,
     pinentry,
@@ -49,7 +95,9 @@ export async function openHolderRuntime(home: string, config: Config): Promise<H
     cache,
     audit,
     home,
+    gpgAgent,
     async close() {
+      await gpgAgent?.close();
       // Unlocked keys die with the process, but zero them deliberately rather than trusting GC.
       cache.clear();
       await audit.close();

@@ -14,6 +14,7 @@ import { action, collect, resolveHome } from '../program.js';
 
 interface AgentFlags extends ConfigFlags {
   socket?: string;
+  gnupgHome?: string;
 }
 
 /** Loads config.toml plus flags; a bad flag is a usage error, a bad file a plain failure. */
@@ -58,6 +59,10 @@ export function register(program: Command): void {
       "a policy rule, e.g. 'front=ssh,op=decrypt,action=confirm' (repeatable)",
       collect,
     )
+    .option(
+      '--audit-sync <mode>',
+      'write: audit records reach the kernel before a result is sent (default); fsync: the disk',
+    )
     .addOption(
       new Option('--backend <backend>', 'where the keys live').choices([
         'builtin',
@@ -65,18 +70,23 @@ export function register(program: Command): void {
         'auto',
       ]),
     )
+    .option(
+      '--gnupg-home <dir>',
+      'GnuPG home of the gpg-agent back end (default $GNUPGHOME or ~/.gnupg)',
+    )
     .action(
       action(async (flags: AgentFlags, cmd: Command) => {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
         const home = resolveHome(globals);
         const config = await loadHolderConfig(home, globals.config, flags);
-        if (config.backend === 'gpg-agent') {
-          throw new UserError('the gpg-agent back end is not available yet; use --backend builtin');
-        }
         if (config.relay.length > 0) {
           throw new UserError('--relay is not available yet; run the agent without it');
         }
-        const rt = await openHolderRuntime(home, config);
+        const rt = await openHolderRuntime(
+          home,
+          config,
+          flags.gnupgHome !== undefined ? { gnupgHome: path.resolve(flags.gnupgHome) } : {},
+        );
         const socketPath = path.resolve(config.socket ?? path.join(home, 'S.gpg-agent'));
         const open = new Set<Socket>();
         let server;

@@ -1,5 +1,17 @@
+// keytether serve --stdio: the server end of `keytether ssh`. stdout is the tunnel, so this
+// command writes nothing else there; its messages (including `ready:`) go to stderr.
+
 import type { Command } from 'commander';
-import { action, notAvailable } from '../program.js';
+import { serveStdio } from '../../server/serve-stdio.js';
+import { UsageError } from '../errors.js';
+import { action, packageVersion } from '../program.js';
+
+interface ServeFlags {
+  stdio?: boolean;
+  socket?: string;
+  importKeys?: boolean;
+  replace?: boolean;
+}
 
 export function register(program: Command): void {
   program
@@ -9,5 +21,17 @@ export function register(program: Command): void {
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
     .option('--import-keys', "import the holder's public keys into this host's keyring")
     .option('--replace', 'take over the socket from a running gpg-agent')
-    .action(action(notAvailable));
+    .action(
+      action(async (flags: ServeFlags) => {
+        if (!flags.stdio) {
+          throw new UsageError('only --stdio is available: the tunnel is stdin/stdout');
+        }
+        return serveStdio({
+          ...(flags.socket !== undefined ? { socket: flags.socket } : {}),
+          importKeys: flags.importKeys ?? false,
+          replace: flags.replace ?? false,
+          software: `keytether/${packageVersion()}`,
+        });
+      }),
+    );
 }

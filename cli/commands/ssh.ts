@@ -1,5 +1,27 @@
+// keytether ssh [USER@]HOST: forwards the holder to HOST over SSH. Runs the holder in-process,
+// connects like OpenSSH would (ssh_config, known_hosts, agent, identity files), starts
+// `keytether serve --stdio` there and carries the tunnel until Ctrl-C or the link ends.
+
 import { Option, type Command } from 'commander';
-import { action, collect, notAvailable, positiveIntArg } from '../program.js';
+import type { ConfigFlags } from '../../workstation/config.js';
+import { openHolderRuntime } from '../../workstation/runtime.js';
+import { resolveSshTarget } from '../../workstation/ssh/config.js';
+import { connectSsh } from '../../workstation/ssh/connect.js';
+import { runSshSession } from '../../workstation/ssh/session.js';
+import { UserError } from '../errors.js';
+import { action, collect, packageVersion, positiveIntArg, resolveHome } from '../program.js';
+import { loadHolderConfig } from './agent.js';
+
+interface SshFlags extends ConfigFlags {
+  port?: number;
+  identity?: string[];
+  option?: string[];
+  remoteSocket?: string;
+  remoteCommand: string;
+  acceptNew?: boolean;
+  importKeys?: boolean;
+  reconnect?: boolean;
+}
 
 export function register(program: Command): void {
   program
@@ -17,18 +39,101 @@ export function register(program: Command): void {
     .option('--accept-new', 'trust an unknown host key, then record it')
     .option('--import-keys', "import the holder's public keys into HOST's keyring")
     .option('--reconnect', 'retry with backoff instead of exiting when the link drops')
-    .option('--socket <path>', 'local holder socket to reuse (default $KEYTETHER_HOME/S.gpg-agent)')
+    .option(
+      '--socket <path>',
+      'local holder socket to reuse (default $KEYTETHER_HOME/S.gpg-agent; not available yet)',
+    )
     .option(
       '--relay <url>',
       'in-process holder: also connect out to this relay (repeatable)',
       collect,
     )
     .option('--pinentry-program <path>', 'in-process holder: pinentry to ask for passphrases with')
+    .option(
+      '--pinentry-timeout <duration>',
+      'in-process holder: give up on an unanswered pinentry after this long (default 60s)',
+    )
+    .option(
+      '--default-cache-ttl <duration>',
+      'in-process holder: forget an unlocked key after this long unused (default 600s)',
+    )
+    .option(
+      '--max-cache-ttl <duration>',
+      'in-process holder: forget an unlocked key after this long at most (default 7200s)',
+    )
+    .option(
+      '--policy <rule>',
+      "in-process holder: a policy rule, e.g. 'front=ssh,op=decrypt,action=confirm' (repeatable)",
+      collect,
+    )
     .addOption(
       new Option('--backend <backend>', 'in-process holder: where the keys live').choices([
         'builtin',
         'gpg-agent',
+        'auto',
       ]),
     )
-    .action(action(notAvailable));
+    .action(
+      action(async (destination: string, flags: SshFlags, cmd: Command) => {
+        if (flags.reconnect) {
+          throw new UserError('--reconnect is not available yet; run keytether ssh without it');
+        }
+        if (flags.socket !== undefined) {
+          throw new UserError(
+            'reusing a running keytether agent (--socket) is not available yet; run without --socket',
+          );
+        }
+        const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
+        const home = resolveHome(globals);
+        const config = await loadHolderConfig(home, globals.config, flags);
+        if (config.backend === 'gpg-agent') {
+          throw new UserError('the gpg-agent back end is not available yet; use --backend builtin');
+        }
+        if (config.relay.length > 0) {
+          throw new UserError('--relay is not available yet; run keytether ssh without it');
+        }
+        // Resolved before anything is opened so that a bad -o or host is a plain usage error.
+        const target = resolveSshTarget({
+          target: destination,
+          ...(flags.port !== undefined ? { port: flags.port } : {}),
+          identities: flags.identity ?? [],
+          options: flags.option ?? [],
+        });
+        const notice = (s: string) => process.stderr.write(`keytether ssh: ${s}\n`);
+        for (const s of target.unsupported) notice(s);
+
+        const stop = new AbortController();
+        const onSignal = () => stop.abort();
+        const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+        for (const s of signals) process.on(s, onSignal);
+
+        const rt = await openHolderRuntime(home, config);
+        try {
+          const client = await connectSsh(target, {
+            ...(flags.acceptNew ? { acceptNew: true } : {}),
+            onNotice: notice,
+          });
+          try {
+            await runSshSession({
+              holder: rt.holder,
+              client,
+              host: target.host,
+              remoteCommand: flags.remoteCommand,
+              ...(flags.remoteSocket !== undefined ? { remoteSocket: flags.remoteSocket } : {}),
+              importKeys: flags.importKeys ?? false,
+              software: `keytether/${packageVersion()}`,
+              onReady: (p) => process.stdout.write(`ready: ${p}\n`),
+              onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
+              signal: stop.signal,
+            });
+          } finally {
+            client.end();
+          }
+          return 0;
+        } finally {
+          for (const s of signals) process.off(s, onSignal);
+          await rt.close();
+        }
+      }),
+    );
 }

@@ -1,26 +1,232 @@
+// `keytether token …`: scoped tokens for facades and CI jobs, issued and revoked at the holder.
+
 import type { Command } from 'commander';
-import { action, collect, durationArg, notAvailable, positiveIntArg } from '../program.js';
+import { UsageError, UserError } from '../errors.js';
+import { action, collect, durationArg, positiveIntArg, resolveHome } from '../program.js';
+import { ConfigError, loadConfig } from '../../workstation/config.js';
+import { loadOrCreateIdentity } from '../../workstation/identity.js';
+import { Keystore, type ListedKey } from '../../workstation/keystore/index.js';
+import { TokenRegistry, type TokenSummary } from '../../workstation/tokens.js';
+import { MAX_LABEL_CHARS, MAX_TOKEN_KEYS, type TokenOp } from '../../protocol/token.js';
+
+const DEFAULT_TTL_MS = 3_600_000;
+
+interface Globals {
+  home?: string;
+  config?: string;
+}
+
+interface CreateOpts {
+  key: string[];
+  ops: string;
+  ttl?: number;
+  maxUses?: number;
+  label?: string;
+  relay?: string;
+}
+
+function out(cmd: Command): (s: string) => void {
+  const write = cmd.configureOutput().writeOut;
+  return (s) => (write ? write(s) : process.stdout.write(s));
+}
+
+function parseOps(text: string): TokenOp[] {
+  const ops = text.split(',').map((s) => s.trim());
+  for (const op of ops) {
+    if (op !== 'sign' && op !== 'decrypt') {
+      throw new UsageError(
+        `'${op.slice(0, 32)}' is not an operation; use --ops sign, decrypt or sign,decrypt`,
+      );
+    }
+  }
+  return [...new Set(ops as TokenOp[])];
+}
+
+function checkRelayUrl(url: string): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new UsageError(
+      `'${url.slice(0, 200)}' is not a URL; give the relay's base URL, e.g. https://relay.example:7878`,
+    );
+  }
+  if (
+    !['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol) ||
+    url.length > 1024 ||
+    /\s/.test(url)
+  ) {
+    throw new UsageError(`'${url.slice(0, 200)}' is not an http(s):// or ws(s):// relay URL`);
+  }
+  return url;
+}
+
+async function chooseRelay(
+  flag: string | undefined,
+  home: string,
+  configFile?: string,
+): Promise<string> {
+  if (flag !== undefined) return checkRelayUrl(flag);
+  let relays: string[];
+  try {
+    relays = (await loadConfig(home, configFile)).relay;
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UserError(e.message);
+    throw e;
+  }
+  const first = relays[0];
+  if (first === undefined) {
+    throw new UsageError(
+      'no relay is configured; give --relay URL (the URL `keytether relay` printed) or add relay = ["URL"] to config.toml',
+    );
+  }
+  return checkRelayUrl(first);
+}
+
+/**
+ * The fingerprint a user's name for a key stands for: a primary or subkey fingerprint (any case,
+ * spaces, 0x) or a 16-hex key id. Naming a subkey limits the token to that subkey.
+ */
+export function resolveKeyName(name: string, keys: ListedKey[]): string {
+  const norm = name.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
+  const parts = keys.flatMap((k) => [k.fingerprint, ...k.subkeys.map((s) => s.fingerprint)]);
+  let matches: string[] = [];
+  if (/^[0-9A-F]{40}$|^[0-9A-F]{64}$/.test(norm)) matches = parts.filter((f) => f === norm);
+  else if (/^[0-9A-F]{16}$/.test(norm)) {
+    // A v4 key id is the fingerprint's last 16 hex digits (v5/v6: the first 16).
+    matches = parts.filter((f) => (f.length === 40 ? f.endsWith(norm) : f.startsWith(norm)));
+  } else {
+    throw new UsageError(
+      `'${name.slice(0, 80)}' is not a fingerprint or 16-digit key id; see keytether keys list`,
+    );
+  }
+  matches = [...new Set(matches)];
+  if (matches.length === 0) {
+    throw new UserError(
+      `no key ${norm} in the keystore; see keytether keys list for the stored keys`,
+    );
+  }
+  if (matches.length > 1) {
+    throw new UserError(
+      `key id ${norm} matches several keys; name the key by its full fingerprint`,
+    );
+  }
+  const fpr = matches[0]!;
+  if (fpr.length !== 40) {
+    throw new UserError(
+      `key ${fpr} is a v5/v6 key; tokens can only name v4 (40-digit) fingerprints yet`,
+    );
+  }
+  return fpr;
+}
+
+function statusOf(t: TokenSummary, now: number): string {
+  if (t.revoked) return 'revoked';
+  if (Date.parse(t.expires) <= now) return 'expired';
+  if (t.maxUses !== null && t.uses >= t.maxUses) return 'used-up';
+  return 'active';
+}
+
+function formatToken(t: TokenSummary, now: number): string {
+  const uses = `uses=${t.uses}${t.maxUses !== null ? `/${t.maxUses}` : ''}`;
+  const label = t.label !== null ? ` label=${JSON.stringify(t.label)}` : '';
+  return `${t.id} ${statusOf(t, now)} ops=${t.ops.join(',')} keys=${t.keys.join(',')} ${uses} expires=${t.expires}${label}\n`;
+}
 
 export function register(program: Command): void {
   const token = program.command('token').description('tokens for facades and CI jobs');
   token
     .command('create')
     .description('issue a token and print it alone on stdout')
-    .requiredOption('--key <fpr>', 'key the token may use (repeatable)', collect)
+    .requiredOption(
+      '--key <fpr>',
+      'key the token may use (repeatable; fingerprint or key id)',
+      collect,
+    )
     .option('--ops <ops>', 'allowed operations: sign[,decrypt]', 'sign')
     .option('--ttl <duration>', 'lifetime, e.g. 90s, 15m, 1h, 2d (default 1h)', durationArg)
     .option('--max-uses <n>', 'number of operations allowed', positiveIntArg)
     .option('--label <text>', 'label shown in lists and the audit log')
-    .option('--relay <url>', 'relay the token is for')
-    .action(action(notAvailable));
+    .option('--relay <url>', 'relay the token is for (default: the first relay in config.toml)')
+    .action(
+      action(async (opts: CreateOpts, cmd: Command) => {
+        const globals = cmd.optsWithGlobals<Globals>();
+        const home = resolveHome(globals);
+        const ops = parseOps(opts.ops);
+        if (opts.key.length > MAX_TOKEN_KEYS) {
+          throw new UsageError(`a token can name at most ${MAX_TOKEN_KEYS} keys`);
+        }
+        if (opts.label !== undefined) {
+          if (opts.label.length > MAX_LABEL_CHARS) {
+            throw new UsageError(`the label is longer than ${MAX_LABEL_CHARS} characters`);
+          }
+          if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(opts.label)) {
+            throw new UsageError('the label must not contain control characters or line breaks');
+          }
+        }
+        const relay = await chooseRelay(opts.relay, home, globals.config);
+        const ks = await Keystore.open(home);
+        const listed = ks.list();
+        const keys = [...new Set(opts.key.map((k) => resolveKeyName(k, listed)))];
+        const identity = await loadOrCreateIdentity(home);
+        const registry = await TokenRegistry.open(home, { identity });
+        const text = await registry.issue(
+          {
+            keys,
+            ops,
+            ttlMs: opts.ttl ?? DEFAULT_TTL_MS,
+            maxUses: opts.maxUses,
+            label: opts.label,
+            relay,
+          },
+          identity,
+        );
+        out(cmd)(text + '\n');
+      }),
+    );
   token
     .command('list')
     .description('tokens issued by this holder')
-    .option('--json', 'print a JSON array')
-    .action(action(notAvailable));
+    .option(
+      '--json',
+      'print a JSON array of {id, keys, ops, expires, uses, maxUses, label, revoked}',
+    )
+    .action(
+      action(async (opts: { json?: boolean }, cmd: Command) => {
+        const registry = await TokenRegistry.open(resolveHome(cmd.optsWithGlobals<Globals>()));
+        const list = await registry.list();
+        const write = out(cmd);
+        if (opts.json) {
+          const rows = list.map((t) => ({
+            id: t.id,
+            keys: t.keys,
+            ops: t.ops,
+            expires: t.expires,
+            uses: t.uses,
+            maxUses: t.maxUses,
+            label: t.label,
+            revoked: t.revoked,
+          }));
+          write(JSON.stringify(rows, null, 2) + '\n');
+        } else {
+          const now = Date.now();
+          write(list.map((t) => formatToken(t, now)).join(''));
+        }
+      }),
+    );
   token
     .command('revoke')
     .description('revoke a token at once')
-    .argument('<id>', 'token id')
-    .action(action(notAvailable));
+    .argument('<id>', 'token id (ktt_…, as token list shows)')
+    .action(
+      action(async (id: string, _opts: unknown, cmd: Command) => {
+        const registry = await TokenRegistry.open(resolveHome(cmd.optsWithGlobals<Globals>()));
+        if (!(await registry.revoke(id))) {
+          throw new UserError(
+            `no token ${id.slice(0, 64)} was issued by this holder; see keytether token list`,
+          );
+        }
+        out(cmd)(`revoked ${id}\n`);
+      }),
+    );
 }

@@ -58,6 +58,9 @@ class Client implements TunnelClient {
   private waiters: { resolve: () => void; reject: (e: GpgError) => void }[] = [];
   private nextId = 1;
   private closeReason: string | undefined;
+  /** Settles when the handshake is done (resolved) or the link closed (resolved too). */
+  private readonly handshake: Promise<void>;
+  private handshakeDone!: () => void;
   private resolveReady!: () => void;
   private rejectReady!: (e: Error) => void;
   private resolveClosed!: (v: { reason: string }) => void;
@@ -71,9 +74,11 @@ class Client implements TunnelClient {
     // Callers that never await `ready` must not get an unhandled rejection when the link fails.
     this.ready.catch(() => {});
     this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.handshake = new Promise<void>((r) => (this.handshakeDone = r));
     this.link = new Link(stream, 'facade', opts, {
       onOpen: (peer) => {
         this.peer = peer;
+        this.handshakeDone();
       },
       onMessage: (m) => this.onMessage(m),
       // Only the holder end receives requests.
@@ -157,7 +162,7 @@ class Client implements TunnelClient {
     if (!this.link.isOpen) {
       if (this.closeReason !== undefined) throw this.noAgent();
       // Requests made while the handshake is still running wait for it.
-      await this.ready.catch(() => {});
+      await this.handshake;
       if (!this.link.isOpen) throw this.noAgent();
     }
     if (signal?.aborted) throw new GpgError(ErrorCode.CANCELED);
@@ -248,6 +253,7 @@ class Client implements TunnelClient {
     }
     this.pending.clear();
     for (const w of this.waiters.splice(0)) w.reject(err);
+    this.handshakeDone();
     this.rejectReady(new Error(reason));
     this.resolveClosed({ reason });
     for (const fn of this.closeListeners) safeCall(() => fn(reason));

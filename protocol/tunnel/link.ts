@@ -103,6 +103,9 @@ export class Link {
     this.onFrame = opts.onFrame;
     this.keepaliveMs = positiveMs(opts.keepaliveMs, DEFAULT_KEEPALIVE_MS, 'keepaliveMs');
     const deadPeerMs = positiveMs(opts.deadPeerMs, DEFAULT_DEAD_PEER_MS, 'deadPeerMs');
+    if (!/^[\x20-\x7e]{1,100}$/.test(opts.software)) {
+      throw new RangeError('software must be 1 to 100 printable ASCII characters');
+    }
     this.maxBacklog = Math.max(8 << 20, 4 * this.reader.maxFrameBytes);
     this.local = {
       protocol: opts.protocol ?? TUNNEL_PROTOCOL,

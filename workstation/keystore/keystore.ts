@@ -56,6 +56,11 @@ export class Keystore {
   readonly home: string;
   readonly dir: string;
   private keys = new Map<string, StoredKey>();
+  // The inventory is asked for on every request; rebuilding it (armoring every certificate)
+  // cost more than an Ed25519 signature, so it is kept until the key set changes.
+  private cachedInventory: Inventory | undefined;
+  private dirMtimeMs = -1;
+  private lastCheck = 0;
 
   private constructor(home: string) {
     this.home = home;
@@ -67,6 +72,7 @@ export class Keystore {
     await ensureHome(home);
     const ks = new Keystore(home);
     await ensureHome(ks.dir);
+    ks.dirMtimeMs = (await fs.stat(ks.dir)).mtimeMs;
     await ks.reload();
     return ks;
   }
@@ -91,6 +97,20 @@ export class Keystore {
       next.set(m[1]!, this.entry(key, armored));
     }
     this.keys = next;
+    this.cachedInventory = undefined;
+  }
+
+  /**
+   * Picks up keys imported or removed by another process (`keytether keys import` while the
+   * agent runs). Looks at the key directory at most once a second.
+   */
+  async refreshIfChanged(now = Date.now()): Promise<void> {
+    if (now - this.lastCheck < 1000) return;
+    this.lastCheck = now;
+    const st = await fs.stat(this.dir);
+    if (st.mtimeMs === this.dirMtimeMs) return;
+    this.dirMtimeMs = st.mtimeMs;
+    await this.reload();
   }
 
   private entry(key: openpgp.Key, armored: string): StoredKey {
@@ -130,6 +150,7 @@ export class Keystore {
       const entry = this.entry(key, armored);
       await writeSecretFile(entry.file, armored);
       this.keys.set(entry.fingerprint, entry);
+      this.cachedInventory = undefined;
       results.push({ fingerprint: entry.fingerprint, uid: key.getUserIDs()[0] ?? '', created });
     }
     return results;
@@ -182,6 +203,7 @@ export class Keystore {
     const [k] = this.lookup([fpr]);
     await fs.rm(k!.file, { force: true });
     this.keys.delete(k!.fingerprint);
+    this.cachedInventory = undefined;
     return k!.fingerprint;
   }
 
@@ -196,6 +218,11 @@ export class Keystore {
   }
 
   inventory(): Inventory {
+    this.cachedInventory ??= this.buildInventory();
+    return this.cachedInventory;
+  }
+
+  private buildInventory(): Inventory {
     const keys: KeyEntry[] = [];
     const certificates: Certificate[] = [];
     for (const stored of this.keys.values()) {

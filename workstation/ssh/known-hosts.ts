@@ -167,6 +167,29 @@ export async function checkHostKey(
   port: number,
   keyType: string,
   keyBlob: Buffer,
+  opts: CheckHostKeyOptions = {},
+): Promise<HostKeyCheck> {
+  const res = await checkName(files, host, port, keyType, keyBlob);
+  // OpenSSH: a host with no entry at all for [host]:port is also looked up without the port,
+  // and accepted if that matches (never when a [host]:port entry exists and differs).
+  if (res.status === 'unknown' && port !== 22 && !opts.noPortFallback) {
+    const bare = await checkName(files, host, 22, keyType, keyBlob);
+    if (bare.status === 'match') return bare;
+  }
+  return res;
+}
+
+export interface CheckHostKeyOptions {
+  /** No port-less fallback (OpenSSH skips it when HostKeyAlias is set). */
+  noPortFallback?: boolean;
+}
+
+async function checkName(
+  files: readonly string[],
+  host: string,
+  port: number,
+  keyType: string,
+  keyBlob: Buffer,
 ): Promise<HostKeyCheck> {
   const type = blobKeyType(keyBlob) ?? keyType;
   const name = knownHostsName(host, port);

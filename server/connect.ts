@@ -1,0 +1,418 @@
+// `keytether connect`: a facade whose holder is reached through a relay. The facade shows the
+// relay the token's public part only; the relay routes the WebSocket's binary messages to the
+// holder, and the tunnel runs over them unchanged. With a command, a private GNUPGHOME is made for
+// it (public keys, no-autostart, our socket) and removed again however the command ends.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import { constants } from 'node:os';
+import path from 'node:path';
+import { Duplex } from 'node:stream';
+import WebSocket from 'ws';
+import { UserError } from '../cli/errors.js';
+import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
+import type {
+  DecryptRequest,
+  DecryptResult,
+  Inventory,
+  KeyHolder,
+  SignRequest,
+} from '../protocol/keyholder.js';
+import { relayEndpoint } from '../protocol/relay/endpoint.js';
+import { parseToken } from '../protocol/token.js';
+import { tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
+import { ensureSocketDir, probeSocket, removeSocket } from './agent-socket.js';
+import { startFacade, type Facade } from './facade.js';
+import { gnupgDirs } from './gnupg-dirs.js';
+import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
+
+export interface ConnectOptions {
+  relay: string;
+  /** The full token (or its public part); only the public part leaves this process. */
+  token: string;
+  socket?: string;
+  /** Run this with a private GNUPGHOME, then exit with its status. */
+  command?: string[];
+  software: string;
+  insecure?: boolean;
+  env?: NodeJS.ProcessEnv;
+  /** Lines for the user (stderr); `ready:` goes to `out`. */
+  log?: (line: string) => void;
+  out?: (line: string) => void;
+}
+
+const MAX_MESSAGE_BYTES = 1 << 20;
+const CONNECT_TIMEOUT_MS = 15_000;
+const MIN_BACKOFF_MS = 250;
+const MAX_BACKOFF_MS = 30_000;
+
+/** One sentence per relay refusal; `permanent` ones are not worth retrying with the same token. */
+const REFUSALS: Record<number, { text: string; permanent: boolean }> = {
+  4003: {
+    text: 'the relay rejected the token as invalid; check that it was copied whole and is for this relay',
+    permanent: true,
+  },
+  4004: {
+    text: 'the token has expired; create a new one on the workstation with `keytether token create`',
+    permanent: true,
+  },
+  4005: {
+    text: 'the holder is not connected to the relay; start `keytether agent --relay …` on the workstation',
+    permanent: false,
+  },
+  4008: {
+    text: 'the relay refused the connection: too many connections or requests; try again later',
+    permanent: false,
+  },
+  4002: { text: 'the relay timed out waiting for the token', permanent: false },
+  4010: { text: 'the relay received a message that was too large', permanent: true },
+  1001: { text: 'the relay is shutting down', permanent: false },
+};
+
+export class RelayRefusal extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+    readonly permanent: boolean,
+  ) {
+    super(message);
+    this.name = 'RelayRefusal';
+  }
+}
+
+function refusal(code: number, reason: string, url: string): RelayRefusal {
+  const known = REFUSALS[code];
+  if (known) return new RelayRefusal(code, known.text, known.permanent);
+  const why = reason ? `: ${reason.slice(0, 200)}` : '';
+  return new RelayRefusal(code, `the relay at ${url} closed the connection (${code}${why})`, false);
+}
+
+function toBuffer(data: WebSocket.RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/**
+ * Opens `<relay>/v1/facade` and presents the token's public part. Resolves with the open socket
+ * once the relay said ok; rejects with a RelayRefusal (or a plain Error for network failures).
+ */
+export function openFacadeSocket(url: string, publicPart: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, {
+      maxPayload: MAX_MESSAGE_BYTES,
+      handshakeTimeout: CONNECT_TIMEOUT_MS,
+      perMessageDeflate: false,
+    });
+    let settled = false;
+    const timer = setTimeout(() => {
+      fail(new Error('the relay did not answer within 15 s'));
+      ws.terminate();
+    }, CONNECT_TIMEOUT_MS);
+    const fail = (e: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(e);
+    };
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'token', token: publicPart })));
+    ws.on('error', (e: Error) => fail(new Error(`cannot reach the relay: ${e.message}`)));
+    ws.on('close', (code: number, reason: Buffer) => fail(refusal(code, reason.toString(), url)));
+    const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
+      if (isBinary) return;
+      let msg: { type?: unknown };
+      try {
+        msg = JSON.parse(toBuffer(data).toString('utf8')) as typeof msg;
+      } catch {
+        return;
+      }
+      if (msg.type !== 'ok' || settled) return;
+      settled = true;
+      clearTimeout(timer);
+      ws.off('message', onMessage);
+      resolve(ws);
+    };
+    ws.on('message', onMessage);
+  });
+}
+
+/** The WebSocket as the tunnel's byte stream: binary messages only, in both directions. */
+export function webSocketStream(ws: WebSocket): Duplex & { closeInfo?: { code: number; reason: string } } {
+  const stream: Duplex & { closeInfo?: { code: number; reason: string } } = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      if (ws.readyState !== WebSocket.OPEN) return cb(new Error('the relay connection is closed'));
+      ws.send(chunk, { binary: true }, (e) => cb(e ?? null));
+    },
+    final(cb) {
+      ws.close(1000, 'facade done');
+      cb();
+    },
+    destroy(err, cb) {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+        ws.close(1000, 'facade done');
+      }
+      cb(err);
+    },
+  });
+  ws.on('message', (data: WebSocket.RawData, isBinary: boolean) => {
+    if (isBinary) stream.push(toBuffer(data));
+  });
+  ws.on('close', (code: number, reason: Buffer) => {
+    stream.closeInfo = { code, reason: reason.toString('utf8').slice(0, 200) };
+    stream.push(null);
+    stream.destroy();
+  });
+  ws.on('error', () => stream.destroy());
+  return stream;
+}
+
+/**
+ * A KeyHolder that is whichever tunnel is up right now. Between tunnels the inventory is the last
+ * one seen (so gpg's chatty commands keep working) and operations fail at once with NO_AGENT,
+ * which gpg reports as an agent error instead of hanging.
+ */
+export class RelayHolder implements KeyHolder {
+  #tunnel: TunnelClient | undefined;
+  #last: Inventory | undefined;
+
+  set(tunnel: TunnelClient | undefined): void {
+    this.#tunnel = tunnel;
+    tunnel?.on('inventory', (inv) => (this.#last = inv));
+    tunnel?.on('close', () => {
+      if (this.#tunnel === tunnel) this.#tunnel = undefined;
+    });
+  }
+
+  get current(): TunnelClient | undefined {
+    return this.#tunnel;
+  }
+
+  async inventory(): Promise<Inventory> {
+    if (this.#tunnel) {
+      try {
+        return (this.#last = await this.#tunnel.inventory());
+      } catch (e) {
+        if (this.#last) return this.#last;
+        throw e;
+      }
+    }
+    if (this.#last) return this.#last;
+    throw this.#down();
+  }
+
+  sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.#tunnel ? this.#tunnel.sign(req, signal) : Promise.reject(this.#down());
+  }
+
+  decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
+    return this.#tunnel ? this.#tunnel.decrypt(req, signal) : Promise.reject(this.#down());
+  }
+
+  #down(): GpgError {
+    return new GpgError(ErrorCode.NO_AGENT, 'the relay connection to the holder is down');
+  }
+}
+
+interface TempHome {
+  home: string;
+  socket: string;
+  cleanup(): Promise<void>;
+}
+
+/** A private GNUPGHOME under the system temp dir; its agent socket path as gpg will look for it. */
+async function makeTempHome(env: NodeJS.ProcessEnv): Promise<TempHome> {
+  // Short and under /tmp: unix socket paths are limited to ~107 bytes.
+  const home = await fs.mkdtemp('/tmp/ktc-');
+  await fs.chmod(home, 0o700);
+  const created: string[] = [home];
+  const cleanup = async () => {
+    for (const p of created.reverse()) await fs.rm(p, { recursive: true, force: true });
+  };
+  try {
+    const dirs = await gnupgDirs({ ...env, GNUPGHOME: home });
+    const socket = dirs.agentSocket;
+    // gpg may put the socket under /run/user/<uid>/gnupg/d.<hash>; that directory is ours too.
+    const dir = path.dirname(socket);
+    if (!existsSync(dir)) {
+      await ensureSocketDir(socket);
+      created.push(dir);
+    }
+    await ensureNoAutostart(home);
+    return { home, socket, cleanup };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Runs the facade until a signal (no command) or until COMMAND exits; resolves to the status. */
+export async function runConnect(opts: ConnectOptions): Promise<number> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const out = opts.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const parsed = parseToken(opts.token.trim());
+  if (!parsed.ok) throw new UserError(`the token is not usable: ${parsed.error}`);
+  const publicPart = parsed.token.publicPart;
+  parsed.token.secret?.fill(0);
+  const endpoint = relayEndpoint(opts.relay, 'facade', opts.insecure ?? false);
+  if (!endpoint.ok) throw new UserError(endpoint.error);
+  const url = endpoint.url;
+
+  const holder = new RelayHolder();
+  let stopping = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let permanentFailure: string | undefined;
+  let wakeStop!: () => void;
+  const stopRequested = new Promise<void>((r) => (wakeStop = r));
+
+  const attach = async (): Promise<TunnelClient> => {
+    const ws = await openFacadeSocket(url, publicPart);
+    const stream = webSocketStream(ws);
+    const tunnel = tunnelClient(stream, { software: opts.software });
+    holder.set(tunnel);
+    const up = await Promise.race([
+      tunnel.ready.then(() => null),
+      tunnel.closed.then((c) => c.reason),
+    ]);
+    if (up !== null) {
+      const info = stream.closeInfo;
+      if (info && info.code !== 1000 && info.code !== 1005) throw refusal(info.code, info.reason, url);
+      throw new Error(`the tunnel to the holder did not come up: ${up}`);
+    }
+    void tunnel.closed.then(({ reason }) => onDrop(tunnel, stream.closeInfo, reason));
+    return tunnel;
+  };
+
+  let attempt = 0;
+  const reconnect = () => {
+    retryTimer = undefined;
+    if (stopping) return;
+    attach().then(
+      () => {
+        attempt = 0;
+        log('reconnected to the holder through the relay');
+      },
+      (e: unknown) => {
+        if (e instanceof RelayRefusal && e.permanent) {
+          permanentFailure = e.message;
+          wakeStop();
+          return;
+        }
+        schedule(e);
+      },
+    );
+  };
+  const schedule = (e: unknown) => {
+    if (stopping) return;
+    const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.min(attempt++, 20));
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    if (attempt === 1) log(`${describe(e)}; retrying`);
+    retryTimer = setTimeout(reconnect, delay);
+  };
+  const onDrop = (
+    tunnel: TunnelClient,
+    info: { code: number; reason: string } | undefined,
+    reason: string,
+  ) => {
+    if (stopping || (holder.current !== undefined && holder.current !== tunnel)) return;
+    const why = info && info.code !== 1000 ? refusal(info.code, info.reason, url).message : reason;
+    log(`lost the holder: ${why}`);
+    schedule(new Error(why));
+  };
+
+  // First connection: a refusal here is the user's to fix, so it ends the command.
+  let first: TunnelClient;
+  try {
+    first = await attach();
+  } catch (e) {
+    holder.current?.close();
+    throw new UserError(describe(e));
+  }
+
+  let temp: TempHome | undefined;
+  let facade: Facade | undefined;
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  let child: ReturnType<typeof spawn> | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (child && child.exitCode === null) child.kill(sig);
+    else wakeStop();
+  };
+  for (const s of signals) process.on(s, onSignal);
+  try {
+    let socketPath: string;
+    let childEnv: NodeJS.ProcessEnv | undefined;
+    if (opts.command && opts.command.length > 0) {
+      temp = await makeTempHome(env);
+      socketPath = temp.socket;
+      childEnv = { ...env, GNUPGHOME: temp.home };
+      delete childEnv.GPG_AGENT_INFO;
+      const inv = await first.inventory();
+      if (inv.certificates.length > 0) {
+        const r = await importCertificates(inv.certificates, childEnv);
+        if (!r.ok) {
+          throw new UserError(
+            `importing the token's public keys failed: ${r.detail ?? 'gpg failed'}`,
+          );
+        }
+      }
+    } else {
+      const dirs = await gnupgDirs(env);
+      socketPath = path.resolve(opts.socket ?? dirs.agentSocket);
+      const state = await probeSocket(socketPath);
+      if (state === 'live') {
+        throw new UserError(
+          `a gpg-agent is already listening on ${socketPath}; stop it with 'gpgconf --kill gpg-agent' or choose another path with --socket`,
+        );
+      }
+      if (state === 'not-a-socket') {
+        throw new UserError(
+          `${socketPath} exists and is not a socket; move it away or choose another path with --socket`,
+        );
+      }
+      if (state === 'stale') await removeSocket(socketPath);
+      await ensureSocketDir(socketPath);
+    }
+    facade = await startFacade({
+      socketPath,
+      holder,
+      front: 'relay',
+      onEvent: (e) => {
+        // Refusals from the holder carry a one-line reason that gpg itself does not print.
+        if (e.error && e.error.code !== ErrorCode.CANCELED && e.error.detail) {
+          log(`${e.command}: ${e.error.message}`);
+        }
+      },
+    });
+    out(`ready: ${socketPath}`);
+
+    if (childEnv && opts.command) {
+      const [cmd, ...args] = opts.command as [string, ...string[]];
+      const c = spawn(cmd, args, { env: childEnv, stdio: 'inherit' });
+      child = c;
+      return await new Promise<number>((resolve, reject) => {
+        c.on('error', (e) => reject(new UserError(`cannot run ${cmd}: ${e.message}`)));
+        c.on('exit', (code, signal) => {
+          if (code !== null) resolve(code);
+          else resolve(128 + (signal ? (constants.signals[signal] ?? 1) : 1));
+        });
+      });
+    }
+
+    await stopRequested;
+    if (permanentFailure) throw new UserError(permanentFailure);
+    return 0;
+  } finally {
+    stopping = true;
+    if (retryTimer) clearTimeout(retryTimer);
+    for (const s of signals) process.off(s, onSignal);
+    holder.current?.close('stopped on the server');
+    await facade?.close();
+    await temp?.cleanup();
+  }
+}

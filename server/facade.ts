@@ -1,0 +1,87 @@
+// The server-side gpg-agent: a unix socket where stock gpg looks for its agent, served by the one
+// Assuan agent (protocol/agent) over a KeyHolder that is normally a tunnel client. Everything
+// chatty is answered from the holder's pushed inventory; PKSIGN/PKDECRYPT become one tunnel
+// request each. This module owns the listener and its connections, nothing else.
+
+import type net from 'node:net';
+import { hostname, userInfo } from 'node:os';
+import { serveAgent, type AgentEvent } from '../protocol/agent/index.js';
+import type { KeyHolder, Requester } from '../protocol/keyholder.js';
+import { listenAt, removeSocket } from './agent-socket.js';
+
+export interface FacadeOptions {
+  /** A free path (absent, or a stale socket already removed). */
+  socketPath: string;
+  holder: KeyHolder;
+  /** Which front the requests arrive through; default `ssh`. */
+  front?: Requester['front'];
+  onEvent?: (e: AgentEvent) => void;
+}
+
+export interface Facade {
+  readonly socketPath: string;
+  /** Open gpg connections right now. */
+  readonly connections: number;
+  /** Stops listening, drops open connections and removes the socket file. */
+  close(): Promise<void>;
+}
+
+/** Who runs gpg here, as far as this process can tell without asking the kernel per peer. */
+function localRequester(front: Requester['front']): Requester {
+  const r: Requester = { front };
+  try {
+    r.host = hostname();
+  } catch {
+    // No hostname is not a reason to refuse service.
+  }
+  try {
+    const u = userInfo();
+    r.user = u.username;
+    if (u.uid >= 0) r.uid = u.uid;
+  } catch {
+    // Containers without a passwd entry for the uid.
+  }
+  return r;
+}
+
+export async function startFacade(opts: FacadeOptions): Promise<Facade> {
+  const open = new Set<net.Socket>();
+  const requester = localRequester(opts.front ?? 'ssh');
+  let closing: Promise<void> | undefined;
+
+  const server = await listenAt(opts.socketPath, (sock) => {
+    if (closing) {
+      sock.destroy();
+      return;
+    }
+    open.add(sock);
+    sock.on('close', () => open.delete(sock));
+    // A gpg that hangs up mid-command produces EPIPE/ECONNRESET; that ends only its session.
+    sock.on('error', () => sock.destroy());
+    serveAgent(sock, {
+      holder: opts.holder,
+      requester: { ...requester },
+      ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
+    })
+      .catch(() => {})
+      .finally(() => sock.destroy());
+  });
+
+  return {
+    socketPath: opts.socketPath,
+    get connections() {
+      return open.size;
+    },
+    close() {
+      closing ??= (async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          for (const s of open) s.destroy();
+        });
+        // net.Server.close unlinks the path itself on Linux; this covers the other cases.
+        await removeSocket(opts.socketPath);
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,495 @@
+// The relay's routing core: authenticates holders (challenge/response with their identity key)
+// and facades (the signed public part of a token), then carries each facade WebSocket as one mux
+// stream over its holder's WebSocket (relay-protocol.md, "Relay endpoints").
+//
+// The relay sees tokens' public parts and routing metadata only. Logs name token ids (`tid`) and
+// holder ids (`hid`), never a token, signature or nonce; every refusal is one log line with its
+// reason and one count in the refusals metric.
+
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyBaseLogger } from 'fastify';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { z } from 'zod';
+import {
+  holderIdFromPublicKey,
+  relayAuthMessage,
+  verifyEd25519,
+} from '../../protocol/relay/identity.js';
+import {
+  MUX_HEADER_BYTES,
+  MuxKind,
+  decodeMux,
+  encodeMux,
+  encodeMuxClose,
+  encodeMuxOpen,
+  truncateUtf8,
+} from '../../protocol/relay/mux.js';
+import { checkTokenSignature, parseToken } from '../../protocol/token.js';
+import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
+import type { RelayMetrics, Role } from './metrics.js';
+
+export const CloseCode = {
+  AuthFailed: 4001,
+  AuthTimeout: 4002,
+  TokenInvalid: 4003,
+  TokenExpired: 4004,
+  HolderNotConnected: 4005,
+  RateLimited: 4008,
+  Replaced: 4009,
+  FrameTooLarge: 4010,
+  ShuttingDown: 1001,
+} as const;
+
+// A WebSocket close reason is at most 123 bytes.
+const MAX_WS_REASON_BYTES = 123;
+// Control messages are small JSON; a token's public part is at most 4096 characters.
+const MAX_CONTROL_BYTES = 8192;
+// After close() a well-behaved peer answers at once; one that does not is cut off after this.
+const CLOSE_HANDSHAKE_MS = 2000;
+
+// ws closes a message longer than maxPayload with 1009 by itself, before any of our code sees
+// it; the spec's code for that is 4010, so the one place that picks the code is overridden.
+class RelaySocket extends WebSocket {
+  override close(code?: number, data?: string | Buffer): void {
+    if (code === 1009) super.close(CloseCode.FrameTooLarge, 'frame too large');
+    else super.close(code, data);
+  }
+}
+
+interface Holder {
+  ws: WebSocket;
+  hid: string;
+  log: FastifyBaseLogger;
+  streams: Map<number, Stream>;
+  nextStreamId: number;
+}
+
+interface Stream {
+  id: number;
+  holder: Holder;
+  facade: WebSocket;
+  tid: string;
+  log: FastifyBaseLogger;
+  ended: boolean;
+  /** When the oldest facade data message not yet answered by the holder was forwarded. */
+  pendingSince: number | undefined;
+}
+
+const HolderAuthSchema = z.strictObject({
+  type: z.literal('auth'),
+  hpk: z.string().max(64),
+  sig: z.string().max(128),
+});
+
+const FacadeTokenSchema = z.strictObject({
+  type: z.literal('token'),
+  token: z.string().max(4096),
+});
+
+function parseControl<T>(data: RawData, schema: z.ZodType<T>): T | undefined {
+  const buf = data as Buffer;
+  if (buf.length > MAX_CONTROL_BYTES) return undefined;
+  try {
+    const r = schema.safeParse(JSON.parse(buf.toString('utf8')));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function wsReason(text: string): Buffer {
+  return truncateUtf8(text, MAX_WS_REASON_BYTES);
+}
+
+function isOpen(ws: WebSocket): boolean {
+  return ws.readyState === WebSocket.OPEN;
+}
+
+export class RelayHub {
+  private readonly holders = new Map<string, Holder>();
+  private readonly sockets = new Set<WebSocket>();
+  /** Sockets that have not authenticated yet; closed at once when the relay starts draining. */
+  private readonly pending = new Set<WebSocket>();
+  private readonly addresses: AddressCounter;
+  private readonly rate: RateLimiter;
+  private readonly holderWss: WebSocketServer;
+  private readonly facadeWss: WebSocketServer;
+  private streamCount = 0;
+  private draining = false;
+  private onDrained: (() => void) | undefined;
+
+  constructor(
+    private readonly log: FastifyBaseLogger,
+    private readonly limits: RelayLimits,
+    private readonly metrics: RelayMetrics,
+  ) {
+    this.addresses = new AddressCounter(limits.maxConnectionsPerAddress);
+    this.rate = new RateLimiter(limits.tokenRatePerSecond, limits.tokenBurst);
+    const common = { noServer: true, perMessageDeflate: false, WebSocket: RelaySocket } as const;
+    this.holderWss = new WebSocketServer({
+      ...common,
+      maxPayload: limits.maxMessageBytes + MUX_HEADER_BYTES,
+    });
+    this.facadeWss = new WebSocketServer({ ...common, maxPayload: limits.maxMessageBytes });
+  }
+
+  /** The HTTP server's 'upgrade' handler. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    let path: string;
+    try {
+      path = new URL(req.url ?? '/', 'http://relay').pathname;
+    } catch {
+      path = '';
+    }
+    const role: Role | undefined =
+      path === '/v1/holder' ? 'holder' : path === '/v1/facade' ? 'facade' : undefined;
+    if (!role) {
+      socket.on('error', () => {});
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    const wss = role === 'holder' ? this.holderWss : this.facadeWss;
+    wss.handleUpgrade(req, socket, head, (ws) => this.accept(role, ws, req));
+  }
+
+  private accept(role: Role, ws: WebSocket, req: IncomingMessage): void {
+    const addr = req.socket.remoteAddress ?? 'unknown';
+    const log = this.log.child({ role, addr });
+    ws.on('error', (e: Error & { code?: string }) => {
+      if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+        // ws has already closed the socket (with 4010, see RelaySocket); count and log it.
+        this.metrics.refusals.inc({ reason: 'frame_too_large' });
+        log.info({ code: CloseCode.FrameTooLarge, reason: 'frame too large' }, 'refused');
+      } else {
+        log.warn({ error: e.message }, 'websocket error');
+      }
+    });
+    if (this.draining) {
+      this.refuse(ws, log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
+      return;
+    }
+    if (!this.addresses.acquire(addr)) {
+      this.refuse(ws, log, CloseCode.RateLimited, 'too many connections', 'too_many_connections');
+      return;
+    }
+    this.sockets.add(ws);
+    this.pending.add(ws);
+    this.metrics.connections.inc({ role });
+    ws.once('close', () => {
+      this.addresses.release(addr);
+      this.sockets.delete(ws);
+      this.pending.delete(ws);
+      this.metrics.connections.dec({ role });
+    });
+    const deadline = setTimeout(() => {
+      if (this.pending.has(ws)) {
+        this.refuse(ws, log, CloseCode.AuthTimeout, 'auth timeout', 'auth_timeout');
+      }
+    }, this.limits.authDeadlineMs);
+    ws.once('close', () => clearTimeout(deadline));
+    if (role === 'holder') this.acceptHolder(ws, log);
+    else this.acceptFacade(ws, log, addr);
+  }
+
+  private refuse(
+    ws: WebSocket,
+    log: FastifyBaseLogger,
+    code: number,
+    reason: string,
+    metricReason: string,
+  ): void {
+    this.pending.delete(ws);
+    this.metrics.refusals.inc({ reason: metricReason });
+    log.info({ code, reason }, 'refused');
+    ws.close(code, wsReason(reason));
+  }
+
+  // ---- holders ----
+
+  private acceptHolder(ws: WebSocket, log: FastifyBaseLogger): void {
+    const nonce = randomBytes(32).toString('base64url');
+    let holder: Holder | undefined;
+    ws.on('message', (data, isBinary) => {
+      if (!isOpen(ws)) return;
+      if (holder) {
+        if (isBinary) this.fromHolder(holder, data as Buffer);
+        else holder.log.debug('ignored a text message from the holder');
+        return;
+      }
+      const hpk = isBinary ? undefined : this.checkHolderAuth(data, nonce);
+      if (!hpk) {
+        this.refuse(ws, log, CloseCode.AuthFailed, 'auth failed', 'auth_failed');
+        return;
+      }
+      holder = this.registerHolder(ws, holderIdFromPublicKey(hpk), log);
+      ws.send(JSON.stringify({ type: 'ok', hid: holder.hid }));
+    });
+    ws.once('close', () => {
+      if (holder) this.dropHolder(holder);
+    });
+    ws.send(JSON.stringify({ type: 'challenge', nonce }));
+  }
+
+  /** The holder's public key when `data` is a valid answer to the challenge `nonce`. */
+  private checkHolderAuth(data: RawData, nonce: string): Buffer | undefined {
+    const m = parseControl(data, HolderAuthSchema);
+    if (!m) return undefined;
+    const hpk = Buffer.from(m.hpk, 'base64url');
+    const sig = Buffer.from(m.sig, 'base64url');
+    return verifyEd25519(hpk, relayAuthMessage(nonce), sig) ? hpk : undefined;
+  }
+
+  private registerHolder(ws: WebSocket, hid: string, connLog: FastifyBaseLogger): Holder {
+    this.pending.delete(ws);
+    const log = connLog.child({ hid });
+    const old = this.holders.get(hid);
+    if (old) {
+      old.log.info({ code: CloseCode.Replaced }, 'holder replaced by a new connection');
+      this.dropHolder(old);
+      old.ws.close(CloseCode.Replaced, 'replaced');
+    }
+    const holder: Holder = { ws, hid, log, streams: new Map(), nextStreamId: 1 };
+    this.holders.set(hid, holder);
+    log.info('holder connected');
+    return holder;
+  }
+
+  /** Forgets `holder` (if it is still the current one for its id) and ends its streams. */
+  private dropHolder(holder: Holder): void {
+    if (this.holders.get(holder.hid) !== holder) return;
+    this.holders.delete(holder.hid);
+    for (const s of [...holder.streams.values()]) {
+      this.endStream(s, { facadeCode: CloseCode.HolderNotConnected, reason: 'holder went away' });
+    }
+    holder.log.info('holder disconnected');
+  }
+
+  private fromHolder(holder: Holder, data: Buffer): void {
+    const f = decodeMux(data, this.limits.maxMessageBytes);
+    if ('error' in f || f.kind === MuxKind.Open) {
+      const reason = 'error' in f ? f.error : 'holders do not open streams';
+      this.metrics.refusals.inc({ reason: 'bad_frame' });
+      holder.log.warn({ code: 1002, reason }, 'refused');
+      holder.ws.close(1002, wsReason('bad mux frame'));
+      return;
+    }
+    // A frame for a stream that just ended here crossed our close on the wire; nothing to do.
+    const s = holder.streams.get(f.streamId);
+    if (!s) return;
+    if (f.kind === MuxKind.Data) {
+      if (s.pendingSince !== undefined) {
+        this.metrics.latency.observe((performance.now() - s.pendingSince) / 1000);
+        s.pendingSince = undefined;
+      }
+      if (isOpen(s.facade)) s.facade.send(f.payload, { binary: true });
+    } else {
+      this.endStream(s, { facadeCode: 1000, reason: f.payload.toString('utf8'), fromHolder: true });
+    }
+  }
+
+  // ---- facades ----
+
+  private acceptFacade(ws: WebSocket, log: FastifyBaseLogger, addr: string): void {
+    let stream: Stream | undefined;
+    let answered = false;
+    ws.on('message', (data, isBinary) => {
+      if (!isOpen(ws)) return;
+      if (!answered) {
+        answered = true;
+        stream = this.openStream(ws, log, addr, data, isBinary);
+        return;
+      }
+      if (!stream || stream.ended) return;
+      if (isBinary) this.fromFacade(stream, data as Buffer);
+      else stream.log.debug('ignored a text message from the facade');
+    });
+    ws.once('close', (code, reason) => {
+      if (stream && !stream.ended) {
+        this.endStream(stream, { reason: reason.toString('utf8') || `facade closed (${code})` });
+      }
+    });
+  }
+
+  private openStream(
+    ws: WebSocket,
+    connLog: FastifyBaseLogger,
+    addr: string,
+    data: RawData,
+    isBinary: boolean,
+  ): Stream | undefined {
+    const msg = isBinary ? undefined : parseControl(data, FacadeTokenSchema);
+    if (!msg) {
+      this.refuse(ws, connLog, CloseCode.TokenInvalid, 'expected a token message', 'token_invalid');
+      return undefined;
+    }
+    const parsed = parseToken(msg.token);
+    if (!parsed.ok) {
+      this.refuse(ws, connLog, CloseCode.TokenInvalid, parsed.error, 'token_invalid');
+      return undefined;
+    }
+    const token = parsed.token;
+    if (token.secret) {
+      // The secret proves the facade to the holder end to end; a relay must never hold it.
+      token.secret.fill(0);
+      this.refuse(
+        ws,
+        connLog,
+        CloseCode.TokenInvalid,
+        'send only the public part of the token, never its secret',
+        'token_invalid',
+      );
+      return undefined;
+    }
+    const { tid, hid, exp } = token.payload;
+    const log = connLog.child({ tid, hid });
+    const sig = checkTokenSignature(token);
+    if (!sig.ok) {
+      const reason =
+        sig.reason === 'holder'
+          ? 'token holder id does not match its key'
+          : 'token signature invalid';
+      this.refuse(ws, log, CloseCode.TokenInvalid, reason, 'token_invalid');
+      return undefined;
+    }
+    if (exp <= Math.floor(Date.now() / 1000)) {
+      this.refuse(ws, log, CloseCode.TokenExpired, 'token expired', 'token_expired');
+      return undefined;
+    }
+    if (this.draining) {
+      this.refuse(ws, log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
+      return undefined;
+    }
+    const holder = this.holders.get(hid);
+    if (!holder) {
+      this.refuse(
+        ws,
+        log,
+        CloseCode.HolderNotConnected,
+        'holder not connected',
+        'holder_not_connected',
+      );
+      return undefined;
+    }
+    // Only after the signature check: otherwise anyone could drain another token's bucket.
+    if (!this.rate.take(tid)) {
+      this.refuse(ws, log, CloseCode.RateLimited, 'rate limited', 'rate_limited');
+      return undefined;
+    }
+    if (holder.streams.size >= this.limits.maxStreamsPerHolder) {
+      this.refuse(ws, log, CloseCode.RateLimited, 'too many streams', 'too_many_streams');
+      return undefined;
+    }
+    const id = this.allocateStreamId(holder);
+    const stream: Stream = {
+      id,
+      holder,
+      facade: ws,
+      tid,
+      log: log.child({ stream: id }),
+      ended: false,
+      pendingSince: undefined,
+    };
+    holder.streams.set(id, stream);
+    this.streamCount++;
+    this.pending.delete(ws);
+    holder.ws.send(encodeMuxOpen(id, { token: token.publicPart, peer: addr }));
+    ws.send(JSON.stringify({ type: 'ok' }));
+    this.metrics.streams.inc();
+    stream.log.info('stream opened');
+    return stream;
+  }
+
+  private allocateStreamId(holder: Holder): number {
+    // At most maxStreamsPerHolder ids are in use, so this finds a free one quickly.
+    for (;;) {
+      const id = holder.nextStreamId;
+      holder.nextStreamId = id >= 0xffffffff ? 1 : id + 1;
+      if (!holder.streams.has(id)) return id;
+    }
+  }
+
+  private fromFacade(s: Stream, data: Buffer): void {
+    if (!this.rate.take(s.tid)) {
+      this.metrics.refusals.inc({ reason: 'rate_limited' });
+      s.log.info({ code: CloseCode.RateLimited, reason: 'rate limited' }, 'refused');
+      this.endStream(s, { facadeCode: CloseCode.RateLimited, reason: 'rate limited' });
+      return;
+    }
+    this.metrics.requests.inc();
+    s.pendingSince ??= performance.now();
+    if (isOpen(s.holder.ws)) s.holder.ws.send(encodeMux(MuxKind.Data, s.id, data));
+  }
+
+  /**
+   * Ends a stream once: tells the holder (unless the holder ended it) and closes the facade
+   * (unless the facade ended it, i.e. `facadeCode` is absent).
+   */
+  private endStream(
+    s: Stream,
+    how: { reason: string; facadeCode?: number; fromHolder?: boolean },
+  ): void {
+    if (s.ended) return;
+    s.ended = true;
+    s.holder.streams.delete(s.id);
+    this.streamCount--;
+    if (!how.fromHolder && isOpen(s.holder.ws)) {
+      s.holder.ws.send(encodeMuxClose(s.id, how.reason));
+    }
+    if (how.facadeCode !== undefined && isOpen(s.facade)) {
+      s.facade.close(how.facadeCode, wsReason(how.reason));
+    }
+    s.log.info({ reason: how.reason.slice(0, 200) }, 'stream closed');
+    if (this.streamCount === 0) this.onDrained?.();
+  }
+
+  // ---- shutdown ----
+
+  /**
+   * Stops accepting connections, lets streams in flight finish for up to `drainMs`, then closes
+   * every connection with 1001.
+   */
+  async shutdown(drainMs: number): Promise<void> {
+    if (!this.draining) {
+      this.draining = true;
+      this.log.info({ streams: this.streamCount, drainMs }, 'shutting down');
+      for (const ws of [...this.pending]) {
+        this.refuse(ws, this.log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
+      }
+      if (this.streamCount > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, drainMs);
+          this.onDrained = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.onDrained = undefined;
+      }
+    }
+    await this.closeAll();
+  }
+
+  /** Closes every connection with 1001 and waits (briefly) until they are gone. */
+  async closeAll(): Promise<void> {
+    this.draining = true;
+    const open = [...this.sockets];
+    await Promise.all(
+      open.map(
+        (ws) =>
+          new Promise<void>((resolve) => {
+            if (ws.readyState === WebSocket.CLOSED) return resolve();
+            const timer = setTimeout(() => ws.terminate(), CLOSE_HANDSHAKE_MS);
+            ws.once('close', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            ws.close(CloseCode.ShuttingDown, 'relay shutting down');
+          }),
+      ),
+    );
+    this.holderWss.close();
+    this.facadeWss.close();
+  }
+}

@@ -1,0 +1,81 @@
+// The relay as a fastify app: HTTP routes (health, metrics) in an encapsulated plugin, and the
+// WebSocket endpoints /v1/holder and /v1/facade on the same server's 'upgrade' event, handled
+// by a RelayHub that shares the app's logger.
+
+import type { IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import Fastify, {
+  type FastifyInstance,
+  type FastifyPluginAsync,
+  type FastifyServerOptions,
+} from 'fastify';
+import { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
+import { createMetrics, type RelayMetrics } from './metrics.js';
+import { RelayHub } from './hub.js';
+
+export { CloseCode } from './hub.js';
+export { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
+
+export interface RelayOptions {
+  /** fastify/pino logger options; default: JSON lines at level info on stderr. */
+  logger?: FastifyServerOptions['logger'];
+  /** Serve https:// (and wss://) with this PEM certificate and key. */
+  https?: { cert: string | Buffer; key: string | Buffer };
+  limits?: Partial<RelayLimits>;
+}
+
+const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metrics }) => {
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+};
+
+const relays = new WeakMap<
+  FastifyInstance,
+  { hub: RelayHub; limits: RelayLimits; tls: boolean }
+>();
+
+/** A relay, not yet listening. `app.inject()` works on it; `listenRelay` starts it. */
+export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
+  const limits: RelayLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const base: FastifyServerOptions = {
+    logger: opts.logger ?? { level: 'info', stream: process.stderr },
+  };
+  // With `https` fastify's instance type changes to an https.Server; the relay only uses what
+  // both servers have in common ('upgrade', address()).
+  const app = (
+    opts.https ? Fastify({ ...base, https: opts.https }) : Fastify(base)
+  ) as unknown as FastifyInstance;
+  const metrics = createMetrics();
+  const hub = new RelayHub(app.log, limits, metrics);
+  relays.set(app, { hub, limits, tls: opts.https !== undefined });
+  app.register(routes, { metrics });
+  app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+    hub.handleUpgrade(req, socket, head),
+  );
+  // app.close() waits for every connection, upgraded ones too, so those must end first.
+  app.addHook('preClose', async () => hub.closeAll());
+  return app;
+}
+
+/** Starts listening; resolves to the base URL to print (`http://127.0.0.1:7878`). */
+export async function listenRelay(app: FastifyInstance, host: string, port: number): Promise<string> {
+  await app.listen({ host, port });
+  const addr = app.server.address() as AddressInfo;
+  const scheme = relays.get(app)?.tls ? 'https' : 'http';
+  const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return `${scheme}://${h}:${addr.port}`;
+}
+
+/**
+ * Graceful stop: refuses new connections, lets streams in flight finish for up to the drain
+ * time (default: the limit `drainMs`, 10 s), then closes everything with 1001 and the server.
+ */
+export async function shutdownRelay(app: FastifyInstance, drainMs?: number): Promise<void> {
+  const r = relays.get(app);
+  if (r) await r.hub.shutdown(drainMs ?? r.limits.drainMs);
+  await app.close();
+}

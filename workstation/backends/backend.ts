@@ -1,0 +1,54 @@
+// A back end is where a key actually lives: keytether's own keystore, or the workstation's
+// gpg-agent (and through it, smartcards). The holder asks each for its inventory, picks the first
+// back end that has a keygrip, and does policy and audit itself, so every back end is governed
+// the same way.
+
+import type { DecryptResult, Inventory, KeyEntry, Requester } from '../../protocol/keyholder.js';
+
+/** What a back end hands the holder once a key may be used (after its own unlock step, if any). */
+export interface KeyOperator {
+  /** Canonical `(7:sig-val…)`. */
+  sign(hashAlgo: number, digest: Uint8Array): Uint8Array | Promise<Uint8Array>;
+  decrypt(encVal: Uint8Array): DecryptResult | Promise<DecryptResult>;
+}
+
+export interface OpenContext {
+  /** gpg's SETKEYDESC text, decoded, if it sent one. */
+  description: string | undefined;
+  requester: Requester;
+  signal: AbortSignal | undefined;
+}
+
+export interface Backend {
+  /** `builtin`, `gpg-agent`. */
+  readonly name: string;
+  inventory(): Promise<Inventory>;
+  /**
+   * Readies ENTRY (one of this back end's own inventory) for one operation. The builtin back end
+   * unlocks here (pinentry, cache); one that delegates unlocking does nothing until the operation.
+   */
+  open(entry: KeyEntry, ctx: OpenContext): Promise<KeyOperator>;
+  close?(): Promise<void>;
+}
+
+/** First back end wins a keygrip, and a certificate by fingerprint. */
+export function mergeInventories(parts: Inventory[]): Inventory {
+  const grips = new Set<string>();
+  const fprs = new Set<string>();
+  const out: Inventory = { keys: [], certificates: [] };
+  for (const inv of parts) {
+    for (const k of inv.keys) {
+      const g = k.keygrip.toUpperCase();
+      if (grips.has(g)) continue;
+      grips.add(g);
+      out.keys.push(k);
+    }
+    for (const c of inv.certificates) {
+      const f = c.fingerprint.toUpperCase();
+      if (fprs.has(f)) continue;
+      fprs.add(f);
+      out.certificates.push(c);
+    }
+  }
+  return out;
+}

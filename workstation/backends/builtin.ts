@@ -1,0 +1,71 @@
+// The builtin back end: OpenPGP secret keys kept by keytether. Opening a key unlocks it (cache
+// first, else keytether's pinentry), and the raw operation runs in this process.
+
+import type { Inventory, KeyEntry } from '../../protocol/keyholder.js';
+import type { UnlockedKey } from '../crypto/index.js';
+import type { Keystore } from '../keystore/index.js';
+import type { PassphraseAsker } from '../pinentry.js';
+import { askUntilUnlocked } from '../pinentry.js';
+import type { UnlockCache } from '../unlock-cache.js';
+import type { Backend, KeyOperator, OpenContext } from './backend.js';
+import { requesterPrefixedText } from './requester-text.js';
+
+export interface BuiltinBackendDeps {
+  keystore: Keystore;
+  pinentry: PassphraseAsker;
+  cache: UnlockCache<UnlockedKey>;
+}
+
+export class BuiltinBackend implements Backend {
+  readonly name = 'builtin';
+  readonly #d: BuiltinBackendDeps;
+  /** Unlocks of one key are serialised so that two waiting gpg calls ask the pinentry once. */
+  readonly #unlocking = new Map<string, Promise<UnlockedKey>>();
+
+  constructor(deps: BuiltinBackendDeps) {
+    this.#d = deps;
+  }
+
+  async inventory(): Promise<Inventory> {
+    const inv = await this.#d.keystore.inventory();
+    const cached = new Set(this.#d.cache.entries().map((e) => e.keygrip));
+    return {
+      certificates: inv.certificates,
+      keys: inv.keys.map((k) => ({ ...k, cached: cached.has(k.keygrip) })),
+    };
+  }
+
+  async open(entry: KeyEntry, ctx: OpenContext): Promise<KeyOperator> {
+    const hit = this.#d.cache.get(entry.keygrip);
+    if (hit) return hit;
+    const pending = this.#unlocking.get(entry.keygrip);
+    if (pending) return pending;
+    const p = (async () => {
+      const ks = this.#d.keystore;
+      const key = ks.isProtected(entry.keygrip)
+        ? await askUntilUnlocked(
+            this.#d.pinentry,
+            {
+              keygrip: entry.keygrip,
+              description: requesterPrefixedText(
+                ctx.requester,
+                ctx.description,
+                `Please enter the passphrase to unlock the key\n${entry.fingerprint}`,
+              ),
+            },
+            (pass) => ks.unlock(entry.keygrip, pass),
+            3,
+            ctx.signal,
+          )
+        : await ks.unlock(entry.keygrip, null);
+      this.#d.cache.put(entry.keygrip, key);
+      return key;
+    })();
+    this.#unlocking.set(entry.keygrip, p);
+    try {
+      return await p;
+    } finally {
+      this.#unlocking.delete(entry.keygrip);
+    }
+  }
+}
