@@ -138,7 +138,9 @@ export function openFacadeSocket(url: string, publicPart: string): Promise<WebSo
 }
 
 /** The WebSocket as the tunnel's byte stream: binary messages only, in both directions. */
-export function webSocketStream(ws: WebSocket): Duplex & { closeInfo?: { code: number; reason: string } } {
+export function webSocketStream(
+  ws: WebSocket,
+): Duplex & { closeInfo?: { code: number; reason: string } } {
   const stream: Duplex & { closeInfo?: { code: number; reason: string } } = new Duplex({
     read() {},
     write(chunk: Buffer, _enc, cb) {
@@ -282,7 +284,8 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     ]);
     if (up !== null) {
       const info = stream.closeInfo;
-      if (info && info.code !== 1000 && info.code !== 1005) throw refusal(info.code, info.reason, url);
+      if (info && info.code !== 1000 && info.code !== 1005)
+        throw refusal(info.code, info.reason, url);
       throw new Error(`the tunnel to the holder did not come up: ${up}`);
     }
     void tunnel.closed.then(({ reason }) => onDrop(tunnel, stream.closeInfo, reason));
@@ -389,7 +392,8 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
         }
       },
     });
-    out(`ready: ${socketPath}`);
+    // With a command, stdout belongs to the command (e.g. `gpg --armor --detach-sign`).
+    (childEnv ? log : out)(`ready: ${socketPath}`);
 
     if (childEnv && opts.command) {
       const [cmd, ...args] = opts.command as [string, ...string[]];

@@ -37,14 +37,8 @@ const TOP_COMMANDS = [
 // Commands still stubbed by the skeleton, with arguments that get them past usage checks.
 // Whoever implements one removes it here and tests it in its own file.
 const STUBS: [string, string[]][] = [
-  ['ssh', ['ssh', 'user@example.invalid']],
-  ['token create', ['token', 'create', '--key', 'ABCD']],
-  ['token list', ['token', 'list', '--json']],
-  ['token revoke', ['token', 'revoke', 'tok1']],
   ['status', ['status']],
-  ['relay', ['relay', '--listen', '127.0.0.1:0']],
   ['connect', ['connect', '--relay', 'http://127.0.0.1:1', '--', 'true']],
-  ['serve', ['serve', '--stdio']],
 ];
 
 function assertOneLineNoStack(t: Test, stderr: string): void {

@@ -14,6 +14,7 @@ import {
   parseToken,
   tokenSecretHash,
   verifyTokenSignature,
+  TokenPayloadSchema,
   type ParsedToken,
   type TokenPayload,
 } from '../protocol/token.js';
@@ -146,7 +147,7 @@ t.test('malformed tokens are refused with a specific sentence', async (t) => {
     ],
     [
       'payload too big',
-      withPayload({ ...base, label: 'x'.repeat(2100) }),
+      withPayload({ ...base, label: 'x'.repeat(1900) }),
       /larger than 2048 bytes/,
     ],
     ['unknown field', withPayload({ ...base, admin: true }), /unknown fields \(admin\)/],
@@ -155,14 +156,6 @@ t.test('malformed tokens are refused with a specific sentence', async (t) => {
     ['bad hid', withPayload({ ...base, hid: 'kth_XYZ' }), /field 'hid'/],
     ['lowercase key', withPayload({ ...base, keys: [FPR_A.toLowerCase()] }), /field 'keys\.0'/],
     ['no keys', withPayload({ ...base, keys: [] }), /field 'keys'/],
-    [
-      '65 keys',
-      withPayload({
-        ...base,
-        keys: Array.from({ length: 65 }, (_, i) => i.toString(16).toUpperCase().padStart(40, '0')),
-      }),
-      /field 'keys'/,
-    ],
     ['unknown op', withPayload({ ...base, ops: ['export'] }), /field 'ops\.0'/],
     ['long label', withPayload({ ...base, label: 'l'.repeat(201) }), /field 'label'/],
     ['label with newline', withPayload({ ...base, label: 'a\nb' }), /field 'label'.*control/],
@@ -170,6 +163,10 @@ t.test('malformed tokens are refused with a specific sentence', async (t) => {
     ['fractional exp', withPayload({ ...base, exp: 1.5e9 + 0.5 }), /field 'exp'/],
     ['array payload', withPayload([base]), /payload is invalid/],
   ];
+  const tooMany = Array.from({ length: 65 }, (_, i) =>
+    i.toString(16).toUpperCase().padStart(40, '0'),
+  );
+  t.notOk(TokenPayloadSchema.safeParse({ ...base, keys: tooMany }).success, '65 keys: refused');
   for (const [name, input, re] of cases) {
     const r = parseToken(input);
     t.notOk(r.ok, `${name}: refused`);

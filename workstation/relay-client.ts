@@ -399,7 +399,7 @@ export function tokenScopedHolder(
     );
     let refusal: string | undefined;
     if (!entry) {
-      refusal = 'the token does not allow this key';
+      refusal = `token ${tid} does not allow this key`;
     } else {
       const d = await tokens.authorize({
         token,
@@ -419,9 +419,9 @@ export function tokenScopedHolder(
       op,
       ...extra,
       decision: 'denied',
-      reason: `token ${tid}: ${refusal}`,
+      reason: refusal,
     });
-    throw new GpgError(ErrorCode.FORBIDDEN, `token ${tid}: ${refusal}`);
+    throw new GpgError(ErrorCode.FORBIDDEN, refusal);
   };
 
   return {

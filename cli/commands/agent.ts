@@ -9,12 +9,14 @@ import { ConfigError, loadConfig, mergeFlags } from '../../workstation/config.js
 import type { Config, ConfigFlags } from '../../workstation/config.js';
 import { listenUnix } from '../../workstation/local-socket.js';
 import { openHolderRuntime } from '../../workstation/runtime.js';
+import { RelayUrlError, startRelayClients } from '../../workstation/relay-client.js';
 import { UsageError, UserError } from '../errors.js';
-import { action, collect, resolveHome } from '../program.js';
+import { action, collect, packageVersion, resolveHome } from '../program.js';
 
 interface AgentFlags extends ConfigFlags {
   socket?: string;
   gnupgHome?: string;
+  insecure?: boolean;
 }
 
 /** Loads config.toml plus flags; a bad flag is a usage error, a bad file a plain failure. */
@@ -40,7 +42,8 @@ export function register(program: Command): void {
       '--socket <path>',
       'serve the gpg-agent protocol here (default $KEYTETHER_HOME/S.gpg-agent)',
     )
-    .option('--relay <url>', 'connect out to this relay (repeatable; not available yet)', collect)
+    .option('--relay <url>', 'connect out to this relay (repeatable)', collect)
+    .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
     .option('--pinentry-program <path>', 'pinentry to ask for passphrases and confirmations')
     .option(
       '--pinentry-timeout <duration>',
@@ -79,9 +82,6 @@ export function register(program: Command): void {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
         const home = resolveHome(globals);
         const config = await loadHolderConfig(home, globals.config, flags);
-        if (config.relay.length > 0) {
-          throw new UserError('--relay is not available yet; run the agent without it');
-        }
         const rt = await openHolderRuntime(
           home,
           config,
@@ -101,6 +101,16 @@ export function register(program: Command): void {
           await rt.close();
           throw e;
         }
+        // Relays come after the local socket, so `ready:` never waits for a slow network.
+        const relays = await startRelayClients(rt, config.relay, {
+          software: `keytether/${packageVersion()}`,
+          insecure: flags.insecure ?? false,
+          log: (line) => process.stderr.write(`${line}\n`),
+        }).catch(async (e: unknown) => {
+          server.close();
+          await rt.close();
+          throw e instanceof RelayUrlError ? new UsageError(e.message) : e;
+        });
         process.stdout.write(`ready: ${socketPath}\n`);
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
@@ -112,6 +122,7 @@ export function register(program: Command): void {
           server.close(() => resolve());
           for (const s of open) s.destroy();
         });
+        await relays.close();
         await rt.close();
         return 0;
       }),

@@ -30,7 +30,9 @@ export function register(program: Command): void {
           throw new UsageError('no token: pass --token or set KEYTETHER_TOKEN');
         }
         if (command.length > 0 && flags.socket !== undefined) {
-          throw new UsageError('--socket cannot be combined with a command; the command gets its own');
+          throw new UsageError(
+            '--socket cannot be combined with a command; the command gets its own',
+          );
         }
         return runConnect({
           relay: flags.relay,

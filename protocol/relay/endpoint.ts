@@ -23,7 +23,10 @@ export function relayEndpoint(base: string, role: RelayRole, insecure = false): 
   try {
     u = new URL(base);
   } catch {
-    return { ok: false, error: `'${base.slice(0, 200)}' is not a URL; use the URL the relay printed` };
+    return {
+      ok: false,
+      error: `'${base.slice(0, 200)}' is not a URL; use the URL the relay printed`,
+    };
   }
   const scheme = { 'http:': 'ws:', 'ws:': 'ws:', 'https:': 'wss:', 'wss:': 'wss:' }[u.protocol];
   if (!scheme) {

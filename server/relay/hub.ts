@@ -166,6 +166,9 @@ export class RelayHub {
         log.warn({ error: e.message }, 'websocket error');
       }
     });
+    // Refused sockets are tracked too, so shutdown can cut off one whose peer never closes.
+    this.sockets.add(ws);
+    ws.once('close', () => this.sockets.delete(ws));
     if (this.draining) {
       this.refuse(ws, log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
       return;
@@ -174,12 +177,10 @@ export class RelayHub {
       this.refuse(ws, log, CloseCode.RateLimited, 'too many connections', 'too_many_connections');
       return;
     }
-    this.sockets.add(ws);
     this.pending.add(ws);
     this.metrics.connections.inc({ role });
     ws.once('close', () => {
       this.addresses.release(addr);
-      this.sockets.delete(ws);
       this.pending.delete(ws);
       this.metrics.connections.dec({ role });
     });

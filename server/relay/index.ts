@@ -33,22 +33,17 @@ const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metr
   });
 };
 
-const relays = new WeakMap<
-  FastifyInstance,
-  { hub: RelayHub; limits: RelayLimits; tls: boolean }
->();
+const relays = new WeakMap<FastifyInstance, { hub: RelayHub; limits: RelayLimits; tls: boolean }>();
 
 /** A relay, not yet listening. `app.inject()` works on it; `listenRelay` starts it. */
 export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
   const limits: RelayLimits = { ...DEFAULT_LIMITS, ...opts.limits };
-  const base: FastifyServerOptions = {
-    logger: opts.logger ?? { level: 'info', stream: process.stderr },
-  };
+  const logger = opts.logger ?? { level: 'info', stream: process.stderr };
   // With `https` fastify's instance type changes to an https.Server; the relay only uses what
   // both servers have in common ('upgrade', address()).
-  const app = (
-    opts.https ? Fastify({ ...base, https: opts.https }) : Fastify(base)
-  ) as unknown as FastifyInstance;
+  const app = (opts.https
+    ? Fastify({ logger, https: opts.https })
+    : Fastify({ logger })) as unknown as FastifyInstance;
   const metrics = createMetrics();
   const hub = new RelayHub(app.log, limits, metrics);
   relays.set(app, { hub, limits, tls: opts.https !== undefined });
@@ -62,7 +57,11 @@ export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
 }
 
 /** Starts listening; resolves to the base URL to print (`http://127.0.0.1:7878`). */
-export async function listenRelay(app: FastifyInstance, host: string, port: number): Promise<string> {
+export async function listenRelay(
+  app: FastifyInstance,
+  host: string,
+  port: number,
+): Promise<string> {
   await app.listen({ host, port });
   const addr = app.server.address() as AddressInfo;
   const scheme = relays.get(app)?.tls ? 'https' : 'http';
@@ -78,4 +77,5 @@ export async function shutdownRelay(app: FastifyInstance, drainMs?: number): Pro
   const r = relays.get(app);
   if (r) await r.hub.shutdown(drainMs ?? r.limits.drainMs);
   await app.close();
+  app.log.info('stopped');
 }

@@ -27,7 +27,9 @@ export class BuiltinBackend implements Backend {
   }
 
   async inventory(): Promise<Inventory> {
-    const inv = await this.#d.keystore.inventory();
+    // Keys imported by `keytether keys import` while the agent runs become usable without a restart.
+    await this.#d.keystore.refreshIfChanged();
+    const inv = this.#d.keystore.inventory();
     const cached = new Set(this.#d.cache.entries().map((e) => e.keygrip));
     return {
       certificates: inv.certificates,

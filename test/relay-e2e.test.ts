@@ -1,0 +1,382 @@
+// The relay path end to end, every part a real process on 127.0.0.1: `keytether relay`, a holder
+// (`keytether agent --relay`), tokens from `keytether token create`, and `keytether connect`
+// feeding stock gpg (and git) on the "server" side. Token limits are enforced at the holder, with
+// a one-line reason and an audit record for each refusal.
+
+import t from 'tap';
+import type { ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { exportSecretKey, generateKey, makeGnupgHome, type TempGnupg } from './support/gnupg.js';
+import { runCli, spawnCli, waitForLine } from './support/cli.js';
+import { makePinentryScript } from './support/pinentry-script.js';
+
+const execFileP = promisify(execFile);
+
+interface Proc {
+  child: ChildProcess;
+  stderr(): string;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+function track(child: ChildProcess): Proc {
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  return {
+    child,
+    stderr: () => err,
+    exited,
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+async function waitReady(p: Proc): Promise<void> {
+  try {
+    await waitForLine(p.child.stdout!, /^ready: /, 30_000);
+  } catch (e) {
+    await p.exited;
+    throw new Error(`${(e as Error).message}; stderr: ${p.stderr()}`);
+  }
+}
+
+function tokenClaims(token: string): { tid: string; exp: number } {
+  const payload = token.split('.')[1] ?? '';
+  return JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as {
+    tid: string;
+    exp: number;
+  };
+}
+
+async function auditRecords(home: string): Promise<Record<string, unknown>[]> {
+  const text = await readFile(path.join(home, 'audit.jsonl'), 'utf8');
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+t.test('gpg on a server signs through keytether connect, a relay and a holder', async (t) => {
+  const ws = await makeGnupgHome();
+  t.teardown(() => ws.cleanup());
+  const key = await generateKey(ws, {
+    uid: 'Rhea Relay <rhea@example.org>',
+    algo: 'ed25519',
+    usage: 'sign,cert',
+    subkeys: [{ algo: 'cv25519', usage: 'encr' }],
+  });
+  const FPR = key.fingerprint;
+
+  const tmp = await mkdtemp('/tmp/ktrelay-');
+  t.teardown(() => rm(tmp, { recursive: true, force: true }));
+  const home = path.join(tmp, 'home');
+  const env = { KEYTETHER_HOME: home };
+  const secretFile = path.join(tmp, 'secret.gpg');
+  await writeFile(secretFile, await exportSecretKey(ws, FPR), { mode: 0o600 });
+  const imp = await runCli(['keys', 'import', secretFile], { env });
+  t.equal(imp.code, 0, `keys import: ${imp.stderr}`);
+  await rm(secretFile);
+
+  // The verifier: a home with the public key only, where signatures are checked.
+  const verifier = await makeGnupgHome();
+  t.teardown(() => verifier.cleanup());
+  const pub = await ws.gpg(['--batch', '--armor', '--export', FPR]);
+  t.equal((await verifier.gpg(['--batch', '--import'], { input: pub.stdout })).code, 0);
+
+  const relay = track(await spawnCli(['relay', '--listen', '127.0.0.1:0']));
+  t.teardown(() => relay.stop('SIGKILL'));
+  const url = (await waitForLine(relay.child.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
+
+  // Remote decryption asks the holder's user to confirm by default; this pinentry never answers,
+  // which keeps a decryption waiting at the holder for the disconnect test.
+  const pin = await makePinentryScript({ hang: true });
+  t.teardown(() => pin.cleanup());
+  const startHolder = async () => {
+    const h = track(
+      await spawnCli(
+        [
+          'agent',
+          '--socket',
+          path.join(tmp, 'S.local'),
+          '--pinentry-program',
+          pin.program,
+          '--relay',
+          url,
+        ],
+        { env: { ...env, ...pin.env } },
+      ),
+    );
+    await waitForLine(h.child.stdout!, /^ready: /, 30_000).catch((e: Error) => {
+      throw new Error(`${e.message}; stderr: ${h.stderr()}`);
+    });
+    await waitForLine(h.child.stderr!, /^relay connected: /, 30_000);
+    return h;
+  };
+  let holder = await startHolder();
+  t.teardown(() => holder.stop('SIGKILL'));
+
+  const createToken = async (...extra: string[]) => {
+    const r = await runCli(['token', 'create', '--key', FPR, '--relay', url, ...extra], { env });
+    t.equal(r.code, 0, `token create: ${r.stderr}`);
+    return r.stdout.trim();
+  };
+  const signToken = await createToken();
+
+  // A session whose token runs out mid-way. It starts now so that the clock runs down while the
+  // other cases run; the relay admits only unexpired tokens, so it must be up before then.
+  const expToken = await createToken('--ttl', '20s');
+  const expSocket = path.join(tmp, 'S.exp');
+  const expFacade = track(
+    await spawnCli(['connect', '--relay', url, '--token', expToken, '--socket', expSocket]),
+  );
+  t.teardown(() => expFacade.stop('SIGKILL'));
+  const expReady = waitReady(expFacade);
+  expReady.catch(() => {});
+
+  const file = path.join(tmp, 'release.txt');
+  await writeFile(file, 'release 1.0\n');
+
+  await t.test('connect -- gpg --detach-sign makes a good signature', async (t) => {
+    const sig = path.join(tmp, 'release.txt.sig');
+    const r = await runCli(
+      [
+        'connect',
+        '--relay',
+        url,
+        '--',
+        'gpg',
+        '--batch',
+        '--no-tty',
+        '-u',
+        FPR,
+        '-o',
+        sig,
+        '--detach-sign',
+        file,
+      ],
+      { env: { KEYTETHER_TOKEN: signToken } },
+    );
+    t.equal(r.code, 0, r.stderr);
+    const v = await verifier.gpg(['--batch', '--verify', sig, file]);
+    t.equal(v.code, 0, v.stderr);
+    t.match(v.stderr, /Good signature from "Rhea Relay/);
+    const socket = /ready: (\S+)/.exec(r.stderr)?.[1];
+    t.ok(socket, 'connect announced its socket');
+    t.notOk(existsSync(path.dirname(socket!)), 'the private GNUPGHOME is gone afterwards');
+    const rec = (await auditRecords(home)).at(-1)!;
+    t.match(rec, {
+      front: 'relay',
+      tokenId: tokenClaims(signToken).tid,
+      op: 'sign',
+      fingerprint: FPR,
+      decision: 'allowed',
+    });
+    t.notMatch(r.stderr + r.stdout, signToken.split('.')[3]!, 'the secret is never printed');
+  });
+
+  await t.test('connect -- git tag -s, then git verify-tag', async (t) => {
+    const repo = path.join(tmp, 'repo');
+    const git = (args: string[], extraEnv: Record<string, string> = {}) =>
+      execFileP('git', args, { cwd: repo, env: { ...process.env, ...extraEnv } });
+    await execFileP('git', ['init', '-q', repo]);
+    await git([
+      '-c',
+      'user.name=CI',
+      '-c',
+      'user.email=ci@example.org',
+      'commit',
+      '-q',
+      '--allow-empty',
+      '-m',
+      'one',
+    ]);
+    const r = await runCli(
+      [
+        'connect',
+        '--relay',
+        url,
+        '--token',
+        signToken,
+        '--',
+        'git',
+        '-c',
+        'user.name=CI',
+        '-c',
+        'user.email=ci@example.org',
+        '-c',
+        `user.signingkey=${FPR}`,
+        'tag',
+        '-s',
+        'v1',
+        '-m',
+        'v1',
+      ],
+      { cwd: repo },
+    );
+    t.equal(r.code, 0, r.stderr);
+    const v = await git(['verify-tag', 'v1'], { GNUPGHOME: verifier.home, LC_ALL: 'C' });
+    t.match(v.stderr, /Good signature from "Rhea Relay/);
+  });
+
+  await t.test('a sign-only token cannot decrypt', async (t) => {
+    const enc = await verifier.gpg(['--batch', '--armor', '-r', FPR, '--encrypt'], {
+      input: 'for rhea\n',
+    });
+    t.equal(enc.code, 0, enc.stderr);
+    const encFile = path.join(tmp, 'msg.asc');
+    await writeFile(encFile, enc.stdout);
+    const r = await runCli([
+      'connect',
+      '--relay',
+      url,
+      '--token',
+      signToken,
+      '--',
+      'gpg',
+      '--batch',
+      '--no-tty',
+      '--decrypt',
+      encFile,
+    ]);
+    t.not(r.code, 0, 'gpg failed');
+    t.notMatch(r.stdout, /for rhea/);
+    t.match(
+      r.stderr,
+      /PKDECRYPT: Forbidden - token ktt_[0-9a-f]{16} does not allow decrypt operations/,
+    );
+    const rec = (await auditRecords(home)).at(-1)!;
+    t.match(rec, {
+      front: 'relay',
+      op: 'decrypt',
+      decision: 'denied',
+      reason: /does not allow decrypt/,
+    });
+  });
+
+  await t.test('a revoked token is refused at once', async (t) => {
+    const tok = await createToken('--label', 'to revoke');
+    const { tid } = tokenClaims(tok);
+    const T0 = Date.now();
+    const rv = await runCli(['token', 'revoke', tid], { env });
+    t.comment(`revoke took ${Date.now() - T0}`);
+    t.equal(rv.code, 0, rv.stderr);
+    const sig = path.join(tmp, 'revoked.sig');
+    const r = await runCli([
+      'connect',
+      '--relay',
+      url,
+      '--token',
+      tok,
+      '--',
+      'gpg',
+      '--batch',
+      '--no-tty',
+      '-u',
+      FPR,
+      '-o',
+      sig,
+      '--detach-sign',
+      file,
+    ]);
+    t.not(r.code, 0);
+    t.match(r.stderr, new RegExp(`PKSIGN: Forbidden - token ${tid} has been revoked`));
+    t.comment(`connect took ${Date.now() - T0}`);
+    t.notOk(existsSync(sig), 'no signature was written');
+    t.match((await auditRecords(home)).at(-1), {
+      tokenId: tid,
+      decision: 'denied',
+      reason: /revoked/,
+    });
+  });
+
+  await t.test(
+    'a token that expires during a session is refused, then not accepted again',
+    async (t) => {
+      const { tid, exp } = tokenClaims(expToken);
+      const facade = expFacade;
+      const tok = expToken;
+      await expReady;
+      const client = await clientHome(expSocket, pub.stdout);
+      t.teardown(() => client.cleanup());
+      // The registry compares against exp; wait on the clock for it, not a guess.
+      await new Promise((r) => setTimeout(r, Math.max(0, exp * 1000 - Date.now() + 50)));
+      const r = await client.gpg(['--batch', '--no-tty', '-u', FPR, '--detach-sign'], {
+        input: 'x',
+      });
+      t.not(r.code, 0);
+      t.match(r.stderr, /Forbidden/);
+      t.match((await auditRecords(home)).at(-1), {
+        tokenId: tid,
+        decision: 'denied',
+        reason: /expired/,
+      });
+      await facade.stop();
+      t.match(facade.stderr(), new RegExp(`PKSIGN: Forbidden - token ${tid} expired at`));
+
+      const again = await runCli(['connect', '--relay', url, '--token', tok, '--', 'true']);
+      t.equal(again.code, 1);
+      t.match(again.stderr, /^keytether connect: the token has expired; create a new one/m);
+    },
+  );
+
+  await t.test('holder goes away: waiting gpg fails within 2 s, then it comes back', async (t) => {
+    const tok = await createToken('--ops', 'sign,decrypt');
+    const sock = path.join(tmp, 'S.dc');
+    const facade = track(
+      await spawnCli(['connect', '--relay', url, '--token', tok, '--socket', sock]),
+    );
+    t.teardown(() => facade.stop('SIGKILL'));
+    await waitReady(facade);
+    const client = await clientHome(sock, pub.stdout);
+    t.teardown(() => client.cleanup());
+    const enc = await verifier.gpg(['--batch', '-r', FPR, '--encrypt'], { input: 'wait for me\n' });
+
+    // The decryption waits at the holder for a confirmation that never comes.
+    const confirmsBefore = (await pin.invocations()).length;
+    const pending = client.gpg(['--batch', '--no-tty', '--decrypt'], { input: enc.stdout });
+    await pin.waitFor(
+      (inv) => inv.length > confirmsBefore && inv.at(-1)!.calls.some((c) => c.cmd === 'CONFIRM'),
+    );
+    const killedAt = Date.now();
+    await holder.stop('SIGKILL');
+    const r = await pending;
+    const took = Date.now() - killedAt;
+    t.not(r.code, 0, 'gpg failed');
+    t.ok(took < 2000, `gpg got its error ${took} ms after the holder went away`);
+    t.match(r.stderr, /agent|decryption failed/i);
+
+    // Without a holder, a new request fails fast as well.
+    const lost = waitForLine(facade.child.stderr!, /reconnected to the holder/, 60_000);
+    const s0 = Date.now();
+    const r2 = await client.gpg(['--batch', '--no-tty', '-u', FPR, '--detach-sign'], {
+      input: 'x',
+    });
+    t.not(r2.code, 0);
+    t.ok(Date.now() - s0 < 2000, 'no hang without a holder');
+
+    holder = await startHolder();
+    await lost;
+    const r3 = await client.gpg(['--batch', '--no-tty', '-u', FPR, '--detach-sign'], {
+      input: 'x',
+    });
+    t.equal(r3.code, 0, `signing works again: ${r3.stderr}`);
+  });
+});
+
+/** A gpg home with the public key whose agent socket redirects (`%Assuan%`) to SOCKET. */
+async function clientHome(socket: string, publicKey: Buffer): Promise<TempGnupg> {
+  const g = await makeGnupgHome({ gpgConf: ['no-autostart'] });
+  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
+  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
+  await writeFile(at, `%Assuan%\nsocket=${socket}\n`);
+  const imp = await g.gpg(['--batch', '--import'], { input: publicKey });
+  if (imp.code !== 0) throw new Error(`importing the public key failed: ${imp.stderr}`);
+  return g;
+}

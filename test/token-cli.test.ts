@@ -1,0 +1,221 @@
+// `keytether token …` as a user runs it: the built CLI in child processes, a real key from gpg
+// imported with `keytether keys import`.
+
+import t from 'tap';
+import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseToken, verifyTokenSignature } from '../protocol/token.js';
+import { loadOrCreateIdentity } from '../workstation/identity.js';
+import { runCli } from './support/cli.js';
+import {
+  exportSecretKey,
+  generateKey,
+  makeGnupgHome,
+  type GeneratedKey,
+  type TempGnupg,
+} from './support/gnupg.js';
+
+let g: TempGnupg;
+let key: GeneratedKey;
+let home: string;
+let scratch: string;
+const RELAY = 'http://127.0.0.1:7878';
+
+const kt = (args: string[], env: Record<string, string | undefined> = {}) =>
+  runCli(args, { env: { KEYTETHER_HOME: home, ...env } });
+
+t.before(async () => {
+  scratch = await mkdtemp(path.join(tmpdir(), 'kt-tokcli-'));
+  home = path.join(scratch, 'home');
+  g = await makeGnupgHome();
+  key = await generateKey(g, {
+    uid: 'Erin <erin@example.org>',
+    algo: 'ed25519',
+    usage: 'sign,cert',
+    subkeys: [{ algo: 'cv25519', usage: 'encr' }],
+  });
+  const imp = await runCli(['keys', 'import'], {
+    env: { KEYTETHER_HOME: home },
+    input: await exportSecretKey(g, key.fingerprint),
+  });
+  if (imp.code !== 0) throw new Error(`import failed: ${imp.stderr}`);
+});
+t.teardown(async () => {
+  await g?.cleanup();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+t.test('token create prints a signed token for the key', async (t) => {
+  const r = await kt([
+    'token',
+    'create',
+    '--key',
+    key.fingerprint,
+    '--relay',
+    RELAY,
+    '--ops',
+    'sign,decrypt',
+    '--ttl',
+    '2h',
+    '--max-uses',
+    '3',
+    '--label',
+    'release job',
+  ]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stderr, '');
+  t.match(r.stdout, /^kt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/, 'the token alone');
+  const parsed = parseToken(r.stdout.trim());
+  if (!parsed.ok) throw new Error(parsed.error);
+  const p = parsed.token.payload;
+  t.same(p.keys, [key.fingerprint]);
+  t.same(p.ops, ['sign', 'decrypt']);
+  t.equal(p.exp - p.iat, 7200);
+  t.equal(p.max, 3);
+  t.equal(p.label, 'release job');
+  t.equal(p.relay, RELAY);
+  t.ok(verifyTokenSignature(parsed.token));
+  t.equal(p.hid, (await loadOrCreateIdentity(home)).hid, "signed by this holder's identity");
+  for (const f of ['identity.key', 'tokens.json']) {
+    t.equal((await stat(path.join(home, f))).mode & 0o777, 0o600, `${f} is 0600`);
+  }
+
+  // Named by subkey fingerprint or by key id: the token is for that subkey / that key.
+  const sub = key.subkeys[0]!.fingerprint;
+  const bySub = await kt(['token', 'create', '--key', sub.toLowerCase(), '--relay', RELAY]);
+  t.equal(bySub.code, 0, bySub.stderr);
+  const s = parseToken(bySub.stdout.trim());
+  t.same(s.ok && s.token.payload.keys, [sub]);
+  t.same(s.ok && s.token.payload.ops, ['sign'], 'default ops');
+  t.equal(s.ok && s.token.payload.exp - s.token.payload.iat, 3600, 'default ttl 1h');
+  const byId = await kt(['token', 'create', '--key', key.fingerprint.slice(-16), '--relay', RELAY]);
+  t.equal(byId.code, 0, byId.stderr);
+  const i = parseToken(byId.stdout.trim());
+  t.same(i.ok && i.token.payload.keys, [key.fingerprint]);
+});
+
+t.test('token create refusals', async (t) => {
+  const unknown = await kt(['token', 'create', '--key', 'F'.repeat(40), '--relay', RELAY]);
+  t.equal(unknown.code, 1);
+  t.match(
+    unknown.stderr,
+    /^keytether token create: no key F{40} in the keystore; see keytether keys list for the stored keys\n$/,
+  );
+  t.equal(unknown.stdout, '');
+
+  const noRelay = await kt(['token', 'create', '--key', key.fingerprint]);
+  t.equal(noRelay.code, 2);
+  t.match(noRelay.stderr, /^keytether token create: no relay is configured; give --relay URL/);
+
+  const badOps = await kt([
+    'token',
+    'create',
+    '--key',
+    key.fingerprint,
+    '--relay',
+    RELAY,
+    '--ops',
+    'sign,export',
+  ]);
+  t.equal(badOps.code, 2);
+  t.match(badOps.stderr, /'export' is not an operation/);
+
+  const badUrl = await kt(['token', 'create', '--key', key.fingerprint, '--relay', 'ftp://x']);
+  t.equal(badUrl.code, 2);
+  t.match(badUrl.stderr, /not an http\(s\):\/\/ or ws\(s\):\/\/ relay URL/);
+
+  // The config's first relay is the default.
+  const cfgHome = path.join(scratch, 'cfg');
+  await runCli(['keys', 'import'], {
+    env: { KEYTETHER_HOME: cfgHome },
+    input: await exportSecretKey(g, key.fingerprint),
+  });
+  await writeFile(
+    path.join(cfgHome, 'config.toml'),
+    'relay = ["wss://relay.example", "https://b.example"]\n',
+    { mode: 0o600 },
+  );
+  const fromCfg = await runCli(['token', 'create', '--key', key.fingerprint], {
+    env: { KEYTETHER_HOME: cfgHome },
+  });
+  t.equal(fromCfg.code, 0, fromCfg.stderr);
+  const c = parseToken(fromCfg.stdout.trim());
+  t.equal(c.ok && c.token.payload.relay, 'wss://relay.example');
+});
+
+t.test('token list and revoke', async (t) => {
+  const created = await kt([
+    'token',
+    'create',
+    '--key',
+    key.fingerprint,
+    '--relay',
+    RELAY,
+    '--label',
+    'to revoke',
+    '--max-uses',
+    '9',
+  ]);
+  t.equal(created.code, 0, created.stderr);
+  const parsed = parseToken(created.stdout.trim());
+  if (!parsed.ok) throw new Error(parsed.error);
+  const id = parsed.token.payload.tid;
+
+  const listed = await kt(['token', 'list', '--json']);
+  t.equal(listed.code, 0, listed.stderr);
+  const rows = JSON.parse(listed.stdout) as Record<string, unknown>[];
+  const row = rows.find((x) => x.id === id);
+  t.same(row, {
+    id,
+    keys: [key.fingerprint],
+    ops: ['sign'],
+    expires: new Date(parsed.token.payload.exp * 1000).toISOString(),
+    uses: 0,
+    maxUses: 9,
+    label: 'to revoke',
+    revoked: false,
+  });
+  t.ok(rows.length >= 4, 'every token issued so far');
+  t.notOk(listed.stdout.includes(created.stdout.trim().split('.')[3]!), 'no secret in the list');
+
+  const text = await kt(['token', 'list']);
+  t.equal(text.code, 0);
+  t.match(
+    text.stdout,
+    new RegExp(
+      `^${id} active ops=sign keys=${key.fingerprint} uses=0/9 expires=\\S+Z label="to revoke"$`,
+      'm',
+    ),
+  );
+  t.equal(text.stdout.trim().split('\n').length, rows.length, 'one line per token');
+
+  const rv = await kt(['token', 'revoke', id]);
+  t.equal(rv.code, 0, rv.stderr);
+  t.equal(rv.stdout, `revoked ${id}\n`);
+  const after = JSON.parse((await kt(['token', 'list', '--json'])).stdout) as {
+    id: string;
+    revoked: boolean;
+  }[];
+  t.equal(after.find((x) => x.id === id)?.revoked, true);
+  t.match((await kt(['token', 'list'])).stdout, new RegExp(`^${id} revoked `, 'm'));
+
+  const unknown = await kt(['token', 'revoke', 'ktt_0000000000000000']);
+  t.equal(unknown.code, 1);
+  t.equal(
+    unknown.stderr,
+    'keytether token revoke: no token ktt_0000000000000000 was issued by this holder; see keytether token list\n',
+  );
+
+  await chmod(path.join(home, 'tokens.json'), 0o644);
+  const loose = await kt(['token', 'list']);
+  t.equal(loose.code, 1);
+  t.match(loose.stderr, /tokens\.json is accessible by other users \(mode 644\); run: chmod 600 /);
+  await chmod(path.join(home, 'tokens.json'), 0o600);
+
+  const empty = await runCli(['token', 'list', '--json'], {
+    env: { KEYTETHER_HOME: path.join(scratch, 'empty') },
+  });
+  t.equal(empty.code, 0, empty.stderr);
+  t.same(JSON.parse(empty.stdout), []);
+});
