@@ -85,3 +85,31 @@ export interface KeyHolder {
   sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array>;
   decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult>;
 }
+
+/**
+ * The requester fields a remote peer may claim (which user and process on its side asks), cleaned
+ * for display. `front`, `host` and `tokenId` are never taken from a claim: the transport that
+ * carried the request knows them and sets them itself, so a server cannot pose as another host
+ * or as a token that policy rules trust.
+ */
+export function claimedRequester(claimed: Partial<Requester>): Omit<Requester, 'front'> {
+  const text = (v: unknown): string | undefined =>
+    typeof v === 'string' && v.length > 0
+      ? // Control and bidi-override characters could forge lines in a pinentry dialog.
+        v
+          .replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '?')
+          .slice(0, 64)
+      : undefined;
+  const num = (v: unknown): number | undefined =>
+    typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  const out: Omit<Requester, 'front'> = {};
+  const user = text(claimed.user);
+  const command = text(claimed.command);
+  const pid = num(claimed.pid);
+  const uid = num(claimed.uid);
+  if (user !== undefined) out.user = user;
+  if (command !== undefined) out.command = command;
+  if (pid !== undefined) out.pid = pid;
+  if (uid !== undefined) out.uid = uid;
+  return out;
+}

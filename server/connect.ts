@@ -46,6 +46,9 @@ const MAX_MESSAGE_BYTES = 1 << 20;
 const CONNECT_TIMEOUT_MS = 15_000;
 const MIN_BACKOFF_MS = 250;
 const MAX_BACKOFF_MS = 30_000;
+// While only the holder is missing, the relay answers at once and cheaply; retrying often means
+// the socket works again within a couple of seconds of the holder coming back.
+const MAX_HOLDER_WAIT_BACKOFF_MS = 2_000;
 
 /** One sentence per relay refusal; `permanent` ones are not worth retrying with the same token. */
 const REFUSALS: Record<number, { text: string; permanent: boolean }> = {
@@ -95,16 +98,19 @@ function toBuffer(data: WebSocket.RawData): Buffer {
 }
 
 /**
- * Opens `<relay>/v1/facade` and presents the token's public part. Resolves with the open socket
+ * Opens `<relay>/v1/facade` and presents the token's public part. Resolves with the tunnel stream
  * once the relay said ok; rejects with a RelayRefusal (or a plain Error for network failures).
  */
-export function openFacadeSocket(url: string, publicPart: string): Promise<WebSocket> {
+export function openFacadeSocket(url: string, publicPart: string): Promise<RelayStream> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: CONNECT_TIMEOUT_MS,
       perMessageDeflate: false,
     });
+    // Attached before anything can arrive: the holder's hello may come in the same read as the
+    // relay's ok, and ws emits both before a promise continuation could attach a listener.
+    const stream = webSocketStream(ws);
     let settled = false;
     const timer = setTimeout(() => {
       fail(new Error('the relay did not answer within 15 s'));
@@ -117,7 +123,13 @@ export function openFacadeSocket(url: string, publicPart: string): Promise<WebSo
       reject(e);
     };
     ws.on('open', () => ws.send(JSON.stringify({ type: 'token', token: publicPart })));
-    ws.on('error', (e: Error) => fail(new Error(`cannot reach the relay: ${e.message}`)));
+    ws.on('error', (e: Error) =>
+      fail(
+        new Error(
+          `cannot reach the relay at ${url} (${e.message}); check --relay and that the relay is running`,
+        ),
+      ),
+    );
     ws.on('close', (code: number, reason: Buffer) => fail(refusal(code, reason.toString(), url)));
     const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
       if (isBinary) return;
@@ -131,17 +143,17 @@ export function openFacadeSocket(url: string, publicPart: string): Promise<WebSo
       settled = true;
       clearTimeout(timer);
       ws.off('message', onMessage);
-      resolve(ws);
+      resolve(stream);
     };
     ws.on('message', onMessage);
   });
 }
 
+export type RelayStream = Duplex & { closeInfo?: { code: number; reason: string } };
+
 /** The WebSocket as the tunnel's byte stream: binary messages only, in both directions. */
-export function webSocketStream(
-  ws: WebSocket,
-): Duplex & { closeInfo?: { code: number; reason: string } } {
-  const stream: Duplex & { closeInfo?: { code: number; reason: string } } = new Duplex({
+export function webSocketStream(ws: WebSocket): RelayStream {
+  const stream: RelayStream = new Duplex({
     read() {},
     write(chunk: Buffer, _enc, cb) {
       if (ws.readyState !== WebSocket.OPEN) return cb(new Error('the relay connection is closed'));
@@ -274,8 +286,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   const stopRequested = new Promise<void>((r) => (wakeStop = r));
 
   const attach = async (): Promise<TunnelClient> => {
-    const ws = await openFacadeSocket(url, publicPart);
-    const stream = webSocketStream(ws);
+    const stream = await openFacadeSocket(url, publicPart);
     const tunnel = tunnelClient(stream, { software: opts.software });
     holder.set(tunnel);
     const up = await Promise.race([
@@ -313,7 +324,9 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   };
   const schedule = (e: unknown) => {
     if (stopping) return;
-    const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.min(attempt++, 20));
+    const cap =
+      e instanceof RelayRefusal && e.code === 4005 ? MAX_HOLDER_WAIT_BACKOFF_MS : MAX_BACKOFF_MS;
+    const ceiling = Math.min(cap, MIN_BACKOFF_MS * 2 ** Math.min(attempt++, 20));
     const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     if (attempt === 1) log(`${describe(e)}; retrying`);
     retryTimer = setTimeout(reconnect, delay);
@@ -325,8 +338,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   ) => {
     if (stopping || (holder.current !== undefined && holder.current !== tunnel)) return;
     const why = info && info.code !== 1000 ? refusal(info.code, info.reason, url).message : reason;
-    log(`lost the holder: ${why}`);
-    schedule(new Error(why));
+    schedule(new Error(`lost the holder: ${why}`));
   };
 
   // First connection: a refusal here is the user's to fix, so it ends the command.
@@ -342,7 +354,9 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   let facade: Facade | undefined;
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   let child: ReturnType<typeof spawn> | undefined;
+  let interrupted: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals) => {
+    interrupted ??= sig;
     if (child && child.exitCode === null) child.kill(sig);
     else wakeStop();
   };
@@ -396,6 +410,8 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     (childEnv ? log : out)(`ready: ${socketPath}`);
 
     if (childEnv && opts.command) {
+      // A signal during setup: the command never starts, and the cleanup below still runs.
+      if (interrupted) return 128 + (constants.signals[interrupted] ?? 1);
       const [cmd, ...args] = opts.command as [string, ...string[]];
       const c = spawn(cmd, args, { env: childEnv, stdio: 'inherit' });
       child = c;

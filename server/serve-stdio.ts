@@ -142,7 +142,13 @@ async function runServing(s: Session): Promise<number | 'retry'> {
       tc.ready.then(
         () => {
           if (closing) return tc.close('the serving session ended');
-          const remove = set.add(tc);
+          let remove: () => void;
+          try {
+            remove = set.add(tc);
+          } catch {
+            // The set is full; throwing here would be an unhandled rejection that ends the process.
+            return tc.close('too many sessions');
+          }
           void tc.closed.then(remove);
         },
         () => {},

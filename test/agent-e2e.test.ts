@@ -5,6 +5,7 @@
 import t from 'tap';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import {
@@ -64,6 +65,39 @@ async function clientHome(gpgBin: string, agentSocket: string, publicKeys: strin
   const imp = await g.gpg(['--batch', '--import'], { input: publicKeys });
   if (imp.code !== 0) throw new Error(`importing public keys failed: ${imp.stderr}`);
   return g;
+}
+
+/** A raw Assuan connection: `send` writes bytes and resolves with the reply up to OK/ERR. */
+async function rawSession(socket: string) {
+  const sock = net.connect(socket);
+  let buf = '';
+  let waiter: (() => void) | undefined;
+  sock.on('data', (d: Buffer) => {
+    buf += d.toString('latin1');
+    waiter?.();
+  });
+  const next = () =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const m = /^(?:[\s\S]*?\n)?(?:OK|ERR)[^\n]*\n/.exec(buf);
+        if (!m) return;
+        waiter = undefined;
+        buf = buf.slice(m[0].length);
+        resolve(m[0]);
+      };
+      waiter = check;
+      sock.once('close', () => reject(new Error(`connection closed; got ${buf.slice(0, 200)}`)));
+      check();
+    });
+  await next(); // greeting
+  return {
+    send: (data: Buffer) => {
+      sock.write(data);
+      return next();
+    },
+    write: (data: Buffer) => sock.write(data),
+    close: () => sock.destroy(),
+  };
 }
 
 async function auditRecords(home: string): Promise<Record<string, unknown>[]> {
@@ -234,6 +268,25 @@ t.test('stock gpg through keytether agent', async (t) => {
     ]);
     const lines = r.stdout.toString().trim().split('\n');
     t.same(lines, Array(4).fill('ERR 67109115 Forbidden <GPG Agent>'));
+  });
+
+  await t.test('hostile input gets ERR lines and the agent keeps serving', async (t) => {
+    const bad = await rawSession(socket);
+    t.match(await bad.send(Buffer.from(`${'A'.repeat(2000)}\n`)), /^ERR 67109127 /);
+    // 5 MiB without a newline: one ERR for the over-long line, memory stays bounded.
+    t.match(
+      await bad.send(Buffer.concat([Buffer.alloc(5 * 1024 * 1024, 0x44), Buffer.from('\n')])),
+      /^ERR 67109127 /,
+    );
+    t.match(await bad.send(Buffer.from('D %zz\n')), /^ERR /);
+    const noise = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 131 + 7) % 256));
+    bad.write(noise);
+    // Another client is served normally while the hostile one is still connected.
+    const good = await rawSession(socket);
+    t.match(await good.send(Buffer.from('GETINFO version\n')), /^D \d+\.\d+\.\d+\nOK/);
+    t.match(await good.send(Buffer.from(`HAVEKEY ${keys.alice!.keygrip}\n`)), /^OK/);
+    good.close();
+    bad.close();
   });
 
   await agent.stop();

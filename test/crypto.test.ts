@@ -4,10 +4,12 @@
 
 import t, { type Test } from 'tap';
 import {
+  constants,
   createHash,
   createPublicKey,
   diffieHellman,
   generateKeyPairSync,
+  publicEncrypt,
   verify,
   type KeyObject,
 } from 'node:crypto';
@@ -398,6 +400,60 @@ t.test('RSA decryption of a message real gpg encrypted', async (t) => {
   );
   key.destroy();
 });
+
+t.test(
+  'RSA decryption refuses blocks that are not encryption blocks (no signing oracle)',
+  async (t) => {
+    const m = get('rsa');
+    // The primary key has sign,cert usage: the attack is to submit a signature block as ciphertext.
+    const key = await unlock(m, m.key.keygrip);
+    const digest = digestOf(8);
+    const digestInfo = Buffer.from('3031300d060960864801650304020105000420', 'hex');
+    const k = 384;
+    const emSig = Buffer.concat([
+      Buffer.from([0, 1]),
+      Buffer.alloc(k - 3 - digestInfo.length - digest.length, 0xff),
+      Buffer.from([0]),
+      digestInfo,
+      digest,
+    ]);
+    const asCiphertext = (em: Buffer) =>
+      encodeSexp([atom('enc-val'), [atom('rsa'), [atom('a'), em.subarray(1)]]]);
+    // Before the fix this returned emSig^d, i.e. a valid signature over digest.
+    t.throws(() => key.decrypt(asCiphertext(emSig)), {
+      name: 'GpgError',
+      code: ErrorCode.INV_DATA,
+    });
+    // Encryption-shaped blocks with too little padding or no separator are refused the same way.
+    const short = Buffer.concat([
+      Buffer.from([0, 2]),
+      Buffer.alloc(7, 0x11),
+      Buffer.from([0]),
+      Buffer.alloc(k - 10, 0x22),
+    ]);
+    const noSep = Buffer.concat([Buffer.from([0, 2]), Buffer.alloc(k - 2, 0x33)]);
+    const pub = rsaPublic(exportedParams(m, m.key.fingerprint));
+    for (const em of [short, noSep]) {
+      // Raise the forged block to e so that the private operation yields exactly em.
+      const c = publicEncrypt({ key: pub, padding: constants.RSA_NO_PADDING }, em);
+      t.throws(() => key.decrypt(encodeSexp([atom('enc-val'), [atom('rsa'), [atom('a'), c]]])), {
+        name: 'GpgError',
+        code: ErrorCode.INV_DATA,
+        message: /RSA decryption failed/,
+      });
+    }
+    const okBlock = Buffer.concat([
+      Buffer.from([0, 2]),
+      Buffer.alloc(8, 0x11),
+      Buffer.from([0]),
+      Buffer.alloc(k - 11, 0x22),
+    ]);
+    const c = publicEncrypt({ key: pub, padding: constants.RSA_NO_PADDING }, okBlock);
+    const res = key.decrypt(encodeSexp([atom('enc-val'), [atom('rsa'), [atom('a'), c]]]));
+    t.same(Buffer.from(res.value), okBlock.subarray(1), 'minimal valid padding still decrypts');
+    key.destroy();
+  },
+);
 
 t.test('wrong passphrase and unknown keygrip', async (t) => {
   const m = get('p256');

@@ -159,8 +159,9 @@ export class Holder implements KeyHolder {
     }
 
     let decision = 'allowed';
+    let key: KeyOperator | undefined;
     try {
-      const key = await found.backend.open(entry, { description, requester, signal });
+      key = await found.backend.open(entry, { description, requester, signal });
       const scope = {
         front: requester.front,
         host: requester.host,
@@ -181,7 +182,13 @@ export class Holder implements KeyHolder {
         if (verdict.rememberMs) this.#d.approvals.grant(scope, verdict.rememberMs, this.#now());
       }
       const result = await act(key);
-      await record(decision, `policy: ${verdict.rule}`);
+      try {
+        await record(decision, `policy: ${verdict.rule}`);
+      } catch (e) {
+        // The result never leaves, so a decrypted session key must not linger either.
+        if (op === 'decrypt') (result as DecryptResult).value.fill(0);
+        throw e;
+      }
       return result;
     } catch (e) {
       const err = toGpgError(e);
@@ -189,6 +196,8 @@ export class Holder implements KeyHolder {
       const canceled = err.code === ErrorCode.CANCELED || err.code === ErrorCode.FULLY_CANCELED;
       await record(canceled ? 'canceled' : 'failed', err.message);
       throw err;
+    } finally {
+      key?.release?.();
     }
   }
 }

@@ -47,13 +47,29 @@ export async function listenUnix(
   }
   if (state === 'stale') await fs.unlink(p);
   await fs.mkdir(path.dirname(p), { recursive: true, mode: 0o700 });
-  const server = net.createServer(onConnection);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(p, () => {
-      server.off('error', reject);
-      resolve();
+  // Half-open: a client that sends its commands and then shuts down its side (`printf … | socat`)
+  // still gets the replies, as from gpg-agent.
+  const server = net.createServer({ allowHalfOpen: true }, onConnection);
+  // Created owner-only, so there is no moment between bind and chmod when others could connect.
+  const oldMask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(p, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
+  } finally {
+    process.umask(oldMask);
+  }
+  // After listen an accept failure (EMFILE…) is emitted on the server; unhandled it would end the
+  // whole process. It is reported once; the server keeps accepting when it can.
+  let reported = false;
+  server.on('error', (e: NodeJS.ErrnoException) => {
+    if (reported) return;
+    reported = true;
+    process.stderr.write(`keytether: accepting on ${p} failed: ${e.code ?? 'error'}\n`);
   });
   // Only the owner may talk to the agent (the directory is 0700 too, this is belt and braces).
   await fs.chmod(p, 0o600);

@@ -3,6 +3,7 @@
 // is one facade; it gets its own tunnel served by a token-scoped view of the holder, so whatever a
 // token does not allow is refused here, at the holder, whatever the relay or facade claims.
 
+import { claimedRequester } from '../protocol/keyholder.js';
 import { Duplex } from 'node:stream';
 import WebSocket from 'ws';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
@@ -253,7 +254,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
     stream.tunnel = serveTunnel(scoped, stream, {
       software: opts.software,
       requester: (claimed) => ({
-        ...claimed,
+        ...claimedRequester(claimed),
         front: 'relay',
         tokenId: tid,
         ...(peer !== undefined ? { host: peer } : {}),

@@ -1,6 +1,7 @@
 // Unlocked keys, kept with gpg-agent's two clocks: `default-cache-ttl` is an idle timeout that
 // every use restarts, `max-cache-ttl` an absolute limit counted from the put. Whatever falls out
-// is destroyed (its secret bytes zeroed) at once, not left for the garbage collector.
+// is destroyed (its secret bytes zeroed) at once, not left for the garbage collector — unless an
+// operation has it pinned, in which case it is destroyed when the last pin is released.
 
 export interface UnlockCacheOptions {
   defaultTtlMs: number;
@@ -24,6 +25,8 @@ export class UnlockCache<T extends { destroy(): void }> {
   readonly #maxTtlMs: number;
   readonly #now: () => number;
   readonly #slots = new Map<string, Slot<T>>();
+  readonly #pins = new Map<T, number>();
+  readonly #doomed = new Set<T>();
 
   constructor(opts: UnlockCacheOptions) {
     this.#defaultTtlMs = Math.max(0, opts.defaultTtlMs);
@@ -53,16 +56,36 @@ export class UnlockCache<T extends { destroy(): void }> {
     if (old) {
       clearTimeout(old.timer);
       this.#slots.delete(key);
-      if (old.value !== value) safeDestroy(old.value);
+      if (old.value !== value) this.#destroy(old.value);
     }
     if (this.#defaultTtlMs === 0 || this.#maxTtlMs === 0) {
-      safeDestroy(value);
+      this.#destroy(value);
       return;
     }
     const now = this.#now();
     const slot: Slot<T> = { value, putAt: now, usedAt: now, timer: undefined };
     this.#slots.set(key, slot);
     this.#arm(key, slot);
+  }
+
+  /**
+   * Keeps VALUE alive while an operation uses it: eviction (expiry, replacement, a TTL of 0)
+   * destroys it only once every pin is released. The returned release is idempotent.
+   */
+  pin(value: T): () => void {
+    this.#pins.set(value, (this.#pins.get(value) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.#pins.get(value) ?? 1) - 1;
+      if (n > 0) {
+        this.#pins.set(value, n);
+        return;
+      }
+      this.#pins.delete(value);
+      if (this.#doomed.delete(value)) safeDestroy(value);
+    };
   }
 
   has(keygrip: string): boolean {
@@ -123,7 +146,12 @@ export class UnlockCache<T extends { destroy(): void }> {
   #evict(key: string, slot: Slot<T>): void {
     clearTimeout(slot.timer);
     if (this.#slots.get(key) === slot) this.#slots.delete(key);
-    safeDestroy(slot.value);
+    this.#destroy(slot.value);
+  }
+
+  #destroy(value: T): void {
+    if (this.#pins.has(value)) this.#doomed.add(value);
+    else safeDestroy(value);
   }
 }
 

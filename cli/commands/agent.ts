@@ -9,6 +9,7 @@ import { ConfigError, loadConfig, mergeFlags } from '../../workstation/config.js
 import type { Config, ConfigFlags } from '../../workstation/config.js';
 import { listenUnix } from '../../workstation/local-socket.js';
 import { openHolderRuntime } from '../../workstation/runtime.js';
+import { startControlServer } from '../../workstation/control.js';
 import { RelayUrlError, startRelayClients } from '../../workstation/relay-client.js';
 import { UsageError, UserError } from '../errors.js';
 import { action, collect, packageVersion, resolveHome } from '../program.js';
@@ -111,6 +112,18 @@ export function register(program: Command): void {
           await rt.close();
           throw e instanceof RelayUrlError ? new UsageError(e.message) : e;
         });
+        // The control socket lets `keytether status` and `keytether ssh` use this holder.
+        const control = await startControlServer(rt, {
+          home,
+          agentSocket: socketPath,
+          version: packageVersion(),
+          relays,
+        }).catch(async (e: unknown) => {
+          server.close();
+          await relays.close();
+          await rt.close();
+          throw e;
+        });
         process.stdout.write(`ready: ${socketPath}\n`);
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
@@ -118,6 +131,7 @@ export function register(program: Command): void {
           process.once('SIGTERM', stop);
           process.once('SIGHUP', stop);
         });
+        await control.close();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           for (const s of open) s.destroy();

@@ -1,9 +1,12 @@
-// keytether ssh [USER@]HOST: forwards the holder to HOST over SSH. Runs the holder in-process,
-// connects like OpenSSH would (ssh_config, known_hosts, agent, identity files), starts
+// keytether ssh [USER@]HOST: forwards the holder to HOST over SSH. Borrows the running
+// `keytether agent`'s holder through its control socket when there is one, else runs a holder
+// in-process; connects like OpenSSH would (ssh_config, known_hosts, agent, identity files), starts
 // `keytether serve --stdio` there and carries the tunnel until Ctrl-C or the link ends.
 
 import { Option, type Command } from 'commander';
+import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { ConfigFlags } from '../../workstation/config.js';
+import { openAgentTunnel, requestStatus } from '../../workstation/control.js';
 import { openHolderRuntime } from '../../workstation/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
@@ -21,6 +24,23 @@ interface SshFlags extends ConfigFlags {
   acceptNew?: boolean;
   importKeys?: boolean;
   reconnect?: boolean;
+  /** false with --no-agent. */
+  agent?: boolean;
+}
+
+// Options that shape an in-process holder; a running agent has its own.
+const IN_PROCESS_OPTIONS = [
+  'relay',
+  'pinentryProgram',
+  'pinentryTimeout',
+  'defaultCacheTtl',
+  'maxCacheTtl',
+  'policy',
+  'backend',
+] as const;
+
+function optionFlag(name: string): string {
+  return `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }
 
 export function register(program: Command): void {
@@ -39,6 +59,10 @@ export function register(program: Command): void {
     .option('--accept-new', 'trust an unknown host key, then record it')
     .option('--import-keys', "import the holder's public keys into HOST's keyring")
     .option('--reconnect', 'retry with backoff instead of exiting when the link drops')
+    .option(
+      '--no-agent',
+      'run a holder in-process even when a keytether agent is running on this workstation',
+    )
     .option(
       '--socket <path>',
       'local holder socket to reuse (default $KEYTETHER_HOME/S.gpg-agent; not available yet)',
@@ -86,12 +110,6 @@ export function register(program: Command): void {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
         const home = resolveHome(globals);
         const config = await loadHolderConfig(home, globals.config, flags);
-        if (config.backend === 'gpg-agent') {
-          throw new UserError('the gpg-agent back end is not available yet; use --backend builtin');
-        }
-        if (config.relay.length > 0) {
-          throw new UserError('--relay is not available yet; run keytether ssh without it');
-        }
         // Resolved before anything is opened so that a bad -o or host is a plain usage error.
         const target = resolveSshTarget({
           target: destination,
@@ -100,6 +118,43 @@ export function register(program: Command): void {
           options: flags.option ?? [],
         });
         const notice = (s: string) => process.stderr.write(`keytether ssh: ${s}\n`);
+        const software = `keytether/${packageVersion()}`;
+
+        // A running agent is preferred: its passphrase cache, policy and audit chain then cover
+        // this session too, and two processes never append to one audit log.
+        const agent =
+          flags.agent === false
+            ? undefined
+            : await openAgentTunnel(home, target.host, { software });
+        let holder: KeyHolder;
+        let release: () => Promise<void>;
+        if (agent) {
+          notice(`using the running keytether agent (pid ${agent.pid})`);
+          const ignored = IN_PROCESS_OPTIONS.filter((o) => cmd.getOptionValueSource(o) === 'cli');
+          if (ignored.length > 0) {
+            notice(
+              `the running agent's own settings apply, not ${ignored.map(optionFlag).join(', ')}; pass --no-agent to use them`,
+            );
+          }
+          holder = agent.holder;
+          release = async () => agent.holder.close('the SSH session ended');
+        } else {
+          if (flags.agent === false) {
+            const running = await requestStatus(home);
+            if (running) {
+              // Two processes appending to one audit log would fork its hash chain.
+              throw new UserError(
+                `a keytether agent is already running for ${home} (pid ${running.pid}); drop --no-agent to use it, or give this session its own --home`,
+              );
+            }
+          }
+          if (config.relay.length > 0) {
+            throw new UserError('--relay is not available yet; run keytether ssh without it');
+          }
+          const rt = await openHolderRuntime(home, config);
+          holder = rt.holder;
+          release = () => rt.close();
+        }
         for (const s of target.unsupported) notice(s);
 
         const stop = new AbortController();
@@ -107,7 +162,6 @@ export function register(program: Command): void {
         const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
         for (const s of signals) process.on(s, onSignal);
 
-        const rt = await openHolderRuntime(home, config);
         try {
           const client = await connectSsh(target, {
             ...(flags.acceptNew ? { acceptNew: true } : {}),
@@ -115,16 +169,23 @@ export function register(program: Command): void {
           });
           try {
             await runSshSession({
-              holder: rt.holder,
+              holder,
               client,
               host: target.host,
               remoteCommand: flags.remoteCommand,
               ...(flags.remoteSocket !== undefined ? { remoteSocket: flags.remoteSocket } : {}),
               importKeys: flags.importKeys ?? false,
-              software: `keytether/${packageVersion()}`,
+              software,
               onReady: (p) => process.stdout.write(`ready: ${p}\n`),
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
               signal: stop.signal,
+              ...(agent
+                ? {
+                    holderClosed: agent.holder.closed,
+                    onInventoryChange: (changed: () => void) =>
+                      agent.holder.on('inventory', () => changed()),
+                  }
+                : {}),
             });
           } finally {
             client.end();
@@ -132,7 +193,7 @@ export function register(program: Command): void {
           return 0;
         } finally {
           for (const s of signals) process.off(s, onSignal);
-          await rt.close();
+          await release();
         }
       }),
     );

@@ -15,6 +15,9 @@ const ENV_OPTIONS: Readonly<Record<string, string>> = {
   'pinentry-user-data': 'PINENTRY_USER_DATA',
 };
 
+/** Most environment entries one session keeps (gpg itself sends around ten). */
+export const MAX_SESSION_ENV = 64;
+
 const PINENTRY_MODES = new Set<string>(['ask', 'default', 'cancel', 'error', 'loopback']);
 
 /** Options a restricted (extra-socket) connection may still set. */
@@ -42,7 +45,13 @@ export function applyOption(session: AgentSession, rawName: string, value: strin
       if (!value) throw new GpgError(ErrorCode.INV_VALUE);
       const eq = value.indexOf('=');
       if (eq < 0) session.env.delete(value);
-      else session.env.set(value.slice(0, eq), value.slice(eq + 1));
+      else {
+        const key = value.slice(0, eq);
+        // gpg sends about ten of these; the cap bounds a hostile client. Extra ones are accepted
+        // and dropped rather than refused, because an error here would abort gpg.
+        if (!session.env.has(key) && session.env.size >= MAX_SESSION_ENV) return;
+        session.env.set(key, value.slice(eq + 1));
+      }
       return;
     }
     case 'pinentry-mode':

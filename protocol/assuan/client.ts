@@ -215,7 +215,12 @@ export class AssuanClient {
           }
           case 'OK':
             if (failure) throw failure;
-            return { data: Buffer.concat(data, dataBytes), status, okText: r.text };
+            {
+              const out = Buffer.concat(data, dataBytes);
+              // The pieces are decoded copies of the payload (a passphrase or session key).
+              wipe();
+              return { data: out, status, okText: r.text };
+            }
           case 'ERR':
             throw failure ?? GpgError.fromValue(r.value, errDetail(r.text));
           case 'INVALID':
@@ -264,7 +269,10 @@ export class AssuanClient {
       this.write('CAN\n');
       return undefined;
     }
-    this.write(Buffer.concat([encodeData(answer), Buffer.from('END\n')]), true);
+    const lines = encodeData(answer);
+    const out = Buffer.concat([lines, Buffer.from('END\n')]);
+    lines.fill(0);
+    this.write(out, true);
     return undefined;
   }
 

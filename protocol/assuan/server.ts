@@ -81,8 +81,12 @@ class Session {
     this.source = new LineSource(stream, {
       maxLineBytes: opts.maxLineBytes ?? MAX_LINE_BYTES,
       maxQueuedBytes: opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES,
-      onEnd: () => this.abort.abort(new GpgError(ErrorCode.ASS_GENERAL, 'connection closed')),
     });
+    // A half-close (EOF) only means "no more commands": like gpg-agent, the queued ones still run
+    // and get their replies. Only a closed or failed stream cancels the command in progress.
+    void this.source.whenClosed.then(() =>
+      this.abort.abort(new GpgError(ErrorCode.ASS_GENERAL, 'connection closed')),
+    );
   }
 
   async run(): Promise<void> {

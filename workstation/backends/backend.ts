@@ -10,6 +10,8 @@ export interface KeyOperator {
   /** Canonical `(7:sig-val…)`. */
   sign(hashAlgo: number, digest: Uint8Array): Uint8Array | Promise<Uint8Array>;
   decrypt(encVal: Uint8Array): DecryptResult | Promise<DecryptResult>;
+  /** Called once when the operation is done with the key (it may be destroyed from then on). */
+  release?(): void;
 }
 
 export interface OpenContext {

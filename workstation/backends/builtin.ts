@@ -20,7 +20,7 @@ export class BuiltinBackend implements Backend {
   readonly name = 'builtin';
   readonly #d: BuiltinBackendDeps;
   /** Unlocks of one key are serialised so that two waiting gpg calls ask the pinentry once. */
-  readonly #unlocking = new Map<string, Promise<UnlockedKey>>();
+  readonly #unlocking = new Map<string, Unlocking>();
 
   constructor(deps: BuiltinBackendDeps) {
     this.#d = deps;
@@ -39,35 +39,63 @@ export class BuiltinBackend implements Backend {
 
   async open(entry: KeyEntry, ctx: OpenContext): Promise<KeyOperator> {
     const hit = this.#d.cache.get(entry.keygrip);
-    if (hit) return hit;
-    const pending = this.#unlocking.get(entry.keygrip);
-    if (pending) return pending;
-    const p = (async () => {
-      const ks = this.#d.keystore;
-      const key = ks.isProtected(entry.keygrip)
-        ? await askUntilUnlocked(
-            this.#d.pinentry,
-            {
-              keygrip: entry.keygrip,
-              description: requesterPrefixedText(
-                ctx.requester,
-                ctx.description,
-                `Please enter the passphrase to unlock the key\n${entry.fingerprint}`,
-              ),
-            },
-            (pass) => ks.unlock(entry.keygrip, pass),
-            3,
-            ctx.signal,
-          )
-        : await ks.unlock(entry.keygrip, null);
-      this.#d.cache.put(entry.keygrip, key);
-      return key;
-    })();
-    this.#unlocking.set(entry.keygrip, p);
+    if (hit) return this.#lease(hit);
+    let u = this.#unlocking.get(entry.keygrip);
+    if (!u) {
+      const fresh: Unlocking = { promise: undefined!, waiters: 0 };
+      fresh.promise = this.#unlock(entry, ctx).then((key) => {
+        // Held until every waiter has its own pin: the cache may destroy the key at once (a TTL
+        // of 0) or at any later expiry.
+        fresh.release = this.#d.cache.pin(key);
+        this.#d.cache.put(entry.keygrip, key);
+        return key;
+      });
+      this.#unlocking.set(entry.keygrip, fresh);
+      u = fresh;
+    }
+    u.waiters++;
     try {
-      return await p;
+      return this.#lease(await u.promise);
     } finally {
-      this.#unlocking.delete(entry.keygrip);
+      if (--u.waiters === 0) {
+        u.release?.();
+        if (this.#unlocking.get(entry.keygrip) === u) this.#unlocking.delete(entry.keygrip);
+      }
     }
   }
+
+  async #unlock(entry: KeyEntry, ctx: OpenContext): Promise<UnlockedKey> {
+    const ks = this.#d.keystore;
+    return ks.isProtected(entry.keygrip)
+      ? await askUntilUnlocked(
+          this.#d.pinentry,
+          {
+            keygrip: entry.keygrip,
+            description: requesterPrefixedText(
+              ctx.requester,
+              ctx.description,
+              `Please enter the passphrase to unlock the key\n${entry.fingerprint}`,
+            ),
+          },
+          (pass) => ks.unlock(entry.keygrip, pass),
+          3,
+          ctx.signal,
+        )
+      : await ks.unlock(entry.keygrip, null);
+  }
+
+  /** The key, pinned in the cache until the holder releases it after its one operation. */
+  #lease(key: UnlockedKey): KeyOperator {
+    return {
+      sign: (hashAlgo, digest) => key.sign(hashAlgo, digest),
+      decrypt: (encVal) => key.decrypt(encVal),
+      release: this.#d.cache.pin(key),
+    };
+  }
+}
+
+interface Unlocking {
+  promise: Promise<UnlockedKey>;
+  waiters: number;
+  release?: () => void;
 }

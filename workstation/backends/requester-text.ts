@@ -3,14 +3,42 @@
 
 import type { Requester } from '../../protocol/keyholder.js';
 
+// Fields a server sends end up in a dialog the person trusts; a newline or a bidi override there
+// could forge a line such as "request from local gpg". C0/C1 controls, line/paragraph separators
+// and Unicode direction/zero-width format characters are replaced.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/gu;
+const MAX_FIELD_CHARS = 64;
+
+/** One requester field made safe to show on a single line, at most 64 characters. */
+export function cleanField(v: string | number | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  const chars = [...String(v).replace(UNSAFE, '?')];
+  return chars.length > MAX_FIELD_CHARS
+    ? `${chars.slice(0, MAX_FIELD_CHARS - 1).join('')}…`
+    : chars.join('');
+}
+
 export function describeRequester(r: Requester): string {
-  const parts: string[] = [];
-  if (r.front === 'local') parts.push('local gpg');
-  else if (r.front === 'ssh') parts.push(`ssh ${r.user ? `${r.user}@` : ''}${r.host ?? 'server'}`);
-  else parts.push(`relay token ${r.tokenId ?? '?'}`);
-  if (r.command) parts.push(`(${r.command}${r.pid ? `, pid ${r.pid}` : ''})`);
-  else if (r.pid) parts.push(`(pid ${r.pid})`);
-  return parts.join(' ');
+  const user = cleanField(r.user);
+  const command = cleanField(r.command);
+  const pid = cleanField(r.pid);
+  if (r.front === 'local') {
+    const parts = ['local gpg'];
+    if (command) parts.push(`(${command}${pid ? `, pid ${pid}` : ''})`);
+    else if (pid) parts.push(`(pid ${pid})`);
+    return parts.join(' ');
+  }
+  // Over ssh and the relay only the host / token is established by keytether itself; user,
+  // command and pid are whatever the server says, so they are shown as its claims.
+  const who =
+    r.front === 'ssh'
+      ? `ssh ${cleanField(r.host) ?? 'server'}`
+      : `relay token ${cleanField(r.tokenId) ?? '?'}`;
+  const claims: string[] = [];
+  if (user) claims.push(`user=${user}`);
+  if (command) claims.push(`cmd=${command}`);
+  if (pid) claims.push(`pid=${pid}`);
+  return claims.length ? `${who} (claims ${claims.join(', ')})` : who;
 }
 
 /** gpg's own text (or FALLBACK) with the requester named in front of it. */

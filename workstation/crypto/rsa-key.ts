@@ -89,8 +89,16 @@ export class RsaKey {
       // OpenSSL refuses c >= n; that is malformed input, not a key problem.
       throw gpgErr('INV_DATA', 'RSA ciphertext is out of range');
     }
+    // Without this check the raw private operation is a signing oracle: a "ciphertext" equal to a
+    // PKCS#1 signature block (00 01 FF… 00 DigestInfo‖H) would come back as a valid signature.
+    // Every malformed block gets the same error so nothing beyond PKCS#1 v1.5's inherent
+    // valid/invalid bit leaks.
+    if (!isEncryptionBlock(block)) {
+      block.fill(0);
+      throw gpgErr('INV_DATA', 'RSA decryption failed');
+    }
     // Like the real agent: hand back m as an MPI (the 00 02 … block without its leading zero) and
-    // leave the PKCS#1 unpadding to gpg, so no padding check (and no padding oracle) lives here.
+    // leave the unpadding to gpg.
     const value = mpiUsg(block);
     block.fill(0);
     return { value };
@@ -100,4 +108,21 @@ export class RsaKey {
     // A KeyObject cannot be wiped; dropping the only reference is the best node:crypto allows.
     this.key = undefined;
   }
+}
+
+/** EME-PKCS1-v1_5 shape: 00 02, at least 8 nonzero padding bytes, a 00 separator. */
+function isEncryptionBlock(block: Buffer): boolean {
+  // Scans the whole block without data-dependent early exits.
+  let bad = block.length < 11 ? 1 : 0;
+  bad |= block[0] ?? 1;
+  bad |= (block[1] ?? 0) ^ 2;
+  let sep = 0;
+  for (let i = 2; i < block.length; i++) {
+    const isZero = block[i] === 0 ? 1 : 0;
+    const first = isZero & (sep === 0 ? 1 : 0);
+    sep = first ? i : sep;
+  }
+  bad |= sep === 0 ? 1 : 0;
+  bad |= sep < 10 ? 1 : 0;
+  return bad === 0;
 }

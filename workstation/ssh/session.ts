@@ -4,6 +4,7 @@
 
 import type { Client, ClientChannel } from 'ssh2';
 import type { KeyHolder } from '../../protocol/keyholder.js';
+import { claimedRequester } from '../../protocol/keyholder.js';
 import { serveTunnel } from '../../protocol/tunnel/index.js';
 import { UserError } from '../../cli/errors.js';
 import { execChannel, shellQuote, sshLastError } from './connect.js';
@@ -27,6 +28,13 @@ export interface SshSessionOptions {
   signal?: AbortSignal;
   /** How long to wait for the server's exit status after the tunnel is gone. Default 3 s. */
   exitWaitMs?: number;
+  /**
+   * Set when `holder` is a connection to a running `keytether agent`: once it ends, the server
+   * has nothing left to ask, so the session ends too.
+   */
+  holderClosed?: Promise<{ reason: string }>;
+  /** Tells the session when the holder's keys changed, so the server's inventory follows. */
+  onInventoryChange?: (changed: () => void) => (() => void) | void;
 }
 
 export interface SshSessionEnd {
@@ -128,8 +136,12 @@ export async function runSshSession(opts: SshSessionOptions): Promise<SshSession
     software: opts.software,
     // The server's claims about who asks are not trusted: the holder records where the request
     // really came from, the host this workstation connected to.
-    requester: (claimed) => ({ ...claimed, front: 'ssh', host: opts.host }),
+    requester: (claimed) => ({ ...claimedRequester(claimed), front: 'ssh', host: opts.host }),
+    ...(opts.onInventoryChange ? { onInventoryChange: opts.onInventoryChange } : {}),
   });
+  void opts.holderClosed?.then(({ reason }) =>
+    tunnel.close(`the keytether agent on this workstation went away (${reason})`),
+  );
 
   let stopped = false;
   const onAbort = (): void => {
