@@ -141,10 +141,13 @@ t.test('gpg on a server signs through keytether connect, a relay and a holder', 
         { env: { ...env, ...pin.env } },
       ),
     );
+    // Both lines are awaited from the start: the relay may connect before `ready:` is printed.
+    const connected = waitForLine(h.child.stderr!, /^relay connected: /, 30_000);
+    connected.catch(() => {});
     await waitForLine(h.child.stdout!, /^ready: /, 30_000).catch((e: Error) => {
       throw new Error(`${e.message}; stderr: ${h.stderr()}`);
     });
-    await waitForLine(h.child.stderr!, /^relay connected: /, 30_000);
+    await connected;
     return h;
   };
   let holder = await startHolder();
