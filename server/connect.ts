@@ -1,6 +1,7 @@
 // `keytether connect`: a facade whose holder is reached through a relay. The facade shows the
 // relay the token's public part only; the relay routes the WebSocket's binary messages to the
-// holder, and the tunnel runs over them unchanged. With a command, a private GNUPGHOME is made for
+// holder. Inside them runs the sealed channel (server/seal.ts: TLS 1.3 pinned to the token's
+// holder key, then proof of the token's secret), and the tunnel runs over that unchanged. With a command, a private GNUPGHOME is made for
 // it (public keys, no-autostart, our socket) and removed again however the command ends.
 
 import { spawn } from 'node:child_process';
@@ -24,6 +25,7 @@ import { parseToken } from '../protocol/token.js';
 import { tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
 import { ensureSocketDir, probeSocket, removeSocket } from './agent-socket.js';
 import { startFacade, type Facade } from './facade.js';
+import { sealFacadeStream } from './seal.js';
 import { gnupgDirs } from './gnupg-dirs.js';
 import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
 
@@ -149,7 +151,11 @@ export function openFacadeSocket(url: string, publicPart: string): Promise<Relay
   });
 }
 
-export type RelayStream = Duplex & { closeInfo?: { code: number; reason: string } };
+export type RelayStream = Duplex & {
+  closeInfo?: { code: number; reason: string };
+  /** Ends the stream telling the holder (through the relay) why, e.g. a broken sealed record. */
+  closeWith?: (reason: string) => void;
+};
 
 /** The WebSocket as the tunnel's byte stream: binary messages only, in both directions. */
 export function webSocketStream(ws: WebSocket): RelayStream {
@@ -164,12 +170,20 @@ export function webSocketStream(ws: WebSocket): RelayStream {
       cb();
     },
     destroy(err, cb) {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
-        ws.close(1000, 'facade done');
-      }
+      // TLS tears this stream down before it emits the error that says why; let closeWith win.
+      setImmediate(() => {
+        if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+          ws.close(1000, 'facade done');
+        }
+      });
       cb(err);
     },
   });
+  stream.closeWith = (reason: string) => {
+    // A close reason is at most 123 bytes.
+    if (ws.readyState === WebSocket.OPEN) ws.close(1000, Buffer.from(reason).subarray(0, 120));
+    stream.destroy();
+  };
   ws.on('message', (data: WebSocket.RawData, isBinary: boolean) => {
     if (isBinary) stream.push(toBuffer(data));
   });
@@ -273,7 +287,13 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   const parsed = parseToken(opts.token.trim());
   if (!parsed.ok) throw new UserError(`the token is not usable: ${parsed.error}`);
   const publicPart = parsed.token.publicPart;
-  parsed.token.secret?.fill(0);
+  const hpk = parsed.token.hpk;
+  const secret = parsed.token.secret;
+  if (!secret) {
+    throw new UserError(
+      'the token has no secret part; pass the whole token (kt1.<payload>.<sig>.<secret>) as printed by `keytether token create`',
+    );
+  }
   const endpoint = relayEndpoint(opts.relay, 'facade', opts.insecure ?? false);
   if (!endpoint.ok) throw new UserError(endpoint.error);
   const url = endpoint.url;
@@ -287,7 +307,21 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
 
   const attach = async (): Promise<TunnelClient> => {
     const stream = await openFacadeSocket(url, publicPart);
-    const tunnel = tunnelClient(stream, { software: opts.software });
+    let sealed;
+    try {
+      sealed = await sealFacadeStream(stream, {
+        hpk,
+        secret,
+        closeReason: () => stream.closeInfo?.reason || undefined,
+        onFailure: (reason) => stream.closeWith?.(reason),
+      });
+    } catch (e) {
+      const info = stream.closeInfo;
+      if (info && info.code !== 1000 && info.code !== 1005)
+        throw refusal(info.code, info.reason, url);
+      throw e;
+    }
+    const tunnel = tunnelClient(sealed, { software: opts.software });
     holder.set(tunnel);
     const up = await Promise.race([
       tunnel.ready.then(() => null),
@@ -337,7 +371,13 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     reason: string,
   ) => {
     if (stopping || (holder.current !== undefined && holder.current !== tunnel)) return;
-    const why = info && info.code !== 1000 ? refusal(info.code, info.reason, url).message : reason;
+    // A holder that ended the stream (e.g. it saw a broken sealed record) says why in the reason.
+    const why =
+      info && info.code !== 1000
+        ? refusal(info.code, info.reason, url).message
+        : info?.reason && info.reason !== 'facade done'
+          ? `${reason} (the holder said: ${info.reason})`
+          : reason;
     schedule(new Error(`lost the holder: ${why}`));
   };
 
@@ -347,6 +387,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     first = await attach();
   } catch (e) {
     holder.current?.close();
+    secret.fill(0);
     throw new UserError(describe(e));
   }
 
@@ -434,5 +475,6 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     holder.current?.close('stopped on the server');
     await facade?.close();
     await temp?.cleanup();
+    secret.fill(0);
   }
 }

@@ -2,6 +2,8 @@
 // `<relay>/v1/holder`, authenticated with the holder identity, carrying many streams. Each stream
 // is one facade; it gets its own tunnel served by a token-scoped view of the holder, so whatever a
 // token does not allow is refused here, at the holder, whatever the relay or facade claims.
+// Every stream is sealed end to end (workstation/seal.ts): the tunnel is served only over TLS 1.3
+// with the holder identity's key, after the facade proved the token's secret inside it.
 
 import { claimedRequester } from '../protocol/keyholder.js';
 import { Duplex } from 'node:stream';
@@ -16,6 +18,7 @@ import type {
   SignRequest,
 } from '../protocol/keyholder.js';
 import { relayEndpoint } from '../protocol/relay/endpoint.js';
+import { describeSealError } from '../protocol/seal.js';
 import { relayAuthMessage } from '../protocol/relay/identity.js';
 import {
   decodeMux,
@@ -28,6 +31,13 @@ import { checkTokenSignature, parseToken, type ParsedToken } from '../protocol/t
 import { serveTunnel, type TunnelServerHandle } from '../protocol/tunnel/index.js';
 import type { AuditInput } from './audit.js';
 import { loadOrCreateIdentity } from './identity.js';
+import {
+  acceptSealedStream,
+  loadSealCredentials,
+  onSealedError,
+  registryKnowsSecret,
+  type SealCredentials,
+} from './seal.js';
 import { TokenRegistry } from './tokens.js';
 
 /** The holder identity as the relay client needs it (workstation/identity.ts provides one). */
@@ -46,6 +56,8 @@ export interface TokenAuthority {
     fingerprint: string;
     primaryFingerprint: string;
     op: 'sign' | 'decrypt';
+    /** SHA-256 (hex) of the secret the facade proved in the sealed channel. */
+    secretHash?: string | undefined;
   }): TokenDecision | Promise<TokenDecision>;
 }
 
@@ -56,6 +68,10 @@ export interface RelayClientOptions {
   identity: RelayIdentity;
   tokens: TokenAuthority;
   audit: { append(rec: AuditInput): Promise<void> };
+  /** The holder's TLS key and certificate (workstation/seal.ts); every stream is sealed. */
+  seal: SealCredentials;
+  /** Whether a proven secret (SHA-256 hex) is token TID's; checked before the tunnel starts. */
+  checkSecret(tid: string, secretHash: string): Promise<boolean>;
   /** `keytether/<version>`. */
   software: string;
   /** Allow ws:// to a host that is not loopback. */
@@ -249,16 +265,56 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
     const peer = open.peer || undefined;
     const stream = new RelayStream(sock, streamId, () => streams.delete(streamId));
     streams.set(streamId, stream);
-    const scoped = tokenScopedHolder(opts.holder, token, opts.tokens, opts.audit, peer);
     const tid = token.payload.tid;
-    stream.tunnel = serveTunnel(scoped, stream, {
-      software: opts.software,
-      requester: (claimed) => ({
-        ...claimedRequester(claimed),
-        front: 'relay',
-        tokenId: tid,
-        ...(peer !== undefined ? { host: peer } : {}),
-      }),
+    const where = { ...(peer !== undefined ? { peer, host: peer } : {}), tokenId: tid };
+    // The facade's word, carried by the relay: worth a record, though the relay could forge it.
+    stream.onSealReport = (r) => {
+      const reason = `sealed channel: the facade reported: ${r.slice('sealed channel: '.length)}`;
+      void recordSealFailure(opts.audit, where, reason).then(() =>
+        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
+      );
+    };
+    void acceptSealedStream(stream, {
+      credentials: opts.seal,
+      checkSecret: (hash) => opts.checkSecret(tid, hash),
+      // Before the TLS socket is torn down, so the facade hears this reason and no other.
+      refuse: (why) => stream.closeWith(`sealed channel: ${why}`),
+    }).then(async (sealed) => {
+      if (!sealed.ok) {
+        const reason = `sealed channel: ${sealed.reason}`;
+        await recordSealFailure(opts.audit, where, reason);
+        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) refused: ${reason}`);
+        return;
+      }
+      const socket = sealed.socket;
+      // After the handshake a broken, dropped, reordered or replayed record is a TLS error;
+      // the tunnel reports it as its close reason, and it is audited here.
+      onSealedError(socket, (e: Error) => {
+        const reason = `sealed channel: ${describeSealError(e)}`;
+        e.message = reason;
+        stream.closeWith(reason);
+        void recordSealFailure(opts.audit, where, reason).then(() =>
+          log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
+        );
+      });
+      socket.on('close', () => stream.destroy());
+      const scoped = tokenScopedHolder(
+        opts.holder,
+        token,
+        opts.tokens,
+        opts.audit,
+        peer,
+        sealed.secretHash,
+      );
+      stream.tunnel = serveTunnel(scoped, socket, {
+        software: opts.software,
+        requester: (claimed) => ({
+          ...claimedRequester(claimed),
+          front: 'relay',
+          tokenId: tid,
+          ...(peer !== undefined ? { host: peer } : {}),
+        }),
+      });
     });
   };
 
@@ -315,6 +371,8 @@ function sendClose(sock: WebSocket, streamId: number, reason: string): void {
 /** One facade's byte stream inside the holder's relay connection. */
 class RelayStream extends Duplex {
   tunnel: TunnelServerHandle | undefined;
+  /** Called when the facade ended the stream over a sealed-channel failure it saw. */
+  onSealReport: ((reason: string) => void) | undefined;
   #closedRemotely = false;
 
   constructor(
@@ -329,8 +387,19 @@ class RelayStream extends Duplex {
     if (!this.#closedRemotely) this.push(b);
   }
 
-  remoteClosed(_reason: string): void {
+  /** Ends the stream telling the facade (through the relay) why. */
+  closeWith(reason: string): void {
+    if (!this.#closedRemotely) {
+      this.#closedRemotely = true;
+      this.forget();
+      sendClose(this.sock, this.id, reason.slice(0, 200));
+    }
+    this.destroy();
+  }
+
+  remoteClosed(reason: string): void {
     if (this.#closedRemotely) return;
+    if (reason.startsWith('sealed channel: ')) this.onSealReport?.(reason);
     this.#closedRemotely = true;
     this.push(null);
     this.destroy();
@@ -357,7 +426,9 @@ class RelayStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
-    this.#sendClose();
+    this.forget();
+    // TLS tears this stream down before it emits the error that says why; wait for closeWith.
+    setImmediate(() => this.#sendClose());
     cb(err);
   }
 
@@ -387,6 +458,7 @@ export function tokenScopedHolder(
   tokens: TokenAuthority,
   audit: { append(rec: AuditInput): Promise<void> },
   peer: string | undefined,
+  secretHash?: string,
 ): KeyHolder {
   const tid = token.payload.tid;
   const check = async (
@@ -407,6 +479,7 @@ export function tokenScopedHolder(
         fingerprint: entry.fingerprint,
         primaryFingerprint: entry.primaryFingerprint,
         op,
+        ...(secretHash !== undefined ? { secretHash } : {}),
       });
       if (!d.ok) refusal = d.message;
     }
@@ -471,6 +544,8 @@ export async function startRelayClients(
   }
   const identity = await loadOrCreateIdentity(rt.home);
   const tokens = await TokenRegistry.open(rt.home, { identity });
+  const seal = await loadSealCredentials(rt.home);
+  const checkSecret = (tid: string, hash: string) => registryKnowsSecret(rt.home, tid, hash);
   const clients = urls.map((url) =>
     startRelayClient({
       url,
@@ -478,6 +553,8 @@ export async function startRelayClients(
       identity,
       tokens,
       audit: rt.audit,
+      seal,
+      checkSecret,
       software: opts.software,
       ...(opts.insecure !== undefined ? { insecure: opts.insecure } : {}),
       ...(opts.log ? { log: opts.log } : {}),
@@ -492,6 +569,20 @@ export async function startRelayClients(
       await Promise.all(clients.map((c) => c.close()));
     },
   };
+}
+
+/**
+ * A sealed-channel failure in the audit log. The schema has no operation for a channel event; it
+ * is filed under `sign` with no key, and the reason says what happened.
+ */
+async function recordSealFailure(
+  audit: { append(rec: AuditInput): Promise<void> },
+  where: { peer?: string; host?: string; tokenId: string },
+  reason: string,
+): Promise<void> {
+  await audit
+    .append({ front: 'relay', ...where, keygrip: '-', op: 'sign', decision: 'failed', reason })
+    .catch(() => undefined);
 }
 
 /** A `--relay` value that cannot be used; the message is one sentence for the user. */
