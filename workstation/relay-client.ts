@@ -567,6 +567,7 @@ export async function startRelayClients(
     },
     async close() {
       await Promise.all(clients.map((c) => c.close()));
+      await tokens.flushUses();
     },
   };
 }

@@ -120,6 +120,14 @@ export class TokenRegistry {
   #records: TokenRecord[] = [];
   /** Serialises this process's own changes, so they queue here instead of on the lock file. */
   #queue: Promise<unknown> = Promise.resolve();
+  /**
+   * Uses of tokens without a use limit that are not on disk yet. Their count is only shown by
+   * `token list`, so it is written at most once a second instead of with an fsync per request
+   * (which serialised every relayed signature behind a disk sync). A crash loses at most that
+   * second of counting; tokens with `--max-uses` are still written before the operation runs.
+   */
+  #pendingUses = new Map<string, number>();
+  #flushTimer: NodeJS.Timeout | undefined;
 
   private constructor(home: string, opts: RegistryOptions) {
     this.home = home;
@@ -350,9 +358,29 @@ export class TokenRegistry {
       if (c.max !== undefined && r.uses >= c.max) {
         return deny('uses', `token ${r.id} has used all of its ${c.max} operations`);
       }
+      if (c.max === undefined) {
+        this.#pendingUses.set(r.id, (this.#pendingUses.get(r.id) ?? 0) + 1);
+        this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
+        return { ok: true };
+      }
       r.uses += 1;
       await this.#write();
       return { ok: true };
     });
+  }
+
+  /** Writes the counted uses of unlimited tokens (see #pendingUses). */
+  async flushUses(): Promise<void> {
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    if (this.#pendingUses.size === 0) return;
+    await this.#locked(async () => {
+      for (const [id, n] of this.#pendingUses) {
+        const r = this.#records.find((x) => x.id === id);
+        if (r) r.uses += n;
+      }
+      this.#pendingUses.clear();
+      await this.#write();
+    }).catch(() => undefined);
   }
 }
