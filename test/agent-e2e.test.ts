@@ -14,6 +14,7 @@ import {
   makeGnupgHome,
   type GeneratedKey,
   type TempGnupg,
+  clientHome,
 } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
@@ -54,17 +55,6 @@ async function startAgent(
       return exited;
     },
   };
-}
-
-/** A client GNUPGHOME whose agent socket path redirects (libassuan `%Assuan%` file) to ours. */
-async function clientHome(gpgBin: string, agentSocket: string, publicKeys: string) {
-  const g = await makeGnupgHome({ gpgBin, gpgConf: ['no-autostart'] });
-  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
-  const sockPath = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
-  await writeFile(sockPath, `%Assuan%\nsocket=${agentSocket}\n`);
-  const imp = await g.gpg(['--batch', '--import'], { input: publicKeys });
-  if (imp.code !== 0) throw new Error(`importing public keys failed: ${imp.stderr}`);
-  return g;
 }
 
 /** A raw Assuan connection: `send` writes bytes and resolves with the reply up to OK/ERR. */
@@ -165,7 +155,7 @@ t.test('stock gpg through keytether agent', async (t) => {
   for (const client of gpgClients()) {
     clientIndex++;
     await t.test(client.label, async (t) => {
-      const g = await clientHome(client.gpg, socket, exp.stdout);
+      const g = await clientHome(socket, exp.stdout, client.gpg);
       t.teardown(() => g.cleanup());
       const gpg = (args: string[], input?: string | Buffer) =>
         g.gpg(['--batch', '--no-tty', ...args], input === undefined ? {} : { input });
@@ -254,7 +244,7 @@ t.test('stock gpg through keytether agent', async (t) => {
   }
 
   await t.test('forbidden commands answer Forbidden over the real socket', async (t) => {
-    const g = await clientHome('/usr/bin/gpg', socket, exp.stdout);
+    const g = await clientHome(socket, exp.stdout, '/usr/bin/gpg');
     t.teardown(() => g.cleanup());
     const r = await g.run('gpg-connect-agent', [
       '--no-autostart',
@@ -327,7 +317,7 @@ t.test('a wrong passphrase three times fails gpg and is audited', async (t) => {
   t.teardown(async () => {
     if (agent.child.exitCode === null) await agent.stop();
   });
-  const g = await clientHome('/usr/bin/gpg', socket, pub.stdout);
+  const g = await clientHome(socket, pub.stdout, '/usr/bin/gpg');
   t.teardown(() => g.cleanup());
   const r = await g.gpg(['--batch', '-u', k.fingerprint, '--detach-sign'], { input: 'data\n' });
   t.not(r.code, 0, 'gpg fails');

@@ -18,23 +18,12 @@ import {
   ALLOWED_AGENT_COMMANDS,
   plusPercentEscape,
 } from '../workstation/backends/index.js';
-import { generateKey, makeGnupgHome, type TempGnupg } from './support/gnupg.js';
+import { generateKey, makeGnupgHome, type TempGnupg, clientHome } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript, SCRIPTED_PINENTRY } from './support/pinentry-script.js';
 
 const PASS = 'correct horse';
-
-/** A client GNUPGHOME whose agent socket redirects (libassuan `%Assuan%` file) to SOCKET. */
-async function clientHome(gpgBin: string, socket: string, publicKeys: Buffer): Promise<TempGnupg> {
-  const g = await makeGnupgHome({ gpgBin, gpgConf: ['no-autostart'] });
-  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
-  const sockPath = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
-  await writeFile(sockPath, `%Assuan%\nsocket=${socket}\n`);
-  const imp = await g.gpg(['--batch', '--import'], { input: publicKeys });
-  if (imp.code !== 0) throw new Error(`importing public keys failed: ${imp.stderr}`);
-  return g;
-}
 
 async function auditRecords(home: string): Promise<Record<string, unknown>[]> {
   const text = await readFile(path.join(home, 'audit.jsonl'), 'utf8');
@@ -109,7 +98,7 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
   });
 
   const sys = gpgClients()[0]!;
-  const g = await clientHome(sys.gpg, socket, pub.stdout);
+  const g = await clientHome(socket, pub.stdout, sys.gpg);
   t.teardown(() => g.cleanup());
   const gpg = (cl: TempGnupg, args: string[], input?: string | Buffer) =>
     cl.gpg(['--batch', '--no-tty', ...args], input === undefined ? {} : { input });
@@ -132,7 +121,7 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
 
   for (const client of gpgClients()) {
     await t.test(`${client.label}: sign, clearsign, decrypt, list`, async (t) => {
-      const cl = client === sys ? g : await clientHome(client.gpg, socket, pub.stdout);
+      const cl = client === sys ? g : await clientHome(socket, pub.stdout, client.gpg);
       if (cl !== g) t.teardown(() => cl.cleanup());
       const msg = path.join(cl.home, 'msg.txt');
       await writeFile(msg, `hello via ${client.label}\n`);
@@ -195,7 +184,7 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
     });
     await new Promise<void>((resolve) => server.listen(sock2, resolve));
     t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-    const cl = await clientHome(sys.gpg, sock2, pub.stdout);
+    const cl = await clientHome(sock2, pub.stdout, sys.gpg);
     t.teardown(() => cl.cleanup());
 
     const s = await gpg(cl, ['-u', alice.fingerprint, '--clearsign'], 'x\n');

@@ -10,7 +10,13 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { exportSecretKey, generateKey, makeGnupgHome, type TempGnupg } from './support/gnupg.js';
+import {
+  exportSecretKey,
+  generateKey,
+  makeGnupgHome,
+  type TempGnupg,
+  clientHome,
+} from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { relayEndpoint } from '../protocol/relay/endpoint.js';
@@ -437,14 +443,3 @@ t.test('gpg on a server signs through keytether connect, a relay and a holder', 
     },
   );
 });
-
-/** A gpg home with the public key whose agent socket redirects (`%Assuan%`) to SOCKET. */
-async function clientHome(socket: string, publicKey: Buffer): Promise<TempGnupg> {
-  const g = await makeGnupgHome({ gpgConf: ['no-autostart'] });
-  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
-  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
-  await writeFile(at, `%Assuan%\nsocket=${socket}\n`);
-  const imp = await g.gpg(['--batch', '--import'], { input: publicKey });
-  if (imp.code !== 0) throw new Error(`importing the public key failed: ${imp.stderr}`);
-  return g;
-}

@@ -11,7 +11,13 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { exportSecretKey, generateKey, makeGnupgHome, type TempGnupg } from './support/gnupg.js';
+import {
+  exportSecretKey,
+  generateKey,
+  makeGnupgHome,
+  type TempGnupg,
+  clientHome,
+} from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { sealFacadeStream } from '../server/seal.js';
@@ -179,17 +185,6 @@ function occurs(hay: { raw: Buffer; text: string }, needle: Buffer): boolean {
     hay.text.includes(needle.toString('base64').slice(0, 40)) ||
     hay.text.includes(needle.toString('base64url').slice(0, 40))
   );
-}
-
-/** A gpg home with the public key whose agent socket redirects (`%Assuan%`) to SOCKET. */
-async function clientHome(socket: string, publicKey: Buffer): Promise<TempGnupg> {
-  const g = await makeGnupgHome({ gpgConf: ['no-autostart'] });
-  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
-  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
-  await writeFile(at, `%Assuan%\nsocket=${socket}\n`);
-  const imp = await g.gpg(['--batch', '--import'], { input: publicKey });
-  if (imp.code !== 0) throw new Error(`importing the public key failed: ${imp.stderr}`);
-  return g;
 }
 
 t.test('the sealed channel pins the holder key the token names', async (t) => {

@@ -323,3 +323,22 @@ export async function agentData(g: TempGnupg, command: string): Promise<Buffer> 
     await rm(dataDir, { recursive: true, force: true });
   }
 }
+
+/**
+ * A public-keys-only GNUPGHOME for gpg clients of keytether: `no-autostart`, PUBLIC_KEYS imported,
+ * and a libassuan `%Assuan%` redirect file at the path `gpgconf --list-dirs agent-socket` names,
+ * pointing at AGENT_SOCKET (works with gpg 2.2 and 2.4).
+ */
+export async function clientHome(
+  agentSocket: string,
+  publicKeys: string | Buffer,
+  gpgBin?: string,
+): Promise<TempGnupg> {
+  const g = await makeGnupgHome({ ...(gpgBin ? { gpgBin } : {}), gpgConf: ['no-autostart'] });
+  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
+  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
+  await writeFile(at, `%Assuan%\nsocket=${agentSocket}\n`);
+  const imp = await g.gpg(['--batch', '--import'], { input: publicKeys });
+  if (imp.code !== 0) throw new Error(`importing public keys failed: ${imp.stderr}`);
+  return g;
+}
