@@ -1,8 +1,14 @@
-// PKSIGN through the relay path — Assuan client → `keytether connect` → relay → holder
-// (`keytether agent --relay`) — against the real gpg-agent's local socket, both with 16
-// concurrent clients each looping SIGKEY + SETHASH + PKSIGN (Ed25519, unprotected key).
-// The relay runs in this process with its per-token rate limit raised so it does not cap the
-// figure. Then: the RSS of a relay (own process) holding 1,000 idle authenticated holders.
+// PKSIGN through the relay path — Assuan client → facade → relay → holder — against the real
+// gpg-agent's local socket, all with 16 concurrent clients each looping SIGKEY + SETHASH +
+// PKSIGN (Ed25519, unprotected key, builtin back end). The relay runs in this process with its
+// per-token rate limit raised so it does not cap the figure. Measured in one run:
+//   - gpg-agent: the local socket of the real gpg-agent;
+//   - relay, CLI processes: `keytether connect` and `keytether agent --relay` (sealed);
+//   - relay in-process, sealed / unsealed: facade and holder in this process, built from the same
+//     library calls as the CLI, once with the sealed channel and once without (issue #6: sealing
+//     should cost at most 10% throughput). The unsealed holder exists only here: it is a symbol
+//     option of startRelayClient that no flag, config or environment variable can set.
+// Then: the RSS of a relay (own process) holding 1,000 idle authenticated holders.
 // BENCH_SECONDS (default 5) per measurement; BENCH_IDLE_HOLDERS (default 1000).
 
 import { existsSync, readFileSync, rmSync } from 'node:fs';
@@ -13,8 +19,20 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
 import type { FastifyInstance } from 'fastify';
 import type { AssuanClient } from '../protocol/assuan/index.js';
+import { relayEndpoint } from '../protocol/relay/endpoint.js';
 import { relayAuthMessage } from '../protocol/relay/identity.js';
+import { parseToken } from '../protocol/token.js';
+import { tunnelClient } from '../protocol/tunnel/index.js';
+import { openFacadeSocket, RelayHolder } from '../server/connect.js';
+import { startFacade } from '../server/facade.js';
 import { buildRelay, listenRelay, shutdownRelay } from '../server/relay/index.js';
+import { sealFacadeStream } from '../server/seal.js';
+import { DEFAULT_CONFIG } from '../workstation/config.js';
+import { loadOrCreateIdentity } from '../workstation/identity.js';
+import { BENCH_UNSEALED, startRelayClient, type RelayClient } from '../workstation/relay-client.js';
+import { openHolderRuntime, type HolderRuntime } from '../workstation/runtime.js';
+import { loadSealCredentials, registryKnowsSecret } from '../workstation/seal.js';
+import { TokenRegistry } from '../workstation/tokens.js';
 import {
   exportAllSecretKeys,
   generateUnprotectedKey,
@@ -78,7 +96,7 @@ async function measure(clients: AssuanClient[], grip: string, seconds: number): 
 function report(label: string, m: Measured): number {
   const rate = m.ops / m.seconds;
   console.log(
-    `${label.padEnd(22)} ${rate.toFixed(0).padStart(7)} ops/s  p50 ${percentile(m.lat, 50).toFixed(2)} ms  p99 ${percentile(m.lat, 99).toFixed(2)} ms  (${m.ops} ops in ${m.seconds.toFixed(1)} s)`,
+    `${label.padEnd(30)} ${rate.toFixed(0).padStart(7)} ops/s  p50 ${percentile(m.lat, 50).toFixed(2)} ms  p99 ${percentile(m.lat, 99).toFixed(2)} ms  (${m.ops} ops in ${m.seconds.toFixed(1)} s)`,
   );
   return rate;
 }
@@ -95,6 +113,83 @@ async function openClients(
     out.push(c);
   }
   return out;
+}
+
+/** A holder in this process, connected to the relay at `url`; resolves once the relay took it. */
+async function inProcessHolder(
+  rt: HolderRuntime,
+  tokens: TokenRegistry,
+  url: string,
+  sealed: boolean,
+): Promise<RelayClient> {
+  const identity = await loadOrCreateIdentity(rt.home);
+  const seal = await loadSealCredentials(rt.home);
+  let connected!: () => void;
+  const up = new Promise<void>((r) => (connected = r));
+  const client = startRelayClient({
+    url,
+    holder: rt.holder,
+    identity,
+    tokens,
+    audit: rt.audit,
+    seal,
+    checkSecret: (tid, hash) => registryKnowsSecret(rt.home, tid, hash),
+    software: 'keytether/bench',
+    onConnected: () => connected(),
+    ...(sealed ? {} : { benchUnsealed: BENCH_UNSEALED }),
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error('in-process holder: no login to the relay within 30 s')),
+        30_000,
+      );
+      void up.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  } catch (e) {
+    await client.close();
+    throw e;
+  }
+  return client;
+}
+
+/** `keytether connect --socket` in this process, with or without the sealed channel. */
+async function inProcessFacade(
+  url: string,
+  token: string,
+  socketPath: string,
+  sealed: boolean,
+): Promise<{ close(): Promise<void> }> {
+  const parsed = parseToken(token);
+  if (!parsed.ok) throw new Error(`bench token: ${parsed.error}`);
+  const { publicPart, hpk, secret } = parsed.token;
+  const endpoint = relayEndpoint(url, 'facade');
+  if (!endpoint.ok) throw new Error(endpoint.error);
+  const stream = await openFacadeSocket(endpoint.url, publicPart);
+  const channel = sealed
+    ? await sealFacadeStream(stream, {
+        hpk,
+        secret: secret!,
+        closeReason: () => stream.closeInfo?.reason || undefined,
+        onFailure: (reason) => stream.closeWith?.(reason),
+      })
+    : stream;
+  secret?.fill(0);
+  const tunnel = tunnelClient(channel, { software: 'keytether/bench' });
+  const up = await Promise.race([tunnel.ready.then(() => null), tunnel.closed]);
+  if (up !== null) throw new Error(`in-process facade: the tunnel did not come up: ${up.reason}`);
+  const holder = new RelayHolder();
+  holder.set(tunnel);
+  const facade = await startFacade({ socketPath, holder, front: 'relay' });
+  return {
+    async close() {
+      tunnel.close('bench done');
+      await facade.close();
+    },
+  };
 }
 
 function rssKiB(pid: number): number | undefined {
@@ -226,7 +321,16 @@ export async function run(): Promise<void> {
 
     const holder = await startDaemon(
       process.execPath,
-      [cli, 'agent', '--socket', path.join(root, 'S.local'), '--relay', url],
+      [
+        cli,
+        'agent',
+        '--backend',
+        'builtin',
+        '--socket',
+        path.join(root, 'S.local'),
+        '--relay',
+        url,
+      ],
       env,
       'ready: ',
     );
@@ -269,37 +373,67 @@ export async function run(): Promise<void> {
     );
     daemons.push(facade);
 
-    const sockets = {
-      'gpg-agent': await gnupg.agentSocket(),
-      'keytether relay': facade.readyText.trim(),
-    };
-
-    // Same key both ways: Ed25519 is deterministic, so the same digest must give the same bytes.
-    const digest = randomBytes(32);
-    const sigs: Buffer[] = [];
-    for (const s of Object.values(sockets)) {
-      const c = await connectAgent(s);
-      clients.push(c);
-      sigs.push(await signOnce(c, key.keygrip, digest));
-      c.close();
-    }
-    if (!sigs[0]!.equals(sigs[1]!)) {
-      throw new Error('the relay path and gpg-agent gave different signatures for one digest');
-    }
-
+    const GPG_AGENT = 'gpg-agent';
+    const CLI = 'relay, CLI processes';
+    const SEALED = 'relay in-process, sealed';
+    const UNSEALED = 'relay in-process, unsealed';
     console.log(
       `Ed25519 PKSIGN (SIGKEY + SETHASH + PKSIGN per op), ${CLIENTS} concurrent clients, ` +
         `${seconds} s each, all on 127.0.0.1; latency is one whole op`,
     );
+    // Same key every way: Ed25519 is deterministic, so the same digest must give the same bytes.
+    const digest = randomBytes(32);
+    let reference: Buffer | undefined;
     const rates: Record<string, number> = {};
-    for (const [label, sock] of Object.entries(sockets)) {
+    const bench = async (label: string, sock: string) => {
+      const c = await connectAgent(sock);
+      clients.push(c);
+      const sig = await signOnce(c, key.keygrip, digest);
+      c.close();
+      reference ??= sig;
+      if (!sig.equals(reference)) {
+        throw new Error(`${label} and gpg-agent gave different signatures for one digest`);
+      }
       const conns = await openClients(sock, CLIENTS, clients);
       await measure(conns, key.keygrip, Math.min(1, seconds)); // warm-up
       rates[label] = report(label, await measure(conns, key.keygrip, seconds));
       for (const c of conns) c.close();
+    };
+
+    await bench(GPG_AGENT, await gnupg.agentSocket());
+    await bench(CLI, facade.readyText.trim());
+    // The in-process holder has the same identity: the CLI one must be gone first, or the relay
+    // would hand the connection back and forth between them.
+    await facade.stop();
+    await holder.stop();
+    daemons.length = 0;
+
+    const rt = await openHolderRuntime(home, { ...DEFAULT_CONFIG, backend: 'builtin' });
+    const tokens = await TokenRegistry.open(home, { identity: await loadOrCreateIdentity(home) });
+    try {
+      for (const [label, sealed] of [
+        [SEALED, true],
+        [UNSEALED, false],
+      ] as const) {
+        const client = await inProcessHolder(rt, tokens, url, sealed);
+        const sock = path.join(root, sealed ? 'S.sealed' : 'S.unsealed');
+        const f = await inProcessFacade(url, token, sock, sealed);
+        try {
+          await bench(label, sock);
+        } finally {
+          await f.close();
+          await client.close();
+        }
+      }
+    } finally {
+      await tokens.flushUses();
+      await rt.close();
     }
-    const ratio = rates['keytether relay']! / rates['gpg-agent']!;
-    console.log(`ratio relay path / local gpg-agent: ${ratio.toFixed(2)}x`);
+    const ratio = (a: string, b: string) =>
+      `${(rates[a]! / rates[b]!).toFixed(2)}x (${((rates[a]! / rates[b]! - 1) * 100).toFixed(1)}%)`;
+    console.log(`throughput sealed / unsealed (in-process): ${ratio(SEALED, UNSEALED)}`);
+    console.log(`throughput sealed in-process / gpg-agent:  ${ratio(SEALED, GPG_AGENT)}`);
+    console.log(`throughput CLI processes / gpg-agent:      ${ratio(CLI, GPG_AGENT)}`);
 
     if (idleCount > 0) await idleHoldersRss(idleCount);
   } finally {

@@ -10,6 +10,7 @@ import fs from 'node:fs/promises';
 import { constants } from 'node:os';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import WebSocket from 'ws';
 import { UserError } from '../cli/errors.js';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
@@ -20,7 +21,12 @@ import type {
   KeyHolder,
   SignRequest,
 } from '../protocol/keyholder.js';
-import { relayEndpoint } from '../protocol/relay/endpoint.js';
+import {
+  describeRelayTlsError,
+  relayEndpoint,
+  relayTlsOptions,
+  type RelayTrust,
+} from '../protocol/relay/endpoint.js';
 import { parseToken } from '../protocol/token.js';
 import { tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
 import { ensureSocketDir, probeSocket, removeSocket } from './agent-socket.js';
@@ -38,6 +44,8 @@ export interface ConnectOptions {
   command?: string[];
   software: string;
   insecure?: boolean;
+  /** How to trust a wss:// relay's certificate (default: the system CAs). */
+  trust?: RelayTrust | undefined;
   env?: NodeJS.ProcessEnv;
   /** Lines for the user (stderr); `ready:` goes to `out`. */
   log?: (line: string) => void;
@@ -103,12 +111,19 @@ function toBuffer(data: WebSocket.RawData): Buffer {
  * Opens `<relay>/v1/facade` and presents the token's public part. Resolves with the tunnel stream
  * once the relay said ok; rejects with a RelayRefusal (or a plain Error for network failures).
  */
-export function openFacadeSocket(url: string, publicPart: string): Promise<RelayStream> {
+export function openFacadeSocket(
+  url: string,
+  publicPart: string,
+  trust?: RelayTrust,
+): Promise<RelayStream> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: CONNECT_TIMEOUT_MS,
       perMessageDeflate: false,
+      ...(relayTlsOptions(url, trust, (o: tls.ConnectionOptions) =>
+        tls.connect(o),
+      ) as WebSocket.ClientOptions),
     });
     // Attached before anything can arrive: the holder's hello may come in the same read as the
     // relay's ok, and ws emits both before a promise continuation could attach a listener.
@@ -128,7 +143,8 @@ export function openFacadeSocket(url: string, publicPart: string): Promise<Relay
     ws.on('error', (e: Error) =>
       fail(
         new Error(
-          `cannot reach the relay at ${url} (${e.message}); check --relay and that the relay is running`,
+          describeRelayTlsError(e) ??
+            `cannot reach the relay at ${url} (${e.message}); check --relay and that the relay is running`,
         ),
       ),
     );
@@ -306,7 +322,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   const stopRequested = new Promise<void>((r) => (wakeStop = r));
 
   const attach = async (): Promise<TunnelClient> => {
-    const stream = await openFacadeSocket(url, publicPart);
+    const stream = await openFacadeSocket(url, publicPart, opts.trust);
     let sealed;
     try {
       sealed = await sealFacadeStream(stream, {

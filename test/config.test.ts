@@ -1,7 +1,7 @@
 import t from 'tap';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { homedir, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import {
   ConfigError,
   DEFAULT_CONFIG,
@@ -38,7 +38,8 @@ t.test('a missing default file gives the defaults', async (t) => {
   t.equal(c.pinentryTimeoutMs, 60_000);
   t.equal(c.defaultCacheTtlMs, 600_000);
   t.equal(c.maxCacheTtlMs, 7_200_000);
-  t.equal(c.backend, 'builtin');
+  t.equal(c.backend, 'auto', 'keytether keys plus those of a gpg-agent home that has any');
+  t.equal(c.gnupgHome, undefined, '$GNUPGHOME or ~/.gnupg, as gpg decides');
 });
 
 t.test('a missing file named with --config is an error naming it', async (t) => {
@@ -178,6 +179,34 @@ t.test('flags override the file', async (t) => {
     message: /--policy: "colour": unknown rule field/,
   });
   t.throws(() => mergeFlags(c, { policy: ['front=ssh'] }), { message: /"action": missing/ });
+});
+
+t.test('gnupg-home: ~ expanded, relative to the file, overridden by --gnupg-home', async (t) => {
+  const cases: [string, string][] = [
+    ['~/.gnupg-work', join(homedir(), '.gnupg-work')],
+    ['~', homedir()],
+    ['/srv/gnupg', '/srv/gnupg'],
+    ['gnupg', join(home, 'gnupg')],
+    ['~user/x', join(home, '~user/x')],
+  ];
+  for (const [value, want] of cases) {
+    await writeConfig(`gnupg-home = "${value}"\n`);
+    t.equal((await loadConfig(home)).gnupgHome, want, value);
+  }
+  const c = await loadConfig(home);
+  t.equal(mergeFlags(c, {}).gnupgHome, join(home, '~user/x'), 'no flag: the file');
+  t.equal(mergeFlags(c, { gnupgHome: '/opt/g' }).gnupgHome, '/opt/g', 'the flag wins');
+  t.equal(mergeFlags(c, { gnupgHome: '~/g' }).gnupgHome, join(homedir(), 'g'), 'flag ~');
+  t.equal(mergeFlags(c, { gnupgHome: 'rel' }).gnupgHome, resolve('rel'), 'flag: from the cwd');
+
+  await writeConfig('gnupg-home = 3\n');
+  t.match(
+    await configError(loadConfig(home)),
+    /setting "gnupg-home" in .*line 1.* must be a string/,
+  );
+  await writeConfig('gnupg-home = ""\n');
+  t.match(await configError(loadConfig(home)), /"gnupg-home"/);
+  await writeConfig('');
 });
 
 t.test('parseDuration', async (t) => {

@@ -5,7 +5,9 @@
 // sends to gpg-agent is on the allow-list (nothing that could export secret material).
 
 import t from 'tap';
-import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { ed25519 } from '@noble/curves/ed25519.js';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -16,8 +18,11 @@ import { openHolderRuntime } from '../workstation/runtime.js';
 import {
   AgentConnection,
   ALLOWED_AGENT_COMMANDS,
+  GpgAgentBackend,
   plusPercentEscape,
 } from '../workstation/backends/index.js';
+import type { KeyEntry } from '../protocol/keyholder.js';
+import { findList, parseSexp } from '../protocol/sexp.js';
 import { generateKey, makeGnupgHome, type TempGnupg, clientHome } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
@@ -119,7 +124,8 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
     );
   });
 
-  for (const client of gpgClients()) {
+  // gpg 2.4's gpgconf names the system's agent, so its own agent is found beside its gpg.
+  for (const client of gpgClients().filter((c) => c.gpgconf)) {
     await t.test(`${client.label}: sign, clearsign, decrypt, list`, async (t) => {
       const cl = client === sys ? g : await clientHome(socket, pub.stdout, client.gpg);
       if (cl !== g) t.teardown(() => cl.cleanup());
@@ -229,4 +235,162 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
     const ver = await conn.transact('GETINFO version');
     t.match(ver.data.toString(), /^\d+\.\d+/, 'the connection is still in sync');
   });
+});
+
+/** The Ed25519 signature in a sig-val checks against the key's public `q` over DIGEST. */
+function verifiesEd25519(sigVal: Uint8Array, publicKey: Uint8Array, digest: Uint8Array): boolean {
+  const sig = parseSexp(sigVal);
+  const pub = parseSexp(publicKey);
+  if (!sig.ok || !pub.ok) return false;
+  const r = findList(sig.value, 'r')?.[1];
+  const s = findList(sig.value, 's')?.[1];
+  const q = findList(pub.value, 'q')?.[1];
+  if (!Buffer.isBuffer(r) || !Buffer.isBuffer(s) || !Buffer.isBuffer(q)) return false;
+  const pad = (b: Buffer) => Buffer.concat([Buffer.alloc(Math.max(0, 32 - b.length)), b]);
+  // gpg keeps Ed25519 points with a 0x40 prefix.
+  const point = q.length === 33 && q[0] === 0x40 ? q.subarray(1) : q;
+  return ed25519.verify(Buffer.concat([pad(r), pad(s)]), digest, point);
+}
+
+// gpg 2.4's gpgconf names the system's agent, so its own agent is found beside its gpg.
+for (const client of gpgClients().filter((c) => c.gpgconf)) {
+  t.test(`${client.label} agent: pipelined operations on one pooled connection`, async (t) => {
+    const is24 = client.version.startsWith('2.4.');
+    const ws = await makeGnupgHome({
+      gpgBin: client.gpg,
+      gpgConf: is24 ? [`agent-program ${path.join(path.dirname(client.gpg), 'gpg-agent')}`] : [],
+    });
+    t.teardown(() => ws.cleanup());
+    const key = await generateKey(ws, { uid: 'P <p@example.org>', algo: 'ed25519', usage: 'sign' });
+    const ver = await ws.connectAgent(['GETINFO version']);
+    t.match(ver.stdout.toString(), new RegExp(`^D ${client.version.replace(/\./g, '\\.')}$`, 'm'));
+
+    const sent: { line: string; conn: number }[] = [];
+    const backend = await GpgAgentBackend.open({
+      gnupgHome: ws.home,
+      gpg: client.gpg,
+      ...(client.gpgconf ? { gpgconf: client.gpgconf } : {}),
+      onCommand: (kind, line, conn) => {
+        if (kind === 'extra') sent.push({ line, conn });
+      },
+    });
+    t.teardown(() => backend.close());
+    const entry = (await backend.inventory()).keys.find((k) => k.keygrip === key.keygrip);
+    if (!entry) throw new Error('the key is not in the inventory');
+    const ctx = {
+      description: 'pipelined',
+      requester: { front: 'local' as const },
+      signal: undefined,
+    };
+    const sign = async (e: KeyEntry, digest: Buffer) =>
+      (await backend.open(e, ctx)).sign(8, digest);
+    const ecdhEncVal = Buffer.concat([
+      Buffer.from('(7:enc-val(4:ecdh(1:s8:'),
+      randomBytes(8),
+      Buffer.from(')(1:e33:'),
+      Buffer.from([0x40]),
+      randomBytes(32),
+      Buffer.from(')))'),
+    ]);
+    const missing: KeyEntry = { ...entry, keygrip: randomBytes(20).toString('hex').toUpperCase() };
+
+    const d1 = randomBytes(32);
+    t.ok(verifiesEd25519(await sign(entry, d1), entry.publicKey, d1), 'first signature verifies');
+    const d2 = randomBytes(32);
+    t.ok(verifiesEd25519(await sign(entry, d2), entry.publicKey, d2), 'second signature verifies');
+    // After a good signature the agent still holds that key and digest; an operation whose key
+    // it lacks must fail rather than sign with what the previous one left behind.
+    await t.rejects(sign(missing, randomBytes(32)), { code: 17 }, 'No secret key');
+    // 2.2 says No secret key; 2.4 asks scdaemon whether a card has it (none here).
+    const decErr = await Promise.resolve()
+      .then(async () => (await backend.open(missing, ctx)).decrypt(ecdhEncVal))
+      .then(
+        () => undefined,
+        (e: unknown) => e as { code?: number },
+      );
+    t.ok(decErr && [17, 119].includes(decErr.code ?? 0), `PKDECRYPT fails: ${decErr?.code}`);
+    const d3 = randomBytes(32);
+    t.ok(verifiesEd25519(await sign(entry, d3), entry.publicKey, d3), 'signs again after errors');
+    const before = sent.length;
+    await t.rejects(sign(entry, randomBytes(31)), { code: 280 }, 'a bad digest length is refused');
+    t.equal(sent.length, before, '… before anything is sent');
+
+    t.same(new Set(sent.map((s) => s.conn)).size, 1, 'every operation used one pooled connection');
+    const words = sent.map((s) => s.line.split(' ')[0]);
+    const signOp = ['RESET', 'SIGKEY', 'SETKEYDESC', 'SETHASH', 'PKSIGN'];
+    t.same(
+      words,
+      [...signOp, ...signOp, ...signOp, 'RESET', 'SETKEY', 'SETKEYDESC', 'PKDECRYPT', ...signOp],
+      'each operation is RESET, the key, its description, the data, the operation',
+    );
+    t.equal(sent[3]!.line, `SETHASH 8 ${d1.toString('hex').toUpperCase()}`);
+  });
+}
+
+t.test('backend auto: a GnuPG home without secret keys is left alone', async (t) => {
+  const ws = await makeGnupgHome();
+  t.teardown(() => ws.cleanup());
+  const sent: string[] = [];
+  const backend = await GpgAgentBackend.open({
+    gnupgHome: ws.home,
+    onlyWithKeys: true,
+    changeCheckMs: 0,
+    onCommand: (_k, line) => sent.push(line),
+  });
+  t.teardown(() => backend.close());
+  t.same((await backend.inventory()).keys, [], 'no keys');
+  t.same(sent, [], 'nothing was sent to an agent');
+  t.notOk(existsSync(backend.dirs.agentSocket), 'no agent was started');
+
+  // Keys created while keytether runs show up at the next check.
+  const key = await generateKey(ws, { uid: 'L <l@example.org>', algo: 'ed25519', usage: 'sign' });
+  const inv = await backend.inventory();
+  t.same(
+    inv.keys.map((k) => k.keygrip),
+    [key.keygrip],
+    'the new key is served',
+  );
+
+  // Now that there are keys, an agent that went away is started again, as gpg would.
+  const kill = await ws.run('gpgconf', ['--kill', 'gpg-agent']);
+  t.equal(kill.code, 0, kill.stderr);
+  const again = await GpgAgentBackend.open({ gnupgHome: ws.home, onlyWithKeys: true });
+  t.teardown(() => again.close());
+  t.same(
+    (await again.inventory()).keys.map((k) => k.keygrip),
+    [key.keygrip],
+    'the agent was started',
+  );
+});
+
+t.test('keytether agent (default backend auto) in a HOME without GnuPG', async (t) => {
+  const tmp = await mkdtemp('/tmp/ktgan-');
+  t.teardown(() => rm(tmp, { recursive: true, force: true }));
+  const home = path.join(tmp, 'h');
+  await mkdir(home, { mode: 0o700 });
+  const socket = path.join(tmp, 'S.a');
+  const child = await spawnCli(['agent', '--socket', socket], {
+    env: { HOME: home, KEYTETHER_HOME: path.join(tmp, 'kt'), GNUPGHOME: undefined },
+  });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  t.teardown(async () => {
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+  await waitForLine(child.stdout!, /^ready: /, 30_000);
+  // A client asks for keys, which makes the holder look at every back end.
+  const cl = await makeGnupgHome();
+  t.teardown(() => cl.cleanup());
+  const c = await AgentConnection.open(socket, 'normal');
+  const r = await c.transact('KEYINFO --list');
+  c.close();
+  t.same(r.status, [], 'no keys');
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'exits cleanly');
+  t.equal(stderr, '', 'said nothing');
+  t.same(await readdir(home), [], 'created nothing in HOME (no ~/.gnupg)');
 });

@@ -474,3 +474,132 @@ t.test('keytether relay: a bad --listen is a usage error', async (t) => {
   t.match(r.stderr, /^keytether relay: --listen 'nonsense' is not HOST:PORT/);
   t.equal(r.stdout, '');
 });
+
+t.test('backpressure: a holder that does not read holds back its facade', async (t) => {
+  const MiB = 1024 * 1024;
+  const limits = {
+    maxMessageBytes: 256 * 1024,
+    maxBufferedBytes: MiB,
+    tokenRatePerSecond: 1e6,
+    tokenBurst: 1e6,
+  };
+  // The relay says (at debug level) when it stops reading a facade; the test waits for that.
+  let onPaused: (() => void) | undefined;
+  const app = buildRelay({
+    logger: {
+      level: 'debug',
+      stream: {
+        write: (s: string) => {
+          if (s.includes('facade paused')) onPaused?.();
+        },
+      },
+    },
+    limits,
+  });
+  const base = (await listenRelay(app, '127.0.0.1', 0)).replace(/^http/, 'ws');
+  t.teardown(() => app.close());
+  // A guard, not a synchronisation: without backpressure the pause never comes.
+  const paused = new Promise<void>((resolve, reject) => {
+    const guard = setTimeout(() => reject(new Error('the relay never paused the facade')), 30_000);
+    onPaused = () => {
+      clearTimeout(guard);
+      resolve();
+    };
+  });
+
+  const id = newIdentity();
+  const h = await holder(t, base, id);
+  t.equal((await h.json()).type, 'ok');
+  const f = await facade(base, publicPart(makeToken(id)));
+  t.same(await f.json(), { type: 'ok' });
+  const sid = (await h.frame()).streamId;
+
+  // The holder stops reading; the facade sends far more than the relay may buffer.
+  h.ws.pause();
+  const total = 160;
+  const chunk = 256 * 1024 - 16;
+  for (let i = 0; i < total; i++) f.ws.send(Buffer.alloc(chunk, i & 0xff));
+  await paused;
+
+  const buffered = () =>
+    metricsText(app).then((m) =>
+      Number(/^keytether_relay_buffered_bytes (\d+)/m.exec(m)?.[1] ?? NaN),
+    );
+  const atPause = await buffered();
+  t.ok(
+    atPause <= limits.maxBufferedBytes + 2 * limits.maxMessageBytes,
+    `the relay holds ${atPause} bytes for the holder, not the ${total * chunk} sent`,
+  );
+  // Kernel socket buffers take a few MiB at most; the rest waits in the facade's own process.
+  t.ok(
+    f.ws.bufferedAmount > (total * chunk) / 2,
+    `the facade still holds ${f.ws.bufferedAmount} bytes: the relay stopped reading from it`,
+  );
+
+  // The holder catches up: everything arrives, in order, and the facade is read again.
+  h.ws.resume();
+  let received = 0;
+  let inOrder = true;
+  for (let i = 0; i < total; i++) {
+    const fr = await h.frame();
+    if (fr.streamId !== sid || fr.payload.length !== chunk || fr.payload[0] !== (i & 0xff)) {
+      inOrder = false;
+    }
+    received += fr.payload.length;
+  }
+  t.equal(received, total * chunk, 'every byte reached the holder');
+  t.ok(inOrder, 'message by message, in order, on the stream');
+  t.equal(f.ws.bufferedAmount, 0, 'the facade could send everything once the holder read');
+  t.equal(await buffered(), 0, 'nothing is left queued in the relay');
+  h.ws.close();
+  await h.closed;
+});
+
+t.test('backpressure: a facade that does not read loses its stream', async (t) => {
+  const MiB = 1024 * 1024;
+  const r = await startRelay(t, { maxMessageBytes: 256 * 1024, maxBufferedBytes: MiB });
+  const id = newIdentity();
+  const h = await holder(t, r.ws, id);
+  t.equal((await h.json()).type, 'ok');
+  const pub = publicPart(makeToken(id));
+  const slow = await facade(r.ws, pub);
+  t.same(await slow.json(), { type: 'ok' });
+  const slowId = (await h.frame()).streamId;
+  const other = await facade(r.ws, pub);
+  t.same(await other.json(), { type: 'ok' });
+  const otherId = (await h.frame()).streamId;
+
+  slow.ws.pause();
+  // The holder answers into the stream that is not read until the relay gives up on it.
+  let sent = 0;
+  let close: MuxFrame | undefined;
+  const closed = (async () => {
+    for (;;) {
+      const fr = await h.frame();
+      if (fr.kind === MuxKind.Close && fr.streamId === slowId) return fr;
+    }
+  })();
+  void closed.then((fr) => (close = fr));
+  while (!close && sent < 256 * MiB) {
+    h.ws.send(encodeMux(MuxKind.Data, slowId, Buffer.alloc(256 * 1024 - 16)));
+    sent += 256 * 1024;
+    // Let the relay's reads and our close frame reader run between writes.
+    await new Promise((res) => setImmediate(res));
+  }
+  if (!close) {
+    t.fail(`the relay took ${sent / MiB} MiB for a facade that reads nothing`);
+    return;
+  }
+  const fr = close;
+  t.equal(fr.payload.toString(), 'facade is not reading');
+  t.ok(sent < 128 * MiB, `the relay gave up after ${sent / MiB} MiB`);
+  t.match(await metricsText(r.app), /keytether_relay_refusals_total\{reason="slow_reader"\} 1/);
+
+  // The holder's other stream is unaffected.
+  const ping = randomBytes(100);
+  h.ws.send(encodeMux(MuxKind.Data, otherId, ping));
+  const back = await other.next();
+  t.ok(back.data.equals(ping), 'another stream of the same holder still works');
+  h.ws.close();
+  await h.closed;
+});

@@ -4,6 +4,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
+import { execFile } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -436,4 +437,113 @@ t.test('registry: the authority matrix', async (t) => {
   await chmod(file, 0o600);
   await writeFile(file, '{"version":1,"tokens":[{"id":"x"}]}', { mode: 0o600 });
   await t.rejects(TokenRegistry.open(home), /not a valid token registry/);
+});
+
+/** Replaces FILE with TEXT from another process, the way every keytether writer does: rename. */
+function replaceFromOtherProcess(file: string, text: string): Promise<void> {
+  const script = `
+    const fs = require('node:fs');
+    const tmp = process.argv[1] + '.other.tmp';
+    fs.writeFileSync(tmp, process.argv[2], { mode: 0o600 });
+    fs.renameSync(tmp, process.argv[1]);`;
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', script, file, text], (err, _out, stderr) =>
+      err ? reject(new Error(`writer failed: ${stderr}`)) : resolve(),
+    );
+  });
+}
+
+t.test('registry: changes by other registries and processes reach a long-lived one', async (t) => {
+  const home = await freshHome();
+  const identity = await loadOrCreateIdentity(home);
+  const agent = await TokenRegistry.open(home, { identity });
+  const cli = await TokenRegistry.open(home, { identity });
+  t.teardown(async () => {
+    await agent.close();
+    await cli.close();
+  });
+  const file = path.join(home, 'tokens.json');
+  const issue = async (reg: TokenRegistry, maxUses?: number) => {
+    const r = parseToken(
+      await reg.issue(
+        { keys: [FPR_A], ops: ['sign'], ttlMs: 3_600_000, relay: 'http://127.0.0.1:7878', maxUses },
+        identity,
+      ),
+    );
+    if (!r.ok) throw new Error(r.error);
+    return r.token;
+  };
+  const ask = (reg: TokenRegistry, token: ParsedToken) =>
+    reg.authorize({ token, fingerprint: FPR_A, primaryFingerprint: FPR_A, op: 'sign' });
+
+  // Revoked through a second registry (what `keytether token revoke` opens): the agent's very
+  // next request is refused, though the agent has the file cached.
+  const a = await issue(agent);
+  for (let i = 0; i < 3; i++) t.same(await ask(agent, a), { ok: true });
+  t.equal(await cli.revoke(a.payload.tid), true);
+  t.match(await ask(agent, a), { ok: false, reason: 'revoked' }, 'revocation seen at once');
+
+  // Issued elsewhere: known to the agent at its next request.
+  const b = await issue(cli);
+  t.same(await ask(agent, b), { ok: true }, 'a token issued by another registry is known');
+
+  // The file replaced by another process (a restore from backup): re-read.
+  const withoutB = JSON.parse(await readFile(file, 'utf8')) as { tokens: { id: string }[] };
+  withoutB.tokens = withoutB.tokens.filter((x) => x.id !== b.payload.tid);
+  await replaceFromOtherProcess(file, JSON.stringify({ ...withoutB, version: 1 }));
+  t.match(await ask(agent, b), { ok: false, reason: 'unknown' }, 'the replaced file is read');
+
+  // Damaged by someone else: refused with a clear reason, no throw; fine again once restored.
+  const good = await readFile(file, 'utf8');
+  await replaceFromOtherProcess(file, '{"version":1,"tokens":[{"id":');
+  const damaged = await ask(agent, a);
+  t.match(damaged, {
+    ok: false,
+    reason: 'registry',
+    message: /tokens\.json is not a valid token registry/,
+  });
+  t.notOk(damaged.ok);
+  await replaceFromOtherProcess(file, good);
+  t.match(await ask(agent, a), { ok: false, reason: 'revoked' }, 'readable again');
+  await chmod(file, 0o644);
+  t.match(await ask(agent, a), {
+    ok: false,
+    reason: 'registry',
+    message: /accessible by other users/,
+  });
+  await chmod(file, 0o600);
+
+  // An unlimited token does not wait for the lock: a `token` command holding it for a while
+  // must not stall signing.
+  const c = await issue(agent);
+  await writeFile(path.join(home, 'tokens.json.lock'), String(process.pid), { mode: 0o600 });
+  try {
+    t.same(await ask(agent, c), { ok: true }, 'decided without the lock');
+  } finally {
+    await rm(path.join(home, 'tokens.json.lock'), { force: true });
+  }
+
+  // Unlimited uses counted in memory by two registries, merged with the file and with a
+  // revocation made in between, lose nothing.
+  for (let i = 0; i < 4; i++) await ask(agent, c);
+  for (let i = 0; i < 2; i++) await ask(cli, c);
+  t.equal(await cli.revoke(c.payload.tid), true);
+  await agent.flushUses();
+  await cli.flushUses();
+  const row = (await cli.list()).find((x) => x.id === c.payload.tid);
+  t.equal(row?.uses, 7, 'every use is on disk after the flushes');
+  t.equal(row?.revoked, true, 'the flush kept the revocation');
+
+  // A 5-use token asked for by two registries at once (as two agents would): exactly 5 pass,
+  // and the count on disk is 5.
+  const five = await issue(agent, 5);
+  const results = await Promise.all(
+    Array.from({ length: 16 }, (_, i) => ask(i % 2 ? agent : cli, five)),
+  );
+  t.equal(results.filter((r) => r.ok).length, 5, 'exactly 5 uses across two registries');
+  t.ok(
+    results.filter((r) => !r.ok).every((r) => !r.ok && r.reason === 'uses'),
+    'the rest are refused for uses',
+  );
+  t.equal((await agent.list()).find((x) => x.id === five.payload.tid)?.uses, 5);
 });

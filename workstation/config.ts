@@ -2,7 +2,8 @@
 // Names follow gpg-agent's where gpg-agent has the setting, so users can carry their habits over.
 
 import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 
@@ -46,7 +47,13 @@ export interface Config {
   defaultCacheTtlMs: number;
   /** Absolute lifetime of an unlocked key, however often it is used. */
   maxCacheTtlMs: number;
+  /**
+   * `auto`: keytether's keystore and, when its GNUPGHOME holds secret keys, the workstation's
+   * gpg-agent (the keystore wins a keygrip both have).
+   */
   backend: 'builtin' | 'gpg-agent' | 'auto';
+  /** GNUPGHOME of the gpg-agent back end (absolute); undefined: $GNUPGHOME or ~/.gnupg. */
+  gnupgHome: string | undefined;
   /** `write`: audit records reach the kernel before a result is sent; `fsync`: also the disk. */
   auditSync: 'write' | 'fsync';
   socket: string | undefined;
@@ -62,7 +69,8 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   pinentryTimeoutMs: 60_000,
   defaultCacheTtlMs: 600_000,
   maxCacheTtlMs: 7_200_000,
-  backend: 'builtin',
+  backend: 'auto',
+  gnupgHome: undefined,
   auditSync: 'write',
   socket: undefined,
   relay: [],
@@ -146,6 +154,7 @@ const fileSchema = z.strictObject({
   'max-cache-ttl': duration.optional(),
   backend: z.enum(['builtin', 'gpg-agent', 'auto']).optional(),
   'audit-sync': z.enum(['write', 'fsync']).optional(),
+  'gnupg-home': z.string().min(1).max(4096).optional(),
   socket: z.string().min(1).max(4096).optional(),
   relay: z.array(z.string().min(1).max(2048)).max(64).optional(),
   policy: z.array(ruleSchema).max(MAX_RULES).optional(),
@@ -250,7 +259,14 @@ function issueSentence(issue: z.core.$ZodIssue, file: string, text: string, raw:
   return `setting ${what} in ${where(issue.path)} is invalid: ${issue.message}`;
 }
 
-/** Parse and validate config text; `file` is only used in messages. */
+/** `~` and `~/x` → the user's home directory (`$HOME`); other paths unchanged. */
+export function expandTilde(p: string): string {
+  if (p === '~') return homedir();
+  if (p.startsWith('~/')) return join(homedir(), p.slice(2));
+  return p;
+}
+
+/** Parse and validate config text; `file` is named in messages and anchors relative paths. */
 export function parseConfig(text: string, file: string): Config {
   let raw: unknown;
   try {
@@ -282,6 +298,10 @@ export function parseConfig(text: string, file: string): Config {
     defaultCacheTtlMs: c['default-cache-ttl'] ?? DEFAULT_CONFIG.defaultCacheTtlMs,
     maxCacheTtlMs: c['max-cache-ttl'] ?? DEFAULT_CONFIG.maxCacheTtlMs,
     backend: c.backend ?? DEFAULT_CONFIG.backend,
+    gnupgHome:
+      c['gnupg-home'] !== undefined
+        ? resolve(dirname(file), expandTilde(c['gnupg-home']))
+        : DEFAULT_CONFIG.gnupgHome,
     auditSync: c['audit-sync'] ?? DEFAULT_CONFIG.auditSync,
     socket: c.socket ?? DEFAULT_CONFIG.socket,
     relay: c.relay ?? [],
@@ -333,6 +353,8 @@ export interface ConfigFlags {
   defaultCacheTtl?: string | number;
   maxCacheTtl?: string | number;
   backend?: string;
+  /** `--gnupg-home DIR` (relative to the working directory; `~` expanded). */
+  gnupgHome?: string;
   auditSync?: string;
   socket?: string;
   relay?: string[];
@@ -401,6 +423,7 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
     }
     out.backend = flags.backend;
   }
+  if (flags.gnupgHome !== undefined) out.gnupgHome = resolve(expandTilde(flags.gnupgHome));
   if (flags.auditSync !== undefined) {
     if (flags.auditSync !== 'write' && flags.auditSync !== 'fsync') {
       throw new ConfigError(

@@ -31,6 +31,7 @@ import {
 import type { AuditInput, AuditLog } from './audit.js';
 import { listenUnix, probeSocket } from './local-socket.js';
 import { UserError } from '../cli/errors.js';
+import { inventoryWatcher } from './holder.js';
 
 export const CONTROL_SOCKET_NAME = 'S.keytether';
 const MAX_LINE_BYTES = 512;
@@ -301,6 +302,7 @@ export async function startControlServer(
     else sock.destroy();
   };
 
+  const watchInventory = inventoryWatcher(rt.holder);
   const startTunnel = (sock: net.Socket, host: string): void => {
     const live: LiveTunnel = { host, since: new Date(), requests: 0 };
     const counted: KeyHolder = {
@@ -323,6 +325,8 @@ export async function startControlServer(
       // in-process holder would). Front and host are pinned to what the opening line declared,
       // which is also what the status shows for this connection.
       requester: (claimed) => ({ ...claimedRequester(claimed), front: 'ssh', host }),
+      // `keytether ssh` passes these pushes on to its server, so imports reach gpg there too.
+      ...(watchInventory ? { onInventoryChange: watchInventory } : {}),
     });
     void live.handle.closed.then(() => tunnels.delete(live));
     sock.resume();

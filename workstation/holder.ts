@@ -3,6 +3,8 @@
 // never touches a key or a pinentry), then unlock, then an optional confirmation, then the raw
 // operation, and the audit record is on disk before the result leaves.
 
+import { createHash } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
 import { GpgError, ErrorCode, gpgErr, toGpgError } from '../protocol/gpg-error.js';
 import type {
   DecryptRequest,
@@ -39,7 +41,14 @@ export interface HolderDeps {
    * pinentry above is still the one that asks for policy confirmations.
    */
   backends?: Backend[];
+  /**
+   * While someone listens for inventory changes, the inventory is re-read this often (ms).
+   * Default 2000.
+   */
+  inventoryPollMs?: number;
 }
+
+export const DEFAULT_INVENTORY_POLL_MS = 2000;
 
 type Op = 'sign' | 'decrypt';
 
@@ -57,6 +66,8 @@ export class Holder implements KeyHolder {
   readonly #d: HolderDeps;
   readonly #now: () => number;
   readonly #backends: Backend[];
+  readonly #inventoryListeners = new Set<{ fn: () => void }>();
+  #watch: InventoryWatch | undefined;
 
   constructor(deps: HolderDeps) {
     this.#d = deps;
@@ -68,6 +79,39 @@ export class Holder implements KeyHolder {
 
   async inventory(): Promise<Inventory> {
     return mergeInventories(await Promise.all(this.#backends.map((b) => b.inventory())));
+  }
+
+  /**
+   * Calls LISTENER whenever the set of usable keys or their certificates changes (a key imported
+   * or removed by another process, generated in the workstation's gpg-agent), so connected
+   * facades can be told without reconnecting. The inventory is only watched while someone
+   * listens. Returns the unsubscribe function.
+   */
+  onInventoryChange(listener: () => void): () => void {
+    // A wrapper per subscription: the same function subscribed twice is two subscriptions.
+    const sub = { fn: listener };
+    this.#inventoryListeners.add(sub);
+    this.#watch ??= new InventoryWatch({
+      read: () => this.inventory(),
+      changed: () => {
+        for (const s of [...this.#inventoryListeners]) {
+          try {
+            s.fn();
+          } catch {
+            // One listener's bug must not keep the others from hearing about the change.
+          }
+        }
+      },
+      intervalMs: this.#d.inventoryPollMs ?? DEFAULT_INVENTORY_POLL_MS,
+      dir: this.#d.keystore.dir,
+    });
+    return () => {
+      if (!this.#inventoryListeners.delete(sub)) return;
+      if (this.#inventoryListeners.size === 0) {
+        this.#watch?.stop();
+        this.#watch = undefined;
+      }
+    };
   }
 
   /** The entry for KEYGRIP and the first back end that has it. */
@@ -209,6 +253,154 @@ function usable(op: Op, u: string): boolean {
 function confirmText(op: Op, entry: KeyEntry, r: Requester, digest: string | undefined): string {
   const what = op === 'sign' ? `sign${digest ? ` digest ${digest.slice(0, 16)}…` : ''}` : 'decrypt';
   return `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`;
+}
+
+/** Something whose inventory can be watched, as `Holder` can (duck-typed for wrappers). */
+export interface InventoryWatchable {
+  onInventoryChange(listener: () => void): () => void;
+}
+
+/**
+ * The `onInventoryChange` option of serveTunnel for HOLDER: subscribes to its changes when it can
+ * report them, undefined when it cannot (a tunnel client, a plain KeyHolder).
+ */
+export function inventoryWatcher(
+  holder: KeyHolder,
+): ((changed: () => void) => () => void) | undefined {
+  const w = holder as Partial<InventoryWatchable>;
+  if (typeof w.onInventoryChange !== 'function') return undefined;
+  return (changed) => w.onInventoryChange!(changed);
+}
+
+/**
+ * What a facade sees of an inventory: which keys exist (and for what) and their certificates.
+ * Unlock state (`cached`) is left out; it changes with every passphrase and is no key change.
+ */
+function inventoryDigest(inv: Inventory): string {
+  const keys = inv.keys
+    .map((k) =>
+      [k.keygrip.toUpperCase(), k.fingerprint, k.primaryFingerprint, k.usage.join(',')].join(':'),
+    )
+    .sort();
+  const certs = inv.certificates
+    .map((c) => `${c.fingerprint}:${createHash('sha256').update(c.armored).digest('hex')}`)
+    .sort();
+  return createHash('sha256')
+    .update(JSON.stringify([keys, certs]))
+    .digest('hex');
+}
+
+// How soon after a file event in the key directory the inventory is looked at, and when once
+// more: the keystore re-reads its directory at most once a second, so a look right after an
+// earlier one can miss the change.
+const WATCH_DEBOUNCE_MS = 50;
+const WATCH_RETRY_MS = 1100;
+
+/**
+ * Polls an inventory and reports when its digest changes. Polling is what makes it work
+ * everywhere (gpg-agent keys, file systems without change events); a watch on the key directory
+ * only makes imports show sooner. Timers are unref'd: watching never keeps the process alive.
+ */
+class InventoryWatch {
+  readonly #read: () => Promise<Inventory>;
+  readonly #changed: () => void;
+  readonly #intervalMs: number;
+  #digest: string | undefined;
+  /** The first read failed, so a facade may already hold a newer inventory than the baseline. */
+  #missedBaseline = false;
+  #timer: NodeJS.Timeout | undefined;
+  #retry: NodeJS.Timeout | undefined;
+  #checking = false;
+  #checkAgain = false;
+  #stopped = false;
+  #fsWatcher: FSWatcher | undefined;
+
+  constructor(o: {
+    read: () => Promise<Inventory>;
+    changed: () => void;
+    intervalMs: number;
+    dir?: string;
+  }) {
+    this.#read = o.read;
+    this.#changed = o.changed;
+    this.#intervalMs = Math.max(1, o.intervalMs);
+    if (o.dir !== undefined) this.#watchDir(o.dir);
+    void this.#check();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#retry);
+    this.#fsWatcher?.close();
+    this.#fsWatcher = undefined;
+  }
+
+  #watchDir(dir: string): void {
+    try {
+      const w = watch(dir, { persistent: false }, () => this.#soon());
+      // A watch that breaks (directory removed, inotify limits) leaves polling in charge.
+      w.on('error', () => {
+        w.close();
+        if (this.#fsWatcher === w) this.#fsWatcher = undefined;
+      });
+      this.#fsWatcher = w;
+    } catch {
+      // No change events here; polling alone finds the changes.
+    }
+  }
+
+  #soon(): void {
+    if (this.#stopped) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => void this.#check(), WATCH_DEBOUNCE_MS);
+    this.#timer.unref();
+    if (!this.#retry) {
+      this.#retry = setTimeout(() => {
+        this.#retry = undefined;
+        void this.#check();
+      }, WATCH_RETRY_MS);
+      this.#retry.unref();
+    }
+  }
+
+  async #check(): Promise<void> {
+    if (this.#stopped) return;
+    if (this.#checking) {
+      this.#checkAgain = true;
+      return;
+    }
+    this.#checking = true;
+    clearTimeout(this.#timer);
+    try {
+      do {
+        this.#checkAgain = false;
+        let digest: string;
+        try {
+          digest = inventoryDigest(await this.#read());
+        } catch {
+          // A key file half-written or unreadable, an agent restarting: skip this look, keep
+          // the last known inventory, and try again at the next one.
+          if (this.#digest === undefined) this.#missedBaseline = true;
+          continue;
+        }
+        if (this.#stopped) return;
+        const before = this.#digest;
+        this.#digest = digest;
+        if (before === undefined ? this.#missedBaseline : before !== digest) {
+          this.#missedBaseline = false;
+          this.#changed();
+        }
+      } while (this.#checkAgain && !this.#stopped);
+    } finally {
+      this.#checking = false;
+      if (!this.#stopped) {
+        clearTimeout(this.#timer);
+        this.#timer = setTimeout(() => void this.#check(), this.#intervalMs);
+        this.#timer.unref();
+      }
+    }
+  }
 }
 
 export { GpgError };

@@ -7,6 +7,7 @@
 
 import { claimedRequester } from '../protocol/keyholder.js';
 import { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import WebSocket from 'ws';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
 import type {
@@ -17,7 +18,12 @@ import type {
   KeyHolder,
   SignRequest,
 } from '../protocol/keyholder.js';
-import { relayEndpoint } from '../protocol/relay/endpoint.js';
+import {
+  describeRelayTlsError,
+  relayEndpoint,
+  relayTlsOptions,
+  type RelayTrust,
+} from '../protocol/relay/endpoint.js';
 import { describeSealError } from '../protocol/seal.js';
 import { relayAuthMessage } from '../protocol/relay/identity.js';
 import {
@@ -36,6 +42,8 @@ import {
   loadSealCredentials,
   onSealedError,
   registryKnowsSecret,
+  type SealAcceptOptions,
+  type SealAcceptResult,
   type SealCredentials,
 } from './seal.js';
 import { TokenRegistry } from './tokens.js';
@@ -70,12 +78,19 @@ export interface RelayClientOptions {
   audit: { append(rec: AuditInput): Promise<void> };
   /** The holder's TLS key and certificate (workstation/seal.ts); every stream is sealed. */
   seal: SealCredentials;
+  /**
+   * Benchmarks only (bench/relay.ts): serve streams without the seal, to measure what it costs.
+   * A symbol, so that no config file, flag or environment variable can ever produce it.
+   */
+  benchUnsealed?: typeof BENCH_UNSEALED;
   /** Whether a proven secret (SHA-256 hex) is token TID's; checked before the tunnel starts. */
   checkSecret(tid: string, secretHash: string): Promise<boolean>;
   /** `keytether/<version>`. */
   software: string;
   /** Allow ws:// to a host that is not loopback. */
   insecure?: boolean;
+  /** How to trust a wss:// relay's certificate (default: the system CAs). */
+  trust?: RelayTrust;
   /** One line per connection event, for the agent's stderr. Never carries token secrets. */
   log?: (line: string) => void;
   /** Backoff bounds; defaults 500 ms and 30 s. */
@@ -120,6 +135,9 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number): num
 export function startRelayClient(opts: RelayClientOptions): RelayClient {
   const endpoint = relayEndpoint(opts.url, 'holder', opts.insecure ?? false);
   if (!endpoint.ok) throw new RangeError(endpoint.error);
+  const tlsOptions = relayTlsOptions(endpoint.url, opts.trust, (o: tls.ConnectionOptions) =>
+    tls.connect(o),
+  ) as WebSocket.ClientOptions;
   const log = opts.log ?? (() => {});
   const minMs = opts.minBackoffMs ?? 500;
   const maxMs = opts.maxBackoffMs ?? 30_000;
@@ -144,6 +162,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: AUTH_TIMEOUT_MS,
       perMessageDeflate: false,
+      ...tlsOptions,
     });
     ws = sock;
     const authTimer = setTimeout(() => sock.terminate(), AUTH_TIMEOUT_MS);
@@ -162,7 +181,10 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       onMux(sock, buf);
     });
     sock.on('error', (e: Error) => {
-      if (!stopped && attempt === 0) log(`relay ${opts.url}: ${e.message}`);
+      // A certificate problem is the user's to fix; say so in words, not OpenSSL's code.
+      if (!stopped && attempt === 0) {
+        log(`relay ${opts.url}: ${describeRelayTlsError(e) ?? e.message}`);
+      }
     });
     sock.on('close', (code: number, reasonBuf: Buffer) => {
       clearTimeout(authTimer);
@@ -274,7 +296,8 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
         log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
       );
     };
-    void acceptSealedStream(stream, {
+    const unsealed = opts.benchUnsealed === BENCH_UNSEALED;
+    void (unsealed ? acceptUnsealedForBench : acceptSealedStream)(stream, {
       credentials: opts.seal,
       checkSecret: (hash) => opts.checkSecret(tid, hash),
       // Before the TLS socket is torn down, so the facade hears this reason and no other.
@@ -304,7 +327,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
         opts.tokens,
         opts.audit,
         peer,
-        sealed.secretHash,
+        unsealed ? undefined : sealed.secretHash,
       );
       stream.tunnel = serveTunnel(scoped, socket, {
         software: opts.software,
@@ -314,6 +337,12 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
           tokenId: tid,
           ...(peer !== undefined ? { host: peer } : {}),
         }),
+        // Changes are watched on the whole holder (when it can report them, as Holder does);
+        // each push re-reads `scoped`, so the facade still sees only the token's keys.
+        onInventoryChange: (changed) =>
+          (
+            opts.holder as { onInventoryChange?: (fn: () => void) => () => void }
+          ).onInventoryChange?.(changed),
       });
     });
   };
@@ -532,7 +561,12 @@ export interface RelayClientsHandle {
 export async function startRelayClients(
   rt: { holder: KeyHolder; home: string; audit: { append(rec: AuditInput): Promise<void> } },
   urls: readonly string[],
-  opts: { software: string; insecure?: boolean; log?: (line: string) => void },
+  opts: {
+    software: string;
+    insecure?: boolean;
+    trust?: RelayTrust | undefined;
+    log?: (line: string) => void;
+  },
 ): Promise<RelayClientsHandle> {
   if (urls.length === 0) {
     return { clients: [], inventoryChanged() {}, close: async () => {} };
@@ -557,6 +591,7 @@ export async function startRelayClients(
       checkSecret,
       software: opts.software,
       ...(opts.insecure !== undefined ? { insecure: opts.insecure } : {}),
+      ...(opts.trust !== undefined ? { trust: opts.trust } : {}),
       ...(opts.log ? { log: opts.log } : {}),
     }),
   );
@@ -592,4 +627,17 @@ export class RelayUrlError extends Error {
     super(message);
     this.name = 'RelayUrlError';
   }
+}
+
+/** Marks a relay client that serves streams unsealed; see RelayClientOptions.benchUnsealed. */
+export const BENCH_UNSEALED: unique symbol = Symbol('keytether bench: unsealed relay streams');
+
+/**
+ * The bench's stand-in for acceptSealedStream: the relay stream itself carries the tunnel, and no
+ * secret is proven (the token registry then checks everything but the secret). The stream is not
+ * a TLS socket; what the caller does with one (error listeners, close, the tunnel) works on any
+ * Duplex, and the seal's options do not apply.
+ */
+function acceptUnsealedForBench(raw: Duplex, _opts: SealAcceptOptions): Promise<SealAcceptResult> {
+  return Promise.resolve({ ok: true, socket: raw as tls.TLSSocket, secretHash: '' });
 }

@@ -30,7 +30,10 @@ export interface HolderRuntime {
 }
 
 export interface HolderRuntimeOptions {
-  /** GNUPGHOME of the workstation gpg-agent back end (default: the environment's). */
+  /**
+   * GNUPGHOME of the workstation gpg-agent back end (the --gnupg-home flag); default: the
+   * config's `gnupg-home`, else the environment's.
+   */
   gnupgHome?: string;
   /** Test hook: every command line the gpg-agent back end sends. */
   onGpgAgentCommand?: CommandObserver;
@@ -41,13 +44,15 @@ async function openGpgAgent(
   opts: HolderRuntimeOptions,
 ): Promise<GpgAgentBackend | undefined> {
   if (config.backend === 'builtin') return undefined;
+  const gnupgHome = opts.gnupgHome ?? config.gnupgHome;
   const backendOpts = {
-    ...(opts.gnupgHome !== undefined ? { gnupgHome: opts.gnupgHome } : {}),
+    ...(gnupgHome !== undefined ? { gnupgHome } : {}),
     ...(opts.onGpgAgentCommand ? { onCommand: opts.onGpgAgentCommand } : {}),
   };
   if (config.backend === 'auto') {
-    // No GnuPG on this machine: keytether's own keys only, without a word.
-    return GpgAgentBackend.open(backendOpts).catch(() => undefined);
+    // Nothing is started or connected to unless that GnuPG home holds secret keys, and no GnuPG
+    // on this machine at all means keytether's own keys only, without a word.
+    return GpgAgentBackend.open({ ...backendOpts, onlyWithKeys: true }).catch(() => undefined);
   }
   try {
     return await GpgAgentBackend.open({ ...backendOpts, requireAgent: true });

@@ -1,11 +1,15 @@
 // The holder's token registry ($KEYTETHER_HOME/tokens.json): every token this holder issued, its
 // use count and whether it was revoked. It is the authority for relayed requests — the relay's
 // checks are only a first filter. `token revoke` (one process) and the agent (another) both write
-// the file, so every change is read-modify-write under a lock file, and authorize() re-reads the
-// file each time: a revocation applies to the very next request.
+// the file, so every change is read-modify-write under a lock file. authorize() must see a
+// revocation at the very next request without paying a lock and a parse per request: it keeps the
+// last file read in memory and checks with one lstat whether the path still names that file
+// unchanged (writers replace it by rename, so a change is a new inode; the file read is kept open,
+// so its inode number cannot be handed to a newer file while we compare against it).
 
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, lstatSync, type BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
@@ -70,8 +74,9 @@ export interface TokenSummary {
   created: string;
 }
 
+/** `registry`: tokens.json cannot be read or is damaged, so nothing can be allowed. */
 export type DenyReason =
-  'unknown' | 'revoked' | 'expired' | 'key' | 'op' | 'uses' | 'signature' | 'holder';
+  'unknown' | 'revoked' | 'expired' | 'key' | 'op' | 'uses' | 'signature' | 'holder' | 'registry';
 
 export type AuthorizeResult = { ok: true } | { ok: false; reason: DenyReason; message: string };
 
@@ -102,6 +107,47 @@ function sameHex(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+/** What identifies one version of tokens.json without reading it. */
+interface FileStamp {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+const stampOf = (st: BigIntStats): FileStamp => ({
+  dev: st.dev,
+  ino: st.ino,
+  size: st.size,
+  mtimeNs: st.mtimeNs,
+  ctimeNs: st.ctimeNs,
+});
+
+function sameStamp(a: FileStamp | 'absent', b: FileStamp | 'absent'): boolean {
+  if (a === 'absent' || b === 'absent') return a === b;
+  return (
+    a.dev === b.dev &&
+    a.ino === b.ino &&
+    a.size === b.size &&
+    a.mtimeNs === b.mtimeNs &&
+    a.ctimeNs === b.ctimeNs
+  );
+}
+
+/** The registry as read from one version of the file. */
+interface View {
+  stamp: FileStamp | 'absent';
+  /** That version, held open: see the file comment. */
+  pin: FileHandle | undefined;
+  records: readonly TokenRecord[];
+  /** Logical time the read started; a later read always wins. */
+  at: number;
+}
+
+/** Signatures already checked; bounded so presented junk cannot grow it without limit. */
+const VERIFIED_CACHE_MAX = 4096;
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -117,7 +163,11 @@ export class TokenRegistry {
   readonly #lockFile: string;
   readonly #now: () => number;
   #identity: HolderIdentity | undefined;
-  #records: TokenRecord[] = [];
+  #view: View | undefined;
+  #loading: { at: number; promise: Promise<readonly TokenRecord[]> } | undefined;
+  /** Orders reads against requests (see #fresh). */
+  #clock = 0;
+  #verified = new Set<string>();
   /** Serialises this process's own changes, so they queue here instead of on the lock file. */
   #queue: Promise<unknown> = Promise.resolve();
   /**
@@ -140,42 +190,104 @@ export class TokenRegistry {
   static async open(home: string, opts: RegistryOptions = {}): Promise<TokenRegistry> {
     await ensureHome(home);
     const reg = new TokenRegistry(home, opts);
-    await reg.#reload();
+    await reg.#fresh();
     return reg;
   }
 
-  async #reload(): Promise<void> {
+  /** Writes pending use counts and lets go of the file. */
+  async close(): Promise<void> {
+    await this.flushUses();
+    const pin = this.#view?.pin;
+    this.#view = undefined;
+    await pin?.close().catch(() => undefined);
+  }
+
+  /**
+   * The records as of now: every change to the file that completed before this call is in them.
+   * Costs one lstat when the file has not changed.
+   */
+  async #fresh(): Promise<readonly TokenRecord[]> {
+    const since = ++this.#clock;
+    let now: FileStamp | 'absent';
     try {
-      await fs.lstat(this.file);
+      // Synchronous on purpose: a stat of a cached inode costs microseconds, while the
+      // thread-pool round trip of the promise form cost more CPU per request than the signature.
+      const st = lstatSync(this.file, { bigint: true, throwIfNoEntry: false });
+      now = st ? stampOf(st) : 'absent';
+    } catch (e) {
+      throw new UserError(`cannot read ${this.file}: ${(e as Error).message}`);
+    }
+    const view = this.#view;
+    if (view && sameStamp(view.stamp, now)) return view.records;
+    // A read that began after this call did saw every change before it; share it.
+    const loading = this.#loading;
+    if (loading && loading.at > since) return loading.promise;
+    return this.#reload();
+  }
+
+  #reload(): Promise<readonly TokenRecord[]> {
+    const at = ++this.#clock;
+    const promise = this.#read().then(async (loaded) => {
+      const old = this.#view;
+      if (old && old.at > at) {
+        await loaded.pin?.close().catch(() => undefined);
+      } else {
+        this.#view = { ...loaded, at };
+        await old?.pin?.close().catch(() => undefined);
+      }
+      return loaded.records;
+    });
+    this.#loading = { at, promise };
+    const done = () => {
+      if (this.#loading?.promise === promise) this.#loading = undefined;
+    };
+    promise.then(done, done);
+    return promise;
+  }
+
+  async #read(): Promise<Omit<View, 'at'>> {
+    let pin: FileHandle;
+    try {
+      pin = await fs.open(this.file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.#records = [];
-        return;
+        return { stamp: 'absent', pin: undefined, records: [] };
       }
       throw new UserError(`cannot read ${this.file}: ${(e as Error).message}`);
     }
-    const bytes = await readSecretFile(this.file);
-    if (bytes.length > MAX_FILE_BYTES) {
-      throw new UserError(`${this.file} is larger than 16 MiB; it is not a token registry`);
-    }
-    let parsed;
     try {
-      parsed = FileSchema.safeParse(JSON.parse(bytes.toString('utf8')));
-    } catch {
-      parsed = undefined;
+      // Stamp first, content after: if the file is replaced in between we hold newer content
+      // under an older stamp, and the next lstat simply reads again.
+      const st = await pin.stat({ bigint: true });
+      if (st.size > BigInt(MAX_FILE_BYTES)) {
+        throw new UserError(`${this.file} is larger than 16 MiB; it is not a token registry`);
+      }
+      const bytes = await readSecretFile(this.file);
+      if (bytes.length > MAX_FILE_BYTES) {
+        throw new UserError(`${this.file} is larger than 16 MiB; it is not a token registry`);
+      }
+      let parsed;
+      try {
+        parsed = FileSchema.safeParse(JSON.parse(bytes.toString('utf8')));
+      } catch {
+        parsed = undefined;
+      }
+      if (!parsed?.success) {
+        throw new UserError(
+          `${this.file} is not a valid token registry; restore it from a backup or remove it (all tokens become unknown)`,
+        );
+      }
+      return { stamp: stampOf(st), pin, records: parsed.data.tokens };
+    } catch (e) {
+      await pin.close().catch(() => undefined);
+      throw e;
     }
-    if (!parsed?.success) {
-      throw new UserError(
-        `${this.file} is not a valid token registry; restore it from a backup or remove it (all tokens become unknown)`,
-      );
-    }
-    this.#records = parsed.data.tokens;
   }
 
-  async #write(): Promise<void> {
+  async #write(records: readonly TokenRecord[]): Promise<void> {
     await writeSecretFile(
       this.file,
-      JSON.stringify({ version: 1, tokens: this.#records }, null, 1) + '\n',
+      JSON.stringify({ version: 1, tokens: records }, null, 1) + '\n',
     );
   }
 
@@ -222,13 +334,17 @@ export class TokenRegistry {
     }
   }
 
-  /** Runs FN with the file locked and this.#records freshly read from disk. */
-  #locked<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs FN with the file locked, on a private copy of the records as on disk now; FN changes
+   * the copy and writes it. The shared view is never changed in place, so a failed write leaves
+   * it matching the file.
+   */
+  #locked<T>(fn: (records: TokenRecord[]) => Promise<T>): Promise<T> {
     const run = async () => {
       await this.#acquireLock();
       try {
-        await this.#reload();
-        return await fn();
+        const records = (await this.#fresh()).map((r) => ({ ...r }));
+        return await fn(records);
       } finally {
         await fs.rm(this.#lockFile, { force: true }).catch(() => undefined);
       }
@@ -274,14 +390,14 @@ export class TokenRegistry {
         revoked: false,
         created: new Date(now).toISOString(),
       };
-      await this.#locked(async () => {
-        if (this.#records.length >= MAX_TOKENS) {
+      await this.#locked(async (records) => {
+        if (records.length >= MAX_TOKENS) {
           throw new UserError(
             `${this.file} already holds ${MAX_TOKENS} tokens; revoke and remove old ones first`,
           );
         }
-        this.#records.push(record);
-        await this.#write();
+        records.push(record);
+        await this.#write(records);
       });
       return token;
     } finally {
@@ -291,8 +407,8 @@ export class TokenRegistry {
 
   /** Every token issued, as on disk now. */
   async list(): Promise<TokenSummary[]> {
-    await this.#reload();
-    return this.#records.map((r) => ({
+    const records = await this.#fresh();
+    return records.map((r) => ({
       id: r.id,
       keys: r.claims.keys,
       ops: r.claims.ops,
@@ -307,21 +423,23 @@ export class TokenRegistry {
 
   /** Marks token ID revoked; false when there is no such token. */
   async revoke(id: string): Promise<boolean> {
-    return this.#locked(async () => {
-      const r = this.#records.find((x) => x.id === id);
+    return this.#locked(async (records) => {
+      const r = records.find((x) => x.id === id);
       if (!r) return false;
       if (!r.revoked) {
         r.revoked = true;
         r.revokedAt = new Date(this.#now()).toISOString();
-        await this.#write();
+        await this.#write(records);
       }
       return true;
     });
   }
 
   /**
-   * Decides whether a relayed request under TOKEN may use the key for OP, and on success counts
-   * the use on disk before answering, so a crash can never hand out an uncounted use.
+   * Decides whether a relayed request under TOKEN may use the key for OP. A token with a use
+   * limit has the use counted on disk (under the lock, synced) before the answer, so a crash can
+   * never hand out an uncounted use; other tokens are decided from memory after one lstat.
+   * Never rejects: a registry that cannot be read is a refusal saying why.
    */
   async authorize(req: AuthorizeRequest): Promise<AuthorizeResult> {
     this.#identity ??= await loadOrCreateIdentity(this.home);
@@ -330,57 +448,91 @@ export class TokenRegistry {
     if (token.payload.hid !== me.hid || !token.hpk.equals(me.hpk)) {
       return deny('holder', `token ${token.payload.tid} was issued by another holder`);
     }
-    const sig = checkTokenSignature(token);
-    if (!sig.ok) {
-      return deny(sig.reason, `token ${token.payload.tid} does not carry this holder's signature`);
+    // hid and hpk are ours (checked above), so the outcome depends on these two alone.
+    const sigKey = `${token.payloadPart}.${token.sig.toString('base64url')}`;
+    if (!this.#verified.has(sigKey)) {
+      const sig = checkTokenSignature(token);
+      if (!sig.ok) {
+        return deny(
+          sig.reason,
+          `token ${token.payload.tid} does not carry this holder's signature`,
+        );
+      }
+      if (this.#verified.size >= VERIFIED_CACHE_MAX) this.#verified.clear();
+      this.#verified.add(sigKey);
     }
-    return this.#locked(async () => {
-      const r = this.#records.find((x) => x.id === token.payload.tid);
+    try {
+      const records = await this.#fresh();
+      const r = records.find((x) => x.id === token.payload.tid);
+      const refusal = r ? this.#judge(r, req) : undefined;
       if (!r) return deny('unknown', `token ${token.payload.tid} was not issued by this holder`);
-      if (req.secretHash !== undefined && !sameHex(req.secretHash, r.secretHash)) {
-        return deny('signature', `the request does not prove the secret of token ${r.id}`);
-      }
-      // Judge by the claims we recorded, not the ones presented (they match when the signature
-      // does, but the registry is the authority).
-      const c = r.claims;
-      if (r.revoked) return deny('revoked', `token ${r.id} has been revoked`);
-      if (this.#now() >= c.exp * 1000) {
-        return deny('expired', `token ${r.id} expired at ${new Date(c.exp * 1000).toISOString()}`);
-      }
-      const fpr = req.fingerprint.toUpperCase();
-      const primary = req.primaryFingerprint.toUpperCase();
-      if (!c.keys.includes(fpr) && !c.keys.includes(primary)) {
-        return deny('key', `token ${r.id} does not allow key ${fpr}`);
-      }
-      if (!c.ops.includes(req.op)) {
-        return deny('op', `token ${r.id} does not allow ${req.op} operations`);
-      }
-      if (c.max !== undefined && r.uses >= c.max) {
-        return deny('uses', `token ${r.id} has used all of its ${c.max} operations`);
-      }
-      if (c.max === undefined) {
+      if (refusal) return refusal;
+      if (r.claims.max === undefined) {
         this.#pendingUses.set(r.id, (this.#pendingUses.get(r.id) ?? 0) + 1);
         this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
         return { ok: true };
       }
-      r.uses += 1;
-      await this.#write();
-      return { ok: true };
-    });
+      // Limited: decide again on the file as it is under the lock, and count before answering.
+      return await this.#locked(async (fresh) => {
+        const cur = fresh.find((x) => x.id === token.payload.tid);
+        if (!cur)
+          return deny('unknown', `token ${token.payload.tid} was not issued by this holder`);
+        const again = this.#judge(cur, req);
+        if (again) return again;
+        cur.uses += 1;
+        await this.#write(fresh);
+        return { ok: true } as const;
+      });
+    } catch (e) {
+      return deny('registry', `cannot check token ${token.payload.tid}: ${(e as Error).message}`);
+    }
   }
 
-  /** Writes the counted uses of unlimited tokens (see #pendingUses). */
+  /** Why record R does not allow REQ, or undefined when it does (use count included). */
+  #judge(r: TokenRecord, req: AuthorizeRequest): AuthorizeResult | undefined {
+    if (req.secretHash !== undefined && !sameHex(req.secretHash, r.secretHash)) {
+      return deny('signature', `the request does not prove the secret of token ${r.id}`);
+    }
+    // Judge by the claims we recorded, not the ones presented (they match when the signature
+    // does, but the registry is the authority).
+    const c = r.claims;
+    if (r.revoked) return deny('revoked', `token ${r.id} has been revoked`);
+    if (this.#now() >= c.exp * 1000) {
+      return deny('expired', `token ${r.id} expired at ${new Date(c.exp * 1000).toISOString()}`);
+    }
+    const fpr = req.fingerprint.toUpperCase();
+    const primary = req.primaryFingerprint.toUpperCase();
+    if (!c.keys.includes(fpr) && !c.keys.includes(primary)) {
+      return deny('key', `token ${r.id} does not allow key ${fpr}`);
+    }
+    if (!c.ops.includes(req.op)) {
+      return deny('op', `token ${r.id} does not allow ${req.op} operations`);
+    }
+    if (c.max !== undefined && r.uses >= c.max) {
+      return deny('uses', `token ${r.id} has used all of its ${c.max} operations`);
+    }
+    return undefined;
+  }
+
+  /** Writes the counted uses of unlimited tokens (see #pendingUses), added to the file's. */
   async flushUses(): Promise<void> {
     clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
     if (this.#pendingUses.size === 0) return;
-    await this.#locked(async () => {
-      for (const [id, n] of this.#pendingUses) {
-        const r = this.#records.find((x) => x.id === id);
-        if (r) r.uses += n;
-      }
-      this.#pendingUses.clear();
-      await this.#write();
-    }).catch(() => undefined);
+    const batch = this.#pendingUses;
+    this.#pendingUses = new Map();
+    try {
+      await this.#locked(async (records) => {
+        for (const [id, n] of batch) {
+          const r = records.find((x) => x.id === id);
+          if (r) r.uses += n;
+        }
+        await this.#write(records);
+      });
+    } catch {
+      // Keep the counts for the next flush rather than lose them.
+      for (const [id, n] of batch) this.#pendingUses.set(id, (this.#pendingUses.get(id) ?? 0) + n);
+      this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
+    }
   }
 }

@@ -12,12 +12,15 @@ import { openHolderRuntime } from '../../workstation/runtime.js';
 import { startControlServer } from '../../workstation/control.js';
 import { RelayUrlError, startRelayClients } from '../../workstation/relay-client.js';
 import { UsageError, UserError } from '../errors.js';
+import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
 import { action, collect, packageVersion, resolveHome } from '../program.js';
 
 interface AgentFlags extends ConfigFlags {
   socket?: string;
   gnupgHome?: string;
   insecure?: boolean;
+  relayCa?: string;
+  relayFingerprint?: string;
 }
 
 /** Loads config.toml plus flags; a bad flag is a usage error, a bad file a plain failure. */
@@ -45,6 +48,8 @@ export function register(program: Command): void {
     )
     .option('--relay <url>', 'connect out to this relay (repeatable)', collect)
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
+    .option('--relay-ca <file>', `${RELAY_CA_HELP}; applies to every --relay`)
+    .option('--relay-fingerprint <sha256>', `${RELAY_FINGERPRINT_HELP}; applies to every --relay`)
     .option('--pinentry-program <path>', 'pinentry to ask for passphrases and confirmations')
     .option(
       '--pinentry-timeout <duration>',
@@ -83,6 +88,15 @@ export function register(program: Command): void {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
         const home = resolveHome(globals);
         const config = await loadHolderConfig(home, globals.config, flags);
+        // Before the runtime opens, so a bad file or pin is the only thing that happens.
+        const trust = await loadRelayTrust({
+          ...(flags.relayCa !== undefined
+            ? { ca: { value: flags.relayCa, name: '--relay-ca' } }
+            : {}),
+          ...(flags.relayFingerprint !== undefined
+            ? { fingerprint: { value: flags.relayFingerprint, name: '--relay-fingerprint' } }
+            : {}),
+        });
         const rt = await openHolderRuntime(
           home,
           config,
@@ -106,6 +120,7 @@ export function register(program: Command): void {
         const relays = await startRelayClients(rt, config.relay, {
           software: `keytether/${packageVersion()}`,
           insecure: flags.insecure ?? false,
+          trust,
           log: (line) => process.stderr.write(`${line}\n`),
         }).catch(async (e: unknown) => {
           server.close();

@@ -4,6 +4,7 @@
 import type { Command } from 'commander';
 import { runConnect } from '../../server/connect.js';
 import { UsageError } from '../errors.js';
+import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
 import { action, packageVersion } from '../program.js';
 
 interface ConnectFlags {
@@ -11,6 +12,8 @@ interface ConnectFlags {
   token?: string;
   socket?: string;
   insecure?: boolean;
+  relayCa?: string;
+  relayFingerprint?: string;
 }
 
 export function register(program: Command): void {
@@ -22,6 +25,11 @@ export function register(program: Command): void {
     .option('--token <token>', 'token (default env KEYTETHER_TOKEN)')
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
+    .option('--relay-ca <file>', `${RELAY_CA_HELP} (env KEYTETHER_RELAY_CA)`)
+    .option(
+      '--relay-fingerprint <sha256>',
+      `${RELAY_FINGERPRINT_HELP} (env KEYTETHER_RELAY_FINGERPRINT)`,
+    )
     .action(
       action(async (command: string[], flags: ConnectFlags) => {
         if (!flags.relay) throw new UsageError('--relay URL is required');
@@ -34,6 +42,16 @@ export function register(program: Command): void {
             '--socket cannot be combined with a command; the command gets its own',
           );
         }
+        const ca = optionOrEnv(flags.relayCa, '--relay-ca', 'KEYTETHER_RELAY_CA');
+        const fingerprint = optionOrEnv(
+          flags.relayFingerprint,
+          '--relay-fingerprint',
+          'KEYTETHER_RELAY_FINGERPRINT',
+        );
+        const trust = await loadRelayTrust({
+          ...(ca ? { ca } : {}),
+          ...(fingerprint ? { fingerprint } : {}),
+        });
         return runConnect({
           relay: flags.relay,
           token,
@@ -41,7 +59,19 @@ export function register(program: Command): void {
           ...(command.length > 0 ? { command } : {}),
           software: `keytether/${packageVersion()}`,
           insecure: flags.insecure ?? false,
+          trust,
         });
       }),
     );
+}
+
+/** A flag, else a non-empty environment variable (CI sets those), named as the user gave it. */
+function optionOrEnv(
+  flag: string | undefined,
+  flagName: string,
+  envName: string,
+): { value: string; name: string } | undefined {
+  if (flag !== undefined) return { value: flag, name: flagName };
+  const v = process.env[envName];
+  return v ? { value: v, name: envName } : undefined;
 }

@@ -4,6 +4,7 @@
 // `keytether serve --stdio` there and carries the tunnel until Ctrl-C or the link ends.
 
 import { Option, type Command } from 'commander';
+import path from 'node:path';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { ConfigFlags } from '../../workstation/config.js';
 import { openAgentTunnel, requestStatus } from '../../workstation/control.js';
@@ -26,6 +27,7 @@ interface SshFlags extends ConfigFlags {
   reconnect?: boolean;
   /** false with --no-agent. */
   agent?: boolean;
+  gnupgHome?: string;
 }
 
 // Options that shape an in-process holder; a running agent has its own.
@@ -37,6 +39,7 @@ const IN_PROCESS_OPTIONS = [
   'maxCacheTtl',
   'policy',
   'backend',
+  'gnupgHome',
 ] as const;
 
 function optionFlag(name: string): string {
@@ -97,6 +100,10 @@ export function register(program: Command): void {
         'auto',
       ]),
     )
+    .option(
+      '--gnupg-home <dir>',
+      'in-process holder: GnuPG home of the gpg-agent back end (default $GNUPGHOME or ~/.gnupg)',
+    )
     .action(
       action(async (destination: string, flags: SshFlags, cmd: Command) => {
         if (flags.reconnect) {
@@ -151,7 +158,11 @@ export function register(program: Command): void {
           if (config.relay.length > 0) {
             throw new UserError('--relay is not available yet; run keytether ssh without it');
           }
-          const rt = await openHolderRuntime(home, config);
+          const rt = await openHolderRuntime(
+            home,
+            config,
+            flags.gnupgHome !== undefined ? { gnupgHome: path.resolve(flags.gnupgHome) } : {},
+          );
           holder = rt.holder;
           release = () => rt.close();
         }

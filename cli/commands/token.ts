@@ -1,9 +1,11 @@
 // `keytether token …`: scoped tokens for facades and CI jobs, issued and revoked at the holder.
 
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import path from 'node:path';
 import { UsageError, UserError } from '../errors.js';
 import { action, collect, durationArg, positiveIntArg, resolveHome } from '../program.js';
-import { ConfigError, loadConfig } from '../../workstation/config.js';
+import { ConfigError, loadConfig, mergeFlags, type Config } from '../../workstation/config.js';
+import { GpgAgentBackend } from '../../workstation/backends/index.js';
 import { loadOrCreateIdentity } from '../../workstation/identity.js';
 import { Keystore, type ListedKey } from '../../workstation/keystore/index.js';
 import { TokenRegistry, type TokenSummary } from '../../workstation/tokens.js';
@@ -23,6 +25,14 @@ interface CreateOpts {
   maxUses?: number;
   label?: string;
   relay?: string;
+  backend?: string;
+  gnupgHome?: string;
+}
+
+/** What a token may name: a primary fingerprint and its subkeys' fingerprints. */
+export interface NameableKey {
+  fingerprint: string;
+  subkeys: { fingerprint: string }[];
 }
 
 function out(cmd: Command): (s: string) => void {
@@ -61,20 +71,59 @@ function checkRelayUrl(url: string): string {
   return url;
 }
 
-async function chooseRelay(
-  flag: string | undefined,
+async function holderConfig(
   home: string,
-  configFile?: string,
-): Promise<string> {
-  if (flag !== undefined) return checkRelayUrl(flag);
-  let relays: string[];
+  configFile: string | undefined,
+  backend: string | undefined,
+): Promise<Config> {
   try {
-    relays = (await loadConfig(home, configFile)).relay;
+    return mergeFlags(await loadConfig(home, configFile), backend !== undefined ? { backend } : {});
   } catch (e) {
-    if (e instanceof ConfigError) throw new UserError(e.message);
+    if (e instanceof ConfigError)
+      throw e.flag ? new UsageError(e.message) : new UserError(e.message);
     throw e;
   }
-  const first = relays[0];
+}
+
+/**
+ * The keys the holder serves, as `keytether agent` with the same back-end settings would: the
+ * keystore's, and unless the back end is builtin, those the workstation's gpg-agent holds.
+ */
+async function nameableKeys(
+  keystore: ListedKey[],
+  config: Config,
+  gnupgHome: string | undefined,
+): Promise<NameableKey[]> {
+  if (config.backend === 'builtin') return keystore;
+  const opts = gnupgHome !== undefined ? { gnupgHome: path.resolve(gnupgHome) } : {};
+  const agent =
+    config.backend === 'auto'
+      ? await GpgAgentBackend.open(opts).catch(() => undefined)
+      : await GpgAgentBackend.open({ ...opts, requireAgent: true }).catch((e: unknown) => {
+          throw new UserError(
+            `cannot reach the workstation's gpg-agent (${(e as Error).message}); start it with "gpgconf --launch gpg-agent" or use --backend builtin`,
+          );
+        });
+  if (!agent) return keystore;
+  try {
+    const byPrimary = new Map<string, NameableKey>();
+    for (const k of (await agent.inventory()).keys) {
+      const primary = k.primaryFingerprint.toUpperCase();
+      let entry = byPrimary.get(primary);
+      if (!entry) byPrimary.set(primary, (entry = { fingerprint: primary, subkeys: [] }));
+      if (k.fingerprint.toUpperCase() !== primary) {
+        entry.subkeys.push({ fingerprint: k.fingerprint.toUpperCase() });
+      }
+    }
+    return [...keystore, ...byPrimary.values()];
+  } finally {
+    await agent.close();
+  }
+}
+
+function chooseRelay(flag: string | undefined, config: Config): string {
+  if (flag !== undefined) return checkRelayUrl(flag);
+  const first = config.relay[0];
   if (first === undefined) {
     throw new UsageError(
       'no relay is configured; give --relay URL (the URL `keytether relay` printed) or add relay = ["URL"] to config.toml',
@@ -87,7 +136,7 @@ async function chooseRelay(
  * The fingerprint a user's name for a key stands for: a primary or subkey fingerprint (any case,
  * spaces, 0x) or a 16-hex key id. Naming a subkey limits the token to that subkey.
  */
-export function resolveKeyName(name: string, keys: ListedKey[]): string {
+export function resolveKeyName(name: string, keys: NameableKey[]): string {
   const norm = name.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
   const parts = keys.flatMap((k) => [k.fingerprint, ...k.subkeys.map((s) => s.fingerprint)]);
   let matches: string[] = [];
@@ -148,6 +197,17 @@ export function register(program: Command): void {
     .option('--max-uses <n>', 'number of operations allowed', positiveIntArg)
     .option('--label <text>', 'label shown in lists and the audit log')
     .option('--relay <url>', 'relay the token is for (default: the first relay in config.toml)')
+    .addOption(
+      new Option('--backend <backend>', 'where the holder keeps its keys').choices([
+        'builtin',
+        'gpg-agent',
+        'auto',
+      ]),
+    )
+    .option(
+      '--gnupg-home <dir>',
+      'GnuPG home of the gpg-agent back end (default $GNUPGHOME or ~/.gnupg)',
+    )
     .action(
       action(async (opts: CreateOpts, cmd: Command) => {
         const globals = cmd.optsWithGlobals<Globals>();
@@ -164,9 +224,10 @@ export function register(program: Command): void {
             throw new UsageError('the label must not contain control characters or line breaks');
           }
         }
-        const relay = await chooseRelay(opts.relay, home, globals.config);
+        const config = await holderConfig(home, globals.config, opts.backend);
+        const relay = chooseRelay(opts.relay, config);
         const ks = await Keystore.open(home);
-        const listed = ks.list();
+        const listed = await nameableKeys(ks.list(), config, opts.gnupgHome);
         const keys = [...new Set(opts.key.map((k) => resolveKeyName(k, listed)))];
         const identity = await loadOrCreateIdentity(home);
         const registry = await TokenRegistry.open(home, { identity });

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
+import { Gauge } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { z } from 'zod';
 import {
@@ -41,6 +42,10 @@ export const CloseCode = {
   FrameTooLarge: 4010,
   ShuttingDown: 1001,
 } as const;
+
+// 4008 is the spec's code for a peer the relay will not serve at the rate it asks for; a facade
+// that does not read its answers is one.
+const SLOW_READER_REASON = 'facade is not reading';
 
 // A WebSocket close reason is at most 123 bytes.
 const MAX_WS_REASON_BYTES = 123;
@@ -75,6 +80,8 @@ interface Stream {
   ended: boolean;
   /** When the oldest facade data message not yet answered by the holder was forwarded. */
   pendingSince: number | undefined;
+  /** Not read from until the holder's socket has taken what is queued for it. */
+  paused: boolean;
 }
 
 const HolderAuthSchema = z.strictObject({
@@ -133,6 +140,17 @@ export class RelayHub {
       maxPayload: limits.maxMessageBytes + MUX_HEADER_BYTES,
     });
     this.facadeWss = new WebSocketServer({ ...common, maxPayload: limits.maxMessageBytes });
+    const sockets = this.sockets;
+    new Gauge({
+      name: 'keytether_relay_buffered_bytes',
+      help: 'Bytes queued in the relay for peers that have not read them yet',
+      registers: [metrics.registry],
+      collect() {
+        let n = 0;
+        for (const ws of sockets) n += ws.bufferedAmount;
+        this.set(n);
+      },
+    });
   }
 
   /** The HTTP server's 'upgrade' handler. */
@@ -284,7 +302,17 @@ export class RelayHub {
         this.metrics.latency.observe((performance.now() - s.pendingSince) / 1000);
         s.pendingSince = undefined;
       }
-      if (isOpen(s.facade)) s.facade.send(f.payload, { binary: true });
+      if (!isOpen(s.facade)) return;
+      if (s.facade.bufferedAmount > this.limits.maxBufferedBytes) {
+        // Pausing the holder would stall every stream it carries; this one alone is dropped,
+        // and terminated rather than closed so its queue is freed now, not after a handshake.
+        this.metrics.refusals.inc({ reason: 'slow_reader' });
+        s.log.info({ code: CloseCode.RateLimited, reason: SLOW_READER_REASON }, 'refused');
+        this.endStream(s, { reason: SLOW_READER_REASON });
+        s.facade.terminate();
+        return;
+      }
+      s.facade.send(f.payload, { binary: true });
     } else {
       this.endStream(s, { facadeCode: 1000, reason: f.payload.toString('utf8'), fromHolder: true });
     }
@@ -391,6 +419,7 @@ export class RelayHub {
       log: log.child({ stream: id }),
       ended: false,
       pendingSince: undefined,
+      paused: false,
     };
     holder.streams.set(id, stream);
     this.streamCount++;
@@ -420,7 +449,24 @@ export class RelayHub {
     }
     this.metrics.requests.inc();
     s.pendingSince ??= performance.now();
-    if (isOpen(s.holder.ws)) s.holder.ws.send(encodeMux(MuxKind.Data, s.id, data));
+    const to = s.holder.ws;
+    if (!isOpen(to)) return;
+    if (to.bufferedAmount + data.length <= this.limits.maxBufferedBytes || s.paused) {
+      to.send(encodeMux(MuxKind.Data, s.id, data));
+      return;
+    }
+    // The holder is not keeping up: stop reading from this facade (TCP then holds back its
+    // sender) until this message has been handed to the holder's socket, i.e. all before it too.
+    s.paused = true;
+    s.facade.pause();
+    s.log.debug({ buffered: to.bufferedAmount }, 'facade paused: the holder is behind');
+    to.send(encodeMux(MuxKind.Data, s.id, data), () => {
+      s.paused = false;
+      if (!s.ended && isOpen(s.facade)) {
+        s.facade.resume();
+        s.log.debug('facade resumed');
+      }
+    });
   }
 
   /**

@@ -14,6 +14,12 @@ export interface RelayLimits {
   authDeadlineMs: number;
   /** On SIGTERM, how long streams in flight may continue before everything is closed. */
   drainMs: number;
+  /**
+   * Bytes the relay may hold queued for one peer that is not reading. A facade whose holder is
+   * this far behind is not read from until the holder catches up; a facade that is this far
+   * behind itself loses its stream (one slow facade must not stall its holder's other streams).
+   */
+  maxBufferedBytes: number;
 }
 
 export const DEFAULT_LIMITS: RelayLimits = {
@@ -24,6 +30,7 @@ export const DEFAULT_LIMITS: RelayLimits = {
   tokenBurst: 50,
   authDeadlineMs: 5000,
   drainMs: 10_000,
+  maxBufferedBytes: 4 * 1024 * 1024,
 };
 
 // Buckets that have refilled completely carry no information; beyond this many keys they are

@@ -5,7 +5,7 @@
 // rules: its pinentry says the request is remote, its passphrase cache for remote use is separate,
 // and `Confirm: restricted` keys ask. keytether's policy and audit run before anything is sent.
 
-import { stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as openpgp from 'openpgp';
 import { ErrorCode, GpgError, toGpgError } from '../../protocol/gpg-error.js';
@@ -13,7 +13,7 @@ import type { Certificate, DecryptResult, Inventory, KeyEntry } from '../../prot
 import { publicKeySexp } from '../../protocol/keygrip.js';
 import { parseSexp } from '../../protocol/sexp.js';
 import { describePart } from '../keystore/key-part.js';
-import { AgentConnection, type CommandObserver } from './agent-connection.js';
+import { AgentConnection, type CommandObserver, type PipelineStep } from './agent-connection.js';
 import type { Backend, KeyOperator, OpenContext } from './backend.js';
 import {
   agentDirs,
@@ -32,17 +32,43 @@ export interface GpgAgentBackendOptions {
   gpgconf?: string;
   /** Start gpg-agent if it is not running, and fail if it still cannot be reached. */
   requireAgent?: boolean;
-  /** The inventory is re-read at least this often, and whenever the keyring changes. */
+  /**
+   * Touch gpg-agent only while its GNUPGHOME holds a secret key (private-keys-v1.d has a key
+   * file): for a home without keys nothing is connected to or started, not even a
+   * socket-activated agent. Keys that appear later are picked up by the next refresh, and the
+   * agent is then started if it is not running. (`backend = "auto"`.)
+   */
+  onlyWithKeys?: boolean;
+  /** The inventory is re-read at least this often, and after the keyring changes. */
   refreshMs?: number;
+  /** How often the keyring is checked for changes (default 1 s). */
+  changeCheckMs?: number;
   /** Test hook: sees every command line sent to gpg-agent. */
   onCommand?: CommandObserver;
 }
 
 const DEFAULT_REFRESH_MS = 5_000;
+// How often the keyring's modification times are looked at. Every request asks for the inventory
+// (to find its key), and three stat calls per request cost more than the signature's round trip
+// once the machine is busy; a key imported into GnuPG shows up within this long (the keystore
+// checks its directory at the same rate).
+const STAMP_CHECK_MS = 1_000;
 const MAX_IDLE_CONNECTIONS = 4;
 const QUERY_TIMEOUT_MS = 10_000;
 // Larger than any sig-val or decrypted value of a supported key.
 const MAX_RESULT_BYTES = 64 * 1024;
+
+// The lengths gpg-agent's SETHASH accepts (MD5 … SHA-512).
+const DIGEST_LENGTHS: ReadonlySet<number> = new Set([16, 20, 24, 28, 32, 48, 64]);
+/**
+ * Every operation starts with RESET, in the same write as the rest (no extra round trip). Without
+ * it gpg-agent keeps the previous operation's SIGKEY and SETHASH, and a command that failed
+ * mid-pipeline would leave PKSIGN signing with the previous request's key or digest (seen with
+ * 2.2.40 and 2.4.7). After RESET nothing of another request is left: a failed SIGKEY/SETKEY
+ * leaves no key, so PKSIGN/PKDECRYPT fail; a SETHASH the agent refuses (an algorithm it lacks;
+ * lengths are checked here first) leaves an empty digest, and the first ERR still wins.
+ */
+const RESET_FIRST: PipelineStep[] = [{ command: 'RESET', opts: { timeoutMs: QUERY_TIMEOUT_MS } }];
 
 const EMPTY: Inventory = Object.freeze({ keys: [], certificates: [] }) as Inventory;
 
@@ -55,6 +81,7 @@ export class GpgAgentBackend implements Backend {
   #inventory: Inventory | undefined;
   #stamp = '';
   #readAt = 0;
+  #stampAt = 0;
   #refreshing: Promise<Inventory> | undefined;
   #closed = false;
 
@@ -85,8 +112,17 @@ export class GpgAgentBackend implements Backend {
   }
 
   async inventory(): Promise<Inventory> {
+    const now = Date.now();
+    const fresh = now - this.#readAt < (this.#opts.refreshMs ?? DEFAULT_REFRESH_MS);
+    if (
+      this.#inventory &&
+      fresh &&
+      now - this.#stampAt < (this.#opts.changeCheckMs ?? STAMP_CHECK_MS)
+    )
+      return this.#inventory;
+    if (this.#refreshing) return this.#refreshing;
     const stamp = await this.#changeStamp();
-    const fresh = Date.now() - this.#readAt < (this.#opts.refreshMs ?? DEFAULT_REFRESH_MS);
+    this.#stampAt = now;
     if (this.#inventory && stamp === this.#stamp && fresh) return this.#inventory;
     this.#refreshing ??= this.#read(stamp).finally(() => (this.#refreshing = undefined));
     return this.#refreshing;
@@ -101,38 +137,52 @@ export class GpgAgentBackend implements Backend {
       ),
     );
     const grip = entry.keygrip.toUpperCase();
+    if (!/^[0-9A-F]{40}$/.test(grip)) throw new GpgError(ErrorCode.NO_SECKEY);
     return {
-      sign: (hashAlgo, digest) =>
-        this.#withConnection(async (conn) => {
-          await conn.transact(`SIGKEY ${grip}`);
-          await conn.transact(`SETKEYDESC ${desc}`);
-          await conn.transact(
-            `SETHASH ${hashAlgo} ${Buffer.from(digest).toString('hex').toUpperCase()}`,
-          );
-          const r = await conn.transact('PKSIGN', {
-            onInquire: () => null,
-            maxDataBytes: MAX_RESULT_BYTES,
-            signal: ctx.signal,
-          });
-          return r.data;
-        }),
+      sign: (hashAlgo, digest) => {
+        // gpg-agent's own SETHASH rule, checked here so that SETHASH cannot fail in the pipeline.
+        if (!Number.isInteger(hashAlgo) || hashAlgo <= 0 || !DIGEST_LENGTHS.has(digest.length)) {
+          return Promise.reject(new GpgError(ErrorCode.ASS_PARAMETER, 'unsupported hash'));
+        }
+        const hex = Buffer.from(digest).toString('hex').toUpperCase();
+        return this.#withConnection(async (conn) => {
+          const r = await conn.pipeline([
+            ...RESET_FIRST,
+            { command: `SIGKEY ${grip}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+            { command: `SETKEYDESC ${desc}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+            { command: `SETHASH ${hashAlgo} ${hex}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+            {
+              command: 'PKSIGN',
+              opts: { onInquire: () => null, maxDataBytes: MAX_RESULT_BYTES, signal: ctx.signal },
+            },
+          ]);
+          return r[r.length - 1]!.data;
+        });
+      },
       decrypt: (encVal) =>
         this.#withConnection(async (conn) => {
-          await conn.transact(`SETKEY ${grip}`);
-          await conn.transact(`SETKEYDESC ${desc}`);
           let padding: 0 | 1 | undefined;
-          const r = await conn.transact('PKDECRYPT', {
-            onInquire: (keyword) => (keyword === 'CIPHERTEXT' ? Buffer.from(encVal) : null),
-            onStatus: (keyword, args) => {
-              if (keyword === 'PADDING') padding = args.trim() === '0' ? 0 : 1;
+          const r = await conn.pipeline([
+            ...RESET_FIRST,
+            { command: `SETKEY ${grip}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+            { command: `SETKEYDESC ${desc}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+            {
+              command: 'PKDECRYPT',
+              opts: {
+                onInquire: (keyword) => (keyword === 'CIPHERTEXT' ? Buffer.from(encVal) : null),
+                onStatus: (keyword, args) => {
+                  if (keyword === 'PADDING') padding = args.trim() === '0' ? 0 : 1;
+                },
+                maxDataBytes: MAX_RESULT_BYTES,
+                signal: ctx.signal,
+              },
             },
-            maxDataBytes: MAX_RESULT_BYTES,
-            signal: ctx.signal,
-          });
+          ]);
+          const data = r[r.length - 1]!.data;
           try {
-            return decryptedValue(r.data, padding);
+            return decryptedValue(data, padding);
           } finally {
-            r.data.fill(0);
+            data.fill(0);
           }
         }),
     };
@@ -145,8 +195,8 @@ export class GpgAgentBackend implements Backend {
 
   /**
    * One operation on an extra-socket connection from the pool. A pooled connection the agent
-   * has since dropped (agent restarted) fails at RESET, before anything of the request was
-   * sent, and is then replaced once.
+   * has since dropped (agent restarted) fails before any reply was read, and is then replaced
+   * once: nothing of the request can have been acted on.
    */
   async #withConnection<T>(work: (conn: AgentConnection) => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
@@ -160,20 +210,18 @@ export class GpgAgentBackend implements Backend {
       } catch (e) {
         throw toGpgError(e);
       }
-      try {
-        await conn.transact('RESET', { timeoutMs: QUERY_TIMEOUT_MS });
-      } catch (e) {
-        conn.close();
-        if (pooled && attempt === 0) continue;
-        throw agentError(e, true);
-      }
+      const repliesBefore = conn.replies;
       try {
         const result = await work(conn);
         this.#release(conn);
         return result;
       } catch (e) {
-        // An ERR from the agent leaves the connection usable; anything else closed it.
+        // An ERR from the agent leaves the connection usable (every reply was read); anything
+        // else closed it.
         this.#release(conn);
+        if (conn === pooled && attempt === 0 && conn.closed && conn.replies === repliesBefore) {
+          continue;
+        }
         throw agentError(e, conn.closed);
       }
     }
@@ -202,6 +250,11 @@ export class GpgAgentBackend implements Backend {
   async #read(stamp: string): Promise<Inventory> {
     let inv: Inventory;
     try {
+      if (this.#opts.onlyWithKeys && !(await this.#hasSecretKeys())) {
+        inv = EMPTY;
+        this.#setInventory(inv, stamp);
+        return inv;
+      }
       const agentKeys = await this.#agentKeys();
       inv = agentKeys.size === 0 ? EMPTY : await this.#withCertificates(agentKeys);
     } catch {
@@ -209,15 +262,37 @@ export class GpgAgentBackend implements Backend {
       // the next refresh tries again.
       inv = EMPTY;
     }
+    this.#setInventory(inv, stamp);
+    return inv;
+  }
+
+  #setInventory(inv: Inventory, stamp: string): void {
     this.#inventory = inv;
     this.#stamp = stamp;
     this.#readAt = Date.now();
-    return inv;
+  }
+
+  /** A `*.key` file in private-keys-v1.d: a key on disk or a smartcard stub. */
+  async #hasSecretKeys(): Promise<boolean> {
+    try {
+      const names = await readdir(path.join(this.dirs.homedir, 'private-keys-v1.d'));
+      return names.some((n) => n.endsWith('.key'));
+    } catch {
+      return false;
+    }
   }
 
   /** KEYINFO --list on the normal socket: all keys, card stubs included (works on 2.2 and 2.4). */
   async #agentKeys(): Promise<Map<string, AgentKeyInfo>> {
-    const conn = await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
+    let conn: AgentConnection;
+    try {
+      conn = await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
+    } catch (e) {
+      // Not running (any more): start it as gpg would, when there are keys to serve.
+      if (!this.#opts.requireAgent && !this.#opts.onlyWithKeys) throw e;
+      await launchAgent(this.#tools);
+      conn = await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
+    }
     try {
       const r = await conn.transact('KEYINFO --list', { timeoutMs: QUERY_TIMEOUT_MS });
       const out = new Map<string, AgentKeyInfo>();

@@ -7,6 +7,7 @@ import type { KeyHolder } from '../../protocol/keyholder.js';
 import { claimedRequester } from '../../protocol/keyholder.js';
 import { serveTunnel } from '../../protocol/tunnel/index.js';
 import { UserError } from '../../cli/errors.js';
+import { inventoryWatcher } from '../holder.js';
 import { execChannel, shellQuote, sshLastError } from './connect.js';
 
 export interface SshSessionOptions {
@@ -33,7 +34,10 @@ export interface SshSessionOptions {
    * has nothing left to ask, so the session ends too.
    */
   holderClosed?: Promise<{ reason: string }>;
-  /** Tells the session when the holder's keys changed, so the server's inventory follows. */
+  /**
+   * Tells the session when the holder's keys changed, so the server's inventory follows. Default:
+   * the holder's own onInventoryChange when it has one (an in-process Holder).
+   */
   onInventoryChange?: (changed: () => void) => (() => void) | void;
 }
 
@@ -132,12 +136,14 @@ export async function runSshSession(opts: SshSessionOptions): Promise<SshSession
   );
   const channelClosed = new Promise<void>((resolve) => channel.on('close', () => resolve()));
 
+  // An in-process holder reports its own key changes; a borrowed one needs the caller's hook.
+  const watchInventory = opts.onInventoryChange ?? inventoryWatcher(opts.holder);
   const tunnel = serveTunnel(opts.holder, channel, {
     software: opts.software,
     // The server's claims about who asks are not trusted: the holder records where the request
     // really came from, the host this workstation connected to.
     requester: (claimed) => ({ ...claimedRequester(claimed), front: 'ssh', host: opts.host }),
-    ...(opts.onInventoryChange ? { onInventoryChange: opts.onInventoryChange } : {}),
+    ...(watchInventory ? { onInventoryChange: watchInventory } : {}),
   });
   void opts.holderClosed?.then(({ reason }) =>
     tunnel.close(`the keytether agent on this workstation went away (${reason})`),
