@@ -1,15 +1,24 @@
 // PKSIGN through the relay path — Assuan client → facade → relay → holder — against the real
 // gpg-agent's local socket, all with 16 concurrent clients each looping SIGKEY + SETHASH +
-// PKSIGN (Ed25519, unprotected key, builtin back end). The relay runs in this process with its
-// per-token rate limit raised so it does not cap the figure. Measured in one run:
+// PKSIGN (Ed25519, unprotected key, builtin back end). Every part runs in its own process, as
+// deployed: the relay (per-token rate limit raised so it does not cap the figure), the holder,
+// the facade, and this process with the clients. Measured in one run:
 //   - gpg-agent: the local socket of the real gpg-agent;
-//   - relay, CLI processes: `keytether connect` and `keytether agent --relay` (sealed);
-//   - relay in-process, sealed / unsealed: facade and holder in this process, built from the same
-//     library calls as the CLI, once with the sealed channel and once without (issue #6: sealing
-//     should cost at most 10% throughput). The unsealed holder exists only here: it is a symbol
-//     option of startRelayClient that no flag, config or environment variable can set.
+//   - relay, CLI processes: `keytether agent --relay` and `keytether connect` (sealed);
+//   - relay sealed / unsealed (issue #6: sealing should cost at most 10% throughput): holder and
+//     facade from bench/support/relay-holder.ts and relay-facade.ts, the same library calls as
+//     the CLI; with `--unsealed` they skip the sealed channel through a symbol option of
+//     startRelayClient that no keytether flag, config or environment variable can set. Both pairs
+//     stay up for the whole run and are measured in alternating rounds (S U U S S U …), so drift
+//     and noise on this machine fall on both alike; the summary is the median of the rounds.
+// Beside ops/s and latency, each line shows CPU time per op of every process involved (from
+// /proc, user + system, over the measured window): on a small shared machine it is much steadier
+// than throughput, and it says what the seal costs where. For the relay pairs it also shows the
+// WebSocket messages and bytes the facade sent and received per op.
 // Then: the RSS of a relay (own process) holding 1,000 idle authenticated holders.
-// BENCH_SECONDS (default 5) per measurement; BENCH_IDLE_HOLDERS (default 1000).
+// BENCH_SECONDS (default 5) per measurement; BENCH_ROUNDS (default 3) rounds of each of sealed
+// and unsealed; BENCH_IDLE_HOLDERS (default 1000); BENCH_CPU_PROF=DIR runs the relay, holders
+// and facades under `node --cpu-prof` and leaves their profiles in DIR.
 
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,30 +26,18 @@ import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
-import type { FastifyInstance } from 'fastify';
 import type { AssuanClient } from '../protocol/assuan/index.js';
-import { relayEndpoint } from '../protocol/relay/endpoint.js';
 import { relayAuthMessage } from '../protocol/relay/identity.js';
-import { parseToken } from '../protocol/token.js';
-import { tunnelClient } from '../protocol/tunnel/index.js';
-import { openFacadeSocket, RelayHolder } from '../server/connect.js';
-import { startFacade } from '../server/facade.js';
-import { buildRelay, listenRelay, shutdownRelay } from '../server/relay/index.js';
-import { sealFacadeStream } from '../server/seal.js';
-import { DEFAULT_CONFIG } from '../workstation/config.js';
-import { loadOrCreateIdentity } from '../workstation/identity.js';
-import { BENCH_UNSEALED, startRelayClient, type RelayClient } from '../workstation/relay-client.js';
-import { openHolderRuntime, type HolderRuntime } from '../workstation/runtime.js';
-import { loadSealCredentials, registryKnowsSecret } from '../workstation/seal.js';
-import { TokenRegistry } from '../workstation/tokens.js';
 import {
   exportAllSecretKeys,
   generateUnprotectedKey,
   makeBenchGnupg,
   type BenchGnupg,
 } from './support/gnupg-home.js';
+import { cpuSeconds, initCpuClock } from './support/proc-cpu.js';
 import { runTool, startDaemon, type Daemon } from './support/processes.js';
 import { connectAgent, signOnce } from './support/sign-loop.js';
+import type { WsCounts } from './support/ws-counters.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLIENTS = 16;
@@ -64,19 +61,53 @@ function cliPath(): string {
   return found;
 }
 
+/** A compiled bench/support script; the bench runs from dist/, where they are .js. */
+function supportScript(name: string): string {
+  const js = path.join(here, 'support', `${name}.js`);
+  if (!existsSync(js)) throw new Error(`${js} is not built; run \`npm run build\` first`);
+  return js;
+}
+
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-interface Measured {
-  ops: number;
-  seconds: number;
-  /** Per-op latency in ms, sorted. */
-  lat: number[];
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-async function measure(clients: AssuanClient[], grip: string, seconds: number): Promise<Measured> {
+/** What one measured window of one setup gave. */
+interface Round {
+  rate: number;
+  p50: number;
+  p99: number;
+  ops: number;
+  seconds: number;
+  /** CPU µs per op, by process name. */
+  cpu: Record<string, number>;
+  /** Facade WebSocket traffic per op, where the facade counts it. */
+  ws?: { sent: number; recv: number; sentBytes: number; recvBytes: number };
+}
+
+/** One way to reach a signer: the socket to sign on and the processes doing the work. */
+interface Target {
+  label: string;
+  socket: string;
+  /** Processes whose CPU is charged to this target, by name (the clients are added). */
+  pids: Record<string, number>;
+  /** The facade process, when it counts its WebSocket traffic (bench/support/ws-counters.ts). */
+  counters?: Daemon;
+}
+
+async function measureWindow(
+  clients: AssuanClient[],
+  grip: string,
+  seconds: number,
+): Promise<{ ops: number; seconds: number; lat: number[] }> {
   const start = performance.now();
   const end = start + seconds * 1000;
   const lat: number[] = [];
@@ -93,103 +124,123 @@ async function measure(clients: AssuanClient[], grip: string, seconds: number): 
   return { ops: lat.length, seconds: (performance.now() - start) / 1000, lat };
 }
 
-function report(label: string, m: Measured): number {
-  const rate = m.ops / m.seconds;
-  console.log(
-    `${label.padEnd(30)} ${rate.toFixed(0).padStart(7)} ops/s  p50 ${percentile(m.lat, 50).toFixed(2)} ms  p99 ${percentile(m.lat, 99).toFixed(2)} ms  (${m.ops} ops in ${m.seconds.toFixed(1)} s)`,
-  );
-  return rate;
+/** Asks a child running ws-counters for its totals (SIGUSR2 → one `counters:` line). */
+function readCounters(d: Daemon): Promise<WsCounts> {
+  const out = d.child.stdout!;
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => {
+      out.off('data', onData);
+      reject(new Error('a bench child did not report its counters within 5 s'));
+    }, 5000);
+    const onData = (b: Buffer) => {
+      buf += b.toString('utf8');
+      const m = /^counters: (\{.*\})$/m.exec(buf);
+      if (!m) return;
+      clearTimeout(timer);
+      out.off('data', onData);
+      resolve(JSON.parse(m[1]!) as WsCounts);
+    };
+    out.on('data', onData);
+    d.child.kill('SIGUSR2');
+  });
 }
 
-async function openClients(
-  socket: string,
-  n: number,
-  into: AssuanClient[],
-): Promise<AssuanClient[]> {
-  const out: AssuanClient[] = [];
-  for (let i = 0; i < n; i++) {
-    const c = await connectAgent(socket);
-    into.push(c);
-    out.push(c);
+function cpuNow(pids: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, pid] of Object.entries(pids)) {
+    const s = cpuSeconds(pid);
+    if (s !== undefined) out[name] = s;
   }
+  const self = process.cpuUsage();
+  out.clients = (self.user + self.system) / 1e6;
   return out;
 }
 
-/** A holder in this process, connected to the relay at `url`; resolves once the relay took it. */
-async function inProcessHolder(
-  rt: HolderRuntime,
-  tokens: TokenRegistry,
-  url: string,
-  sealed: boolean,
-): Promise<RelayClient> {
-  const identity = await loadOrCreateIdentity(rt.home);
-  const seal = await loadSealCredentials(rt.home);
-  let connected!: () => void;
-  const up = new Promise<void>((r) => (connected = r));
-  const client = startRelayClient({
-    url,
-    holder: rt.holder,
-    identity,
-    tokens,
-    audit: rt.audit,
-    seal,
-    checkSecret: (tid, hash) => registryKnowsSecret(rt.home, tid, hash),
-    software: 'keytether/bench',
-    onConnected: () => connected(),
-    ...(sealed ? {} : { benchUnsealed: BENCH_UNSEALED }),
-  });
+async function measureTarget(
+  t: Target,
+  grip: string,
+  seconds: number,
+  all: AssuanClient[],
+): Promise<Round> {
+  const conns: AssuanClient[] = [];
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error('in-process holder: no login to the relay within 30 s')),
-        30_000,
-      );
-      void up.then(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-  } catch (e) {
-    await client.close();
-    throw e;
+    for (let i = 0; i < CLIENTS; i++) {
+      const c = await connectAgent(t.socket);
+      all.push(c);
+      conns.push(c);
+    }
+    await measureWindow(conns, grip, Math.min(1, seconds)); // warm-up
+    const ws0 = t.counters ? await readCounters(t.counters) : undefined;
+    const cpu0 = cpuNow(t.pids);
+    const m = await measureWindow(conns, grip, seconds);
+    const cpu1 = cpuNow(t.pids);
+    const ws1 = t.counters ? await readCounters(t.counters) : undefined;
+    const cpu: Record<string, number> = {};
+    for (const k of Object.keys(cpu1)) {
+      if (cpu0[k] !== undefined) cpu[k] = ((cpu1[k]! - cpu0[k]) * 1e6) / m.ops;
+    }
+    const round: Round = {
+      rate: m.ops / m.seconds,
+      p50: percentile(m.lat, 50),
+      p99: percentile(m.lat, 99),
+      ops: m.ops,
+      seconds: m.seconds,
+      cpu,
+    };
+    if (ws0 && ws1) {
+      round.ws = {
+        sent: (ws1.sent - ws0.sent) / m.ops,
+        recv: (ws1.recv - ws0.recv) / m.ops,
+        sentBytes: (ws1.sentBytes - ws0.sentBytes) / m.ops,
+        recvBytes: (ws1.recvBytes - ws0.recvBytes) / m.ops,
+      };
+    }
+    return round;
+  } finally {
+    for (const c of conns) c.close();
   }
-  return client;
 }
 
-/** `keytether connect --socket` in this process, with or without the sealed channel. */
-async function inProcessFacade(
-  url: string,
-  token: string,
-  socketPath: string,
-  sealed: boolean,
-): Promise<{ close(): Promise<void> }> {
-  const parsed = parseToken(token);
-  if (!parsed.ok) throw new Error(`bench token: ${parsed.error}`);
-  const { publicPart, hpk, secret } = parsed.token;
-  const endpoint = relayEndpoint(url, 'facade');
-  if (!endpoint.ok) throw new Error(endpoint.error);
-  const stream = await openFacadeSocket(endpoint.url, publicPart);
-  const channel = sealed
-    ? await sealFacadeStream(stream, {
-        hpk,
-        secret: secret!,
-        closeReason: () => stream.closeInfo?.reason || undefined,
-        onFailure: (reason) => stream.closeWith?.(reason),
-      })
-    : stream;
-  secret?.fill(0);
-  const tunnel = tunnelClient(channel, { software: 'keytether/bench' });
-  const up = await Promise.race([tunnel.ready.then(() => null), tunnel.closed]);
-  if (up !== null) throw new Error(`in-process facade: the tunnel did not come up: ${up.reason}`);
-  const holder = new RelayHolder();
-  holder.set(tunnel);
-  const facade = await startFacade({ socketPath, holder, front: 'relay' });
-  return {
-    async close() {
-      tunnel.close('bench done');
-      await facade.close();
-    },
+const CPU_ORDER = ['gpg-agent', 'holder', 'relay', 'facade', 'clients'];
+
+function line(label: string, r: Round): string {
+  const cpu = CPU_ORDER.filter((k) => r.cpu[k] !== undefined)
+    .map((k) => `${k} ${r.cpu[k]!.toFixed(0)}`)
+    .join(', ');
+  const total = Object.values(r.cpu).reduce((a, b) => a + b, 0);
+  const ws = r.ws
+    ? `  facade ws/op: ${r.ws.sent.toFixed(2)} out ${r.ws.sentBytes.toFixed(0)} B, ` +
+      `${r.ws.recv.toFixed(2)} in ${r.ws.recvBytes.toFixed(0)} B`
+    : '';
+  return (
+    `${label.padEnd(26)} ${r.rate.toFixed(0).padStart(6)} ops/s  ` +
+    `p50 ${r.p50.toFixed(2).padStart(6)} ms  p99 ${r.p99.toFixed(2).padStart(6)} ms  ` +
+    `CPU µs/op: ${cpu} (total ${total.toFixed(0)})${ws}`
+  );
+}
+
+/** The median of each figure over the rounds (figure by figure, not one round's line). */
+function medianRound(rs: Round[]): Round {
+  const cpu: Record<string, number> = {};
+  for (const k of Object.keys(rs[0]!.cpu)) cpu[k] = median(rs.map((r) => r.cpu[k] ?? NaN));
+  const out: Round = {
+    rate: median(rs.map((r) => r.rate)),
+    p50: median(rs.map((r) => r.p50)),
+    p99: median(rs.map((r) => r.p99)),
+    ops: rs.reduce((n, r) => n + r.ops, 0),
+    seconds: rs.reduce((n, r) => n + r.seconds, 0),
+    cpu,
   };
+  if (rs.every((r) => r.ws)) {
+    out.ws = {
+      sent: median(rs.map((r) => r.ws!.sent)),
+      recv: median(rs.map((r) => r.ws!.recv)),
+      sentBytes: median(rs.map((r) => r.ws!.sentBytes)),
+      recvBytes: median(rs.map((r) => r.ws!.recvBytes)),
+    };
+  }
+  return out;
 }
 
 function rssKiB(pid: number): number | undefined {
@@ -238,15 +289,10 @@ function idleHolder(base: string): Promise<WebSocket> {
 }
 
 async function idleHoldersRss(count: number): Promise<void> {
-  const script = path.join(here, 'support', 'relay-process.js');
-  if (!existsSync(script)) {
-    console.log(`relay RSS: skipped (${script} not built)`);
-    return;
-  }
   const limits = { maxConnectionsPerAddress: count + 100 };
   const relay = await startDaemon(
     process.execPath,
-    [script, JSON.stringify(limits)],
+    [supportScript('relay-process'), JSON.stringify(limits)],
     process.env,
     'listening: ',
   );
@@ -278,14 +324,46 @@ async function idleHoldersRss(count: number): Promise<void> {
   }
 }
 
+/** Waits for a stderr line of D matching RE (the CLI holder logs its relay login there). */
+function stderrLine(d: Daemon, re: RegExp, what: string): Promise<void> {
+  const err = d.child.stderr!;
+  return new Promise<void>((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => {
+      err.off('data', onData);
+      reject(new Error(`${what}: ${text.slice(-2000)}`));
+    }, 30_000);
+    const onData = (b: Buffer) => {
+      text = (text + b.toString('utf8')).slice(-8192);
+      if (!re.test(text)) return;
+      clearTimeout(timer);
+      err.off('data', onData);
+      err.resume();
+      resolve();
+    };
+    err.on('data', onData);
+  });
+}
+
 export async function run(): Promise<void> {
   const seconds = envNumber('BENCH_SECONDS', 5, 0.1);
+  const rounds = Math.round(envNumber('BENCH_ROUNDS', 3, 1));
   const idleCount = Math.round(envNumber('BENCH_IDLE_HOLDERS', 1000, 0));
+  const profDir = process.env.BENCH_CPU_PROF ? path.resolve(process.env.BENCH_CPU_PROF) : '';
   const cli = cliPath();
+  const holderScript = supportScript('relay-holder');
+  const facadeScript = supportScript('relay-facade');
+  const relayScript = supportScript('relay-process');
+  await initCpuClock();
+  if (profDir) await mkdir(profDir, { recursive: true, mode: 0o700 });
+  const nodeArgs = (name: string) =>
+    profDir
+      ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${name}.cpuprofile`]
+      : [];
+
   const root = await mkdtemp('/tmp/ktr-');
   await chmod(root, 0o700);
   let gnupg: BenchGnupg | undefined;
-  let relay: FastifyInstance | undefined;
   const daemons: Daemon[] = [];
   const clients: AssuanClient[] = [];
   const onSignal = () => process.exit(130);
@@ -295,153 +373,233 @@ export async function run(): Promise<void> {
   };
   process.once('SIGINT', onSignal);
   process.once('exit', onExit);
+  const daemon = async (...args: Parameters<typeof startDaemon>) => {
+    const d = await startDaemon(...args);
+    daemons.push(d);
+    return d;
+  };
+  const stop = async (d: Daemon) => {
+    await d.stop();
+    daemons.splice(daemons.indexOf(d), 1);
+  };
   try {
     gnupg = await makeBenchGnupg(path.join(root, 'g'));
     const key = await generateUnprotectedKey(gnupg, 'Bench Relay <relay@bench>', 'ed25519');
     const secret = await exportAllSecretKeys(gnupg);
-
-    const home = path.join(root, 'kt');
-    await mkdir(home, { mode: 0o700 });
-    const env = { ...process.env, KEYTETHER_HOME: home };
     const keyFile = path.join(root, 'secret.gpg');
     await writeFile(keyFile, secret, { mode: 0o600 });
     secret.fill(0);
+
+    const relay = await daemon(
+      process.execPath,
+      [
+        ...nodeArgs('relay'),
+        relayScript,
+        JSON.stringify({ tokenRatePerSecond: 1e6, tokenBurst: 1e6 }),
+      ],
+      process.env,
+      'listening: ',
+    );
+    const url = relay.readyText.trim();
+    const relayPid = relay.child.pid!;
+
+    // Two holder homes, the same key in each: the CLI holder and then the sealed bench holder
+    // use one; the unsealed bench holder, up at the same time, needs its own identity (the relay
+    // keeps one connection per identity).
+    const homes = { sealed: path.join(root, 'kt'), unsealed: path.join(root, 'ku') };
+    const envOf = (home: string) => ({ ...process.env, KEYTETHER_HOME: home });
+    const tokens: Record<string, string> = {};
     try {
-      const imp = await runTool(process.execPath, [cli, 'keys', 'import', keyFile], env);
-      if (imp.code !== 0) throw new Error(`keytether keys import failed: ${imp.stderr}`);
+      await Promise.all(
+        Object.entries(homes).map(async ([name, home]) => {
+          await mkdir(home, { mode: 0o700 });
+          const imp = await runTool(
+            process.execPath,
+            [cli, 'keys', 'import', keyFile],
+            envOf(home),
+          );
+          if (imp.code !== 0) throw new Error(`keytether keys import failed: ${imp.stderr}`);
+          const tok = await runTool(
+            process.execPath,
+            [cli, 'token', 'create', '--key', key.fingerprint, '--relay', url],
+            envOf(home),
+          );
+          if (tok.code !== 0) throw new Error(`keytether token create failed: ${tok.stderr}`);
+          tokens[name] = tok.stdout.toString('utf8').trim();
+        }),
+      );
     } finally {
       await rm(keyFile, { force: true });
     }
 
-    relay = buildRelay({
-      logger: false,
-      limits: { tokenRatePerSecond: 1e6, tokenBurst: 1e6 },
-    });
-    const url = await listenRelay(relay, '127.0.0.1', 0);
-
-    const holder = await startDaemon(
-      process.execPath,
-      [
-        cli,
-        'agent',
-        '--backend',
-        'builtin',
-        '--socket',
-        path.join(root, 'S.local'),
-        '--relay',
-        url,
-      ],
-      env,
-      'ready: ',
-    );
-    daemons.push(holder);
-    // The holder says `ready:` before it may have logged in to the relay; wait for the login.
-    await new Promise<void>((resolve, reject) => {
-      let err = '';
-      const timer = setTimeout(() => reject(new Error(`holder never connected: ${err}`)), 30_000);
-      const onData = (d: Buffer) => {
-        err += d.toString('utf8');
-        if (/^relay connected: /m.test(err)) {
-          clearTimeout(timer);
-          holder.child.stderr!.removeListener('data', onData);
-          holder.child.stderr!.resume();
-          resolve();
-        }
-      };
-      holder.child.stderr!.on('data', onData);
-    });
-
-    const tok = await runTool(
-      process.execPath,
-      [cli, 'token', 'create', '--key', key.fingerprint, '--relay', url],
-      env,
-    );
-    if (tok.code !== 0) throw new Error(`keytether token create failed: ${tok.stderr}`);
-    const token = tok.stdout.toString('utf8').trim();
-
-    const connectSocket = path.join(root, 'S.connect');
-    const facadeEnv: NodeJS.ProcessEnv = {
-      ...process.env,
-      KEYTETHER_HOME: path.join(root, 'facade-home'),
-    };
-    delete facadeEnv.KEYTETHER_TOKEN;
-    const facade = await startDaemon(
-      process.execPath,
-      [cli, 'connect', '--relay', url, '--token', token, '--socket', connectSocket],
-      facadeEnv,
-      'ready: ',
-    );
-    daemons.push(facade);
-
-    const GPG_AGENT = 'gpg-agent';
-    const CLI = 'relay, CLI processes';
-    const SEALED = 'relay in-process, sealed';
-    const UNSEALED = 'relay in-process, unsealed';
     console.log(
       `Ed25519 PKSIGN (SIGKEY + SETHASH + PKSIGN per op), ${CLIENTS} concurrent clients, ` +
-        `${seconds} s each, all on 127.0.0.1; latency is one whole op`,
+        `${seconds} s each, all on 127.0.0.1, relay/holder/facade each in its own process; ` +
+        `latency is one whole op; CPU is per op, user + system, of each process ` +
+        `(clients: this process)`,
     );
     // Same key every way: Ed25519 is deterministic, so the same digest must give the same bytes.
     const digest = randomBytes(32);
     let reference: Buffer | undefined;
-    const rates: Record<string, number> = {};
-    const bench = async (label: string, sock: string) => {
-      const c = await connectAgent(sock);
+    const verify = async (t: Target) => {
+      const c = await connectAgent(t.socket);
       clients.push(c);
       const sig = await signOnce(c, key.keygrip, digest);
       c.close();
       reference ??= sig;
       if (!sig.equals(reference)) {
-        throw new Error(`${label} and gpg-agent gave different signatures for one digest`);
+        throw new Error(`${t.label} and gpg-agent gave different signatures for one digest`);
       }
-      const conns = await openClients(sock, CLIENTS, clients);
-      await measure(conns, key.keygrip, Math.min(1, seconds)); // warm-up
-      rates[label] = report(label, await measure(conns, key.keygrip, seconds));
-      for (const c of conns) c.close();
+    };
+    const once = async (t: Target): Promise<Round> => {
+      await verify(t);
+      const r = await measureTarget(t, key.keygrip, seconds, clients);
+      console.log(line(t.label, r));
+      return r;
     };
 
-    await bench(GPG_AGENT, await gnupg.agentSocket());
-    await bench(CLI, facade.readyText.trim());
-    // The in-process holder has the same identity: the CLI one must be gone first, or the relay
-    // would hand the connection back and forth between them.
-    await facade.stop();
-    await holder.stop();
-    daemons.length = 0;
+    const gpgAgent = await once({
+      label: 'gpg-agent',
+      socket: await gnupg.agentSocket(),
+      pids: { 'gpg-agent': await gnupg.agentPid() },
+    });
 
-    const rt = await openHolderRuntime(home, { ...DEFAULT_CONFIG, backend: 'builtin' });
-    const tokens = await TokenRegistry.open(home, { identity: await loadOrCreateIdentity(home) });
-    try {
-      for (const [label, sealed] of [
-        [SEALED, true],
-        [UNSEALED, false],
-      ] as const) {
-        const client = await inProcessHolder(rt, tokens, url, sealed);
-        const sock = path.join(root, sealed ? 'S.sealed' : 'S.unsealed');
-        const f = await inProcessFacade(url, token, sock, sealed);
-        try {
-          await bench(label, sock);
-        } finally {
-          await f.close();
-          await client.close();
-        }
-      }
-    } finally {
-      await tokens.flushUses();
-      await rt.close();
+    {
+      const holder = await daemon(
+        process.execPath,
+        [
+          cli,
+          'agent',
+          '--backend',
+          'builtin',
+          '--socket',
+          path.join(root, 'S.local'),
+          '--relay',
+          url,
+        ],
+        envOf(homes.sealed),
+        'ready: ',
+      );
+      // `ready:` may come before the holder logged in to the relay; wait for the login.
+      await stderrLine(holder, /^relay connected: /m, 'the CLI holder never connected');
+      const facadeEnv: NodeJS.ProcessEnv = {
+        ...process.env,
+        KEYTETHER_HOME: path.join(root, 'facade-home'),
+      };
+      delete facadeEnv.KEYTETHER_TOKEN;
+      const facade = await daemon(
+        process.execPath,
+        [
+          cli,
+          'connect',
+          '--relay',
+          url,
+          '--token',
+          tokens.sealed!,
+          '--socket',
+          path.join(root, 'S.connect'),
+        ],
+        facadeEnv,
+        'ready: ',
+      );
+      await once({
+        label: 'relay, CLI processes',
+        socket: facade.readyText.trim(),
+        pids: { holder: holder.child.pid!, relay: relayPid, facade: facade.child.pid! },
+      });
+      // The bench holder below has the same identity: the CLI one must be gone first, or the
+      // relay would hand the connection back and forth between them.
+      await stop(facade);
+      await stop(holder);
     }
-    const ratio = (a: string, b: string) =>
-      `${(rates[a]! / rates[b]!).toFixed(2)}x (${((rates[a]! / rates[b]! - 1) * 100).toFixed(1)}%)`;
-    console.log(`throughput sealed / unsealed (in-process): ${ratio(SEALED, UNSEALED)}`);
-    console.log(`throughput sealed in-process / gpg-agent:  ${ratio(SEALED, GPG_AGENT)}`);
-    console.log(`throughput CLI processes / gpg-agent:      ${ratio(CLI, GPG_AGENT)}`);
+
+    const pair = async (variant: 'sealed' | 'unsealed'): Promise<Target> => {
+      const flag = variant === 'unsealed' ? ['--unsealed'] : [];
+      const holder = await daemon(
+        process.execPath,
+        [
+          ...nodeArgs(`holder-${variant}`),
+          holderScript,
+          '--home',
+          homes[variant],
+          '--relay',
+          url,
+          ...flag,
+        ],
+        process.env,
+        'ready: ',
+      );
+      const socket = path.join(root, `S.${variant}`);
+      const facade = await daemon(
+        process.execPath,
+        [
+          ...nodeArgs(`facade-${variant}`),
+          facadeScript,
+          '--relay',
+          url,
+          '--socket',
+          socket,
+          ...flag,
+        ],
+        { ...process.env, BENCH_RELAY_TOKEN: tokens[variant]! },
+        'ready: ',
+      );
+      return {
+        label: `relay ${variant}`,
+        socket,
+        pids: { holder: holder.child.pid!, relay: relayPid, facade: facade.child.pid! },
+        counters: facade,
+      };
+    };
+    const sealed = await pair('sealed');
+    const unsealed = await pair('unsealed');
+    await verify(sealed);
+    await verify(unsealed);
+    const results: Record<string, Round[]> = { [sealed.label]: [], [unsealed.label]: [] };
+    for (let i = 0; i < rounds; i++) {
+      // S U, U S, S U, …: a steady drift of the machine's speed lands on both alike.
+      const order = i % 2 === 0 ? [sealed, unsealed] : [unsealed, sealed];
+      for (const t of order) {
+        const r = await measureTarget(t, key.keygrip, seconds, clients);
+        results[t.label]!.push(r);
+        console.log(line(`${t.label} #${i + 1}`, r));
+      }
+    }
+    const s = medianRound(results[sealed.label]!);
+    const u = medianRound(results[unsealed.label]!);
+    console.log(`median of ${rounds} rounds:`);
+    console.log(line(sealed.label, s));
+    console.log(line(unsealed.label, u));
+    const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`;
+    const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x (${pct(a / b - 1)})`;
+    const sumCpu = (r: Round, keys: string[]) => keys.reduce((n, k) => n + (r.cpu[k] ?? 0), 0);
+    console.log(`throughput sealed / unsealed:  ${ratio(s.rate, u.rate)}`);
+    console.log(`throughput sealed / gpg-agent: ${ratio(s.rate, gpgAgent.rate)}`);
+    console.log(
+      `CPU per op sealed - unsealed: holder ${pct(s.cpu.holder! / u.cpu.holder! - 1)} ` +
+        `(${(s.cpu.holder! - u.cpu.holder!).toFixed(0)} µs), ` +
+        `facade ${pct(s.cpu.facade! / u.cpu.facade! - 1)} ` +
+        `(${(s.cpu.facade! - u.cpu.facade!).toFixed(0)} µs), ` +
+        `relay ${pct(s.cpu.relay! / u.cpu.relay! - 1)}, ` +
+        `holder + relay + facade ${pct(
+          sumCpu(s, ['holder', 'relay', 'facade']) / sumCpu(u, ['holder', 'relay', 'facade']) - 1,
+        )}`,
+    );
+    for (const t of [sealed, unsealed]) {
+      // Holders and facades stop here, so that --cpu-prof profiles are written before cleanup.
+      for (const d of daemons.filter((d) => Object.values(t.pids).includes(d.child.pid!))) {
+        if (d !== relay) await stop(d);
+      }
+    }
+    await stop(relay);
+    if (profDir) console.log(`CPU profiles: ${profDir}`);
 
     if (idleCount > 0) await idleHoldersRss(idleCount);
   } finally {
     for (const c of clients) c.close();
     process.removeListener('SIGINT', onSignal);
     try {
-      for (const d of daemons.reverse()) await d.stop();
-      if (relay) await shutdownRelay(relay, 0);
+      for (const d of [...daemons].reverse()) await d.stop();
     } finally {
       process.removeListener('exit', onExit);
       try {

@@ -431,21 +431,31 @@ t.test('through a recording, tampering relay', async (t) => {
       );
       mitm.next = action;
       const r = await signOnce();
-      t.not(r.code, 0, 'the command failed');
-      t.match(
-        r.stderr,
-        /sealed channel: /,
-        `facade said why: ${r.stderr.trim().split('\n').at(-1)}`,
-      );
       await audited;
-      // A request replayed after its original may only ever get the original's one signature.
-      t.ok(
-        (await allowedSigns(home)) <= signs + (action.kind === 'dup' ? 1 : 0),
-        'no signature for the interference',
-      );
+      const signed = (await allowedSigns(home)) - signs;
+      // A record duplicated after its original may only ever get the original's one signature.
+      // Which WebSocket message carries the request depends on how TLS records were coalesced
+      // (load); when the duplicate is read only after the original was answered, gpg has its
+      // one good signature and the stream dies afterwards. Anything else must fail.
+      if (action.kind === 'dup' && r.code === 0) {
+        t.equal(signed, 1, "the command got exactly the original request's signature");
+      } else {
+        t.not(r.code, 0, 'the command failed');
+        t.match(
+          r.stderr,
+          /sealed channel: /,
+          `facade said why: ${r.stderr.trim().split('\n').at(-1)}`,
+        );
+        t.ok(signed <= (action.kind === 'dup' ? 1 : 0), 'no signature for the interference');
+      }
       const recs = (await auditRecords(home)).slice(before);
       t.ok(
-        recs.some((x) => x.decision === 'failed' && /^sealed channel: /.test(String(x.reason))),
+        recs.some(
+          (x) =>
+            x.op === 'channel' &&
+            x.decision === 'failed' &&
+            /^sealed channel: /.test(String(x.reason)),
+        ),
         `the holder audited it: ${JSON.stringify(recs.map((x) => x.reason))}`,
       );
     });
@@ -513,7 +523,16 @@ t.test('through a recording, tampering relay', async (t) => {
         /sealed channel: the holder refused: sealed channel: the facade did not prove the token's secret/,
       );
       const recs = (await auditRecords(home)).slice(before);
-      t.match(recs, [{ decision: 'failed', reason: /did not prove the token's secret/ }]);
+      // The facade may also report the refusal back before the stream is gone: a second
+      // `failed` record, never anything else.
+      t.ok(
+        recs.some(
+          (x) =>
+            x.decision === 'failed' && /did not prove the token's secret/.test(String(x.reason)),
+        ),
+        `refusal audited: ${JSON.stringify(recs.map((x) => x.reason))}`,
+      );
+      t.ok(recs.length >= 1 && recs.every((x) => x.decision === 'failed'), 'nothing but failures');
     },
   );
 });

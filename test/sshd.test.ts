@@ -101,9 +101,12 @@ t.test('an exec channel carries bytes both ways (what the tunnel uses)', async (
   const closed = new Promise<number | null>((resolve) =>
     ch.on('exit', (code: number | null) => resolve(code)),
   );
+  // 'exit' is emitted as the request arrives, while data may still sit in the stream's buffer.
+  const ended = new Promise<void>((resolve) => ch.on('end', () => resolve()));
   const payload = Buffer.from(Array.from({ length: 100_000 }, (_, i) => i % 251));
   ch.end(payload);
   t.equal(await closed, 0);
+  await ended;
   t.ok(Buffer.concat(chunks).equals(payload));
 });
 

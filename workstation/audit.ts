@@ -29,8 +29,10 @@ export interface AuditInput {
   host?: string;
   tokenId?: string;
   fingerprint?: string;
-  keygrip: string;
-  op: 'sign' | 'decrypt';
+  /** Absent for `channel` records: the stream failed before any key was named. */
+  keygrip?: string;
+  /** `channel`: a relayed stream's sealed channel failed (tampering, wrong secret). */
+  op: 'sign' | 'decrypt' | 'channel';
   /** libgcrypt hash id from SETHASH (8 = SHA-256…), or its name; digits are stored as a number. */
   hashAlgo?: number | string;
   /** The digest that was (or would have been) signed; not secret. */

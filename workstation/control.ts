@@ -72,8 +72,8 @@ export interface RecentOperation {
   time: string;
   front: Front;
   host?: string;
-  op: 'sign' | 'decrypt';
-  keygrip: string;
+  op: 'sign' | 'decrypt' | 'channel';
+  keygrip?: string;
   fingerprint?: string;
   decision: string;
 }
@@ -244,7 +244,7 @@ export async function startControlServer(
       front: rec.front,
       ...(rec.host !== undefined ? { host: rec.host } : {}),
       op: rec.op,
-      keygrip: rec.keygrip,
+      ...(rec.keygrip !== undefined ? { keygrip: rec.keygrip } : {}),
       ...(rec.fingerprint !== undefined ? { fingerprint: rec.fingerprint } : {}),
       decision: rec.decision,
     });

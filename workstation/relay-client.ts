@@ -617,7 +617,7 @@ async function recordSealFailure(
   reason: string,
 ): Promise<void> {
   await audit
-    .append({ front: 'relay', ...where, keygrip: '-', op: 'sign', decision: 'failed', reason })
+    .append({ front: 'relay', ...where, op: 'channel', decision: 'failed', reason })
     .catch(() => undefined);
 }
 

@@ -55,8 +55,9 @@ export function formatStatus(doc: StatusDocument): string {
   if (doc.recent.length === 0) out.push('  none');
   for (const r of [...doc.recent].reverse()) {
     const who = r.host !== undefined ? `${r.front} ${safe(r.host)}` : r.front;
-    const key = safe(r.fingerprint ?? r.keygrip);
-    out.push(`  ${safe(r.time)} ${r.op} ${key} for ${who}: ${safe(r.decision)}`);
+    const key = r.fingerprint ?? r.keygrip;
+    const what = key !== undefined ? `${r.op} ${safe(key)}` : `${r.op}`;
+    out.push(`  ${safe(r.time)} ${what} for ${who}: ${safe(r.decision)}`);
   }
   return `${out.join('\n')}\n`;
 }

@@ -95,10 +95,12 @@ async function nameableKeys(
   gnupgHome: string | undefined,
 ): Promise<NameableKey[]> {
   if (config.backend === 'builtin') return keystore;
-  const opts = gnupgHome !== undefined ? { gnupgHome: path.resolve(gnupgHome) } : {};
+  const dir = gnupgHome !== undefined ? path.resolve(gnupgHome) : config.gnupgHome;
+  const opts = dir !== undefined ? { gnupgHome: dir } : {};
   const agent =
     config.backend === 'auto'
-      ? await GpgAgentBackend.open(opts).catch(() => undefined)
+      ? // As the agent does: a GnuPG home without secret keys is not worth starting an agent for.
+        await GpgAgentBackend.open({ ...opts, onlyWithKeys: true }).catch(() => undefined)
       : await GpgAgentBackend.open({ ...opts, requireAgent: true }).catch((e: unknown) => {
           throw new UserError(
             `cannot reach the workstation's gpg-agent (${(e as Error).message}); start it with "gpgconf --launch gpg-agent" or use --backend builtin`,
