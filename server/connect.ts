@@ -174,12 +174,53 @@ export type RelayStream = Duplex & {
 };
 
 /** The WebSocket as the tunnel's byte stream: binary messages only, in both directions. */
+/** Above this many queued bytes a write waits for the socket; below it, it completes at once. */
+const WS_HIGH_WATER_BYTES = 256 * 1024;
+/** Well under the relay's per-message limit (1 MiB), whatever TLS hands over at once. */
+const WS_MAX_MESSAGE_BYTES = 256 * 1024;
+
+/**
+ * Completing each write only once ws has flushed it costs the sealed channel an event-loop turn
+ * per record (TLS over a JS stream allows one write in flight); waiting only when data is really
+ * queued keeps backpressure and loses that latency.
+ */
+function sendToRelay(ws: WebSocket, chunks: Buffer[], cb: (e?: Error | null) => void): void {
+  if (ws.readyState !== WebSocket.OPEN) return cb(new Error('the relay connection is closed'));
+  const messages: Buffer[] = [];
+  let batch: Buffer[] = [];
+  let size = 0;
+  for (const c of chunks) {
+    if (size > 0 && size + c.length > WS_MAX_MESSAGE_BYTES) {
+      messages.push(Buffer.concat(batch, size));
+      batch = [];
+      size = 0;
+    }
+    batch.push(c);
+    size += c.length;
+  }
+  if (size > 0) messages.push(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
+  const last = messages.length - 1;
+  const wait = last >= 0 && ws.bufferedAmount >= WS_HIGH_WATER_BYTES;
+  messages.forEach((m, i) => {
+    if (i === last && wait) ws.send(m, { binary: true }, (e) => cb(e ?? null));
+    else ws.send(m, { binary: true });
+  });
+  if (!wait) cb();
+}
+
 export function webSocketStream(ws: WebSocket): RelayStream {
   const stream: RelayStream = new Duplex({
     read() {},
     write(chunk: Buffer, _enc, cb) {
-      if (ws.readyState !== WebSocket.OPEN) return cb(new Error('the relay connection is closed'));
-      ws.send(chunk, { binary: true }, (e) => cb(e ?? null));
+      sendToRelay(ws, [chunk], cb);
+    },
+    // TLS hands over several records at once; one WebSocket message carries them all.
+    writev(chunks: { chunk: Buffer }[], cb) {
+      sendToRelay(
+        ws,
+        chunks.map((c) => c.chunk),
+        cb,
+      );
     },
     final(cb) {
       ws.close(1000, 'facade done');

@@ -5,68 +5,36 @@
 // Every stream is sealed end to end (workstation/seal.ts): the tunnel is served only over TLS 1.3
 // with the holder identity's key, after the facade proved the token's secret inside it.
 
-import { claimedRequester } from '../protocol/keyholder.js';
-import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import WebSocket from 'ws';
-import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
-import type {
-  DecryptRequest,
-  DecryptResult,
-  Inventory,
-  KeyEntry,
-  KeyHolder,
-  SignRequest,
-} from '../protocol/keyholder.js';
+import type { KeyHolder } from '../protocol/keyholder.js';
 import {
   describeRelayTlsError,
   relayEndpoint,
   relayTlsOptions,
   type RelayTrust,
 } from '../protocol/relay/endpoint.js';
-import { describeSealError } from '../protocol/seal.js';
 import { relayAuthMessage } from '../protocol/relay/identity.js';
-import {
-  decodeMux,
-  encodeMux,
-  encodeMuxClose,
-  MuxKind,
-  parseMuxOpen,
-} from '../protocol/relay/mux.js';
-import { checkTokenSignature, parseToken, type ParsedToken } from '../protocol/token.js';
-import { serveTunnel, type TunnelServerHandle } from '../protocol/tunnel/index.js';
+import { decodeMux, MuxKind } from '../protocol/relay/mux.js';
 import type { AuditInput } from './audit.js';
 import { loadOrCreateIdentity } from './identity.js';
-import {
-  acceptSealedStream,
-  loadSealCredentials,
-  onSealedError,
-  registryKnowsSecret,
-  type SealAcceptOptions,
-  type SealAcceptResult,
-  type SealCredentials,
-} from './seal.js';
+import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './relay-stream.js';
+import { loadSealCredentials, registryKnowsSecret, type SealCredentials } from './seal.js';
+import type { TokenAuthority } from './token-scoped-holder.js';
 import { TokenRegistry } from './tokens.js';
+
+export { BENCH_UNSEALED } from './relay-stream.js';
+export {
+  tokenScopedHolder,
+  type TokenAuthority,
+  type TokenDecision,
+} from './token-scoped-holder.js';
 
 /** The holder identity as the relay client needs it (workstation/identity.ts provides one). */
 export interface RelayIdentity {
   hid: string;
   hpk: Uint8Array;
   sign(data: Uint8Array): Uint8Array;
-}
-
-export type TokenDecision = { ok: true } | { ok: false; reason: string; message: string };
-
-/** The holder's token registry: revocation, expiry, use counts (workstation/tokens.ts). */
-export interface TokenAuthority {
-  authorize(req: {
-    token: ParsedToken;
-    fingerprint: string;
-    primaryFingerprint: string;
-    op: 'sign' | 'decrypt';
-    /** SHA-256 (hex) of the secret the facade proved in the sealed channel. */
-    secretHash?: string | undefined;
-  }): TokenDecision | Promise<TokenDecision>;
 }
 
 export interface RelayClientOptions {
@@ -112,7 +80,6 @@ export interface RelayClient {
 
 /** The relay caps messages at 1 MiB; data frames stay well below it. */
 const MAX_MESSAGE_BYTES = 1 << 20;
-const MAX_DATA_CHUNK = 256 * 1024;
 const MAX_STREAMS = 1024;
 const AUTH_TIMEOUT_MS = 10_000;
 
@@ -257,7 +224,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
         sendClose(sock, streamId, 'too many streams');
         return;
       }
-      openStream(sock, streamId, payload);
+      serveRelayStream(opts, log, streams, sock, streamId, payload);
     } else if (kind === MuxKind.Data) {
       streams.get(streamId)?.pushData(payload);
     } else if (kind === MuxKind.Close) {
@@ -267,84 +234,6 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
         s.remoteClosed(payload.toString('utf8').slice(0, 200) || 'the facade went away');
       }
     }
-  };
-
-  const openStream = (sock: WebSocket, streamId: number, payload: Buffer) => {
-    const refuse = (why: string) => sendClose(sock, streamId, why);
-    const open = parseMuxOpen(payload);
-    if ('error' in open) return refuse(open.error);
-    const parsed = parseToken(open.token);
-    if (!parsed.ok) return refuse(parsed.error);
-    const token = parsed.token;
-    // The relay checked this too, but the holder trusts only its own key.
-    if (
-      token.payload.hid !== opts.identity.hid ||
-      !Buffer.from(token.hpk).equals(Buffer.from(opts.identity.hpk)) ||
-      !checkTokenSignature(token).ok
-    ) {
-      return refuse('the token was not issued by this holder');
-    }
-    const peer = open.peer || undefined;
-    const stream = new RelayStream(sock, streamId, () => streams.delete(streamId));
-    streams.set(streamId, stream);
-    const tid = token.payload.tid;
-    const where = { ...(peer !== undefined ? { peer, host: peer } : {}), tokenId: tid };
-    // The facade's word, carried by the relay: worth a record, though the relay could forge it.
-    stream.onSealReport = (r) => {
-      const reason = `sealed channel: the facade reported: ${r.slice('sealed channel: '.length)}`;
-      void recordSealFailure(opts.audit, where, reason).then(() =>
-        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
-      );
-    };
-    const unsealed = opts.benchUnsealed === BENCH_UNSEALED;
-    void (unsealed ? acceptUnsealedForBench : acceptSealedStream)(stream, {
-      credentials: opts.seal,
-      checkSecret: (hash) => opts.checkSecret(tid, hash),
-      // Before the TLS socket is torn down, so the facade hears this reason and no other.
-      refuse: (why) => stream.closeWith(`sealed channel: ${why}`),
-    }).then(async (sealed) => {
-      if (!sealed.ok) {
-        const reason = `sealed channel: ${sealed.reason}`;
-        await recordSealFailure(opts.audit, where, reason);
-        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) refused: ${reason}`);
-        return;
-      }
-      const socket = sealed.socket;
-      // After the handshake a broken, dropped, reordered or replayed record is a TLS error;
-      // the tunnel reports it as its close reason, and it is audited here.
-      onSealedError(socket, (e: Error) => {
-        const reason = `sealed channel: ${describeSealError(e)}`;
-        e.message = reason;
-        stream.closeWith(reason);
-        void recordSealFailure(opts.audit, where, reason).then(() =>
-          log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
-        );
-      });
-      socket.on('close', () => stream.destroy());
-      const scoped = tokenScopedHolder(
-        opts.holder,
-        token,
-        opts.tokens,
-        opts.audit,
-        peer,
-        unsealed ? undefined : sealed.secretHash,
-      );
-      stream.tunnel = serveTunnel(scoped, socket, {
-        software: opts.software,
-        requester: (claimed) => ({
-          ...claimedRequester(claimed),
-          front: 'relay',
-          tokenId: tid,
-          ...(peer !== undefined ? { host: peer } : {}),
-        }),
-        // Changes are watched on the whole holder (when it can report them, as Holder does);
-        // each push re-reads `scoped`, so the facade still sees only the token's keys.
-        onInventoryChange: (changed) =>
-          (
-            opts.holder as { onInventoryChange?: (fn: () => void) => () => void }
-          ).onInventoryChange?.(changed),
-      });
-    });
   };
 
   connect();
@@ -383,169 +272,6 @@ function toBuffer(data: WebSocket.RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
   return Buffer.from(data);
-}
-
-function sendData(sock: WebSocket, streamId: number, payload: Uint8Array): void {
-  if (sock.readyState === WebSocket.OPEN) {
-    sock.send(encodeMux(MuxKind.Data, streamId, payload), { binary: true });
-  }
-}
-
-function sendClose(sock: WebSocket, streamId: number, reason: string): void {
-  if (sock.readyState === WebSocket.OPEN) {
-    sock.send(encodeMuxClose(streamId, reason), { binary: true });
-  }
-}
-
-/** One facade's byte stream inside the holder's relay connection. */
-class RelayStream extends Duplex {
-  tunnel: TunnelServerHandle | undefined;
-  /** Called when the facade ended the stream over a sealed-channel failure it saw. */
-  onSealReport: ((reason: string) => void) | undefined;
-  #closedRemotely = false;
-
-  constructor(
-    private readonly sock: WebSocket,
-    private readonly id: number,
-    private readonly forget: () => void,
-  ) {
-    super();
-  }
-
-  pushData(b: Buffer): void {
-    if (!this.#closedRemotely) this.push(b);
-  }
-
-  /** Ends the stream telling the facade (through the relay) why. */
-  closeWith(reason: string): void {
-    if (!this.#closedRemotely) {
-      this.#closedRemotely = true;
-      this.forget();
-      sendClose(this.sock, this.id, reason.slice(0, 200));
-    }
-    this.destroy();
-  }
-
-  remoteClosed(reason: string): void {
-    if (this.#closedRemotely) return;
-    if (reason.startsWith('sealed channel: ')) this.onSealReport?.(reason);
-    this.#closedRemotely = true;
-    this.push(null);
-    this.destroy();
-  }
-
-  override _read(): void {
-    // Flow control is the WebSocket's; tunnel frames are small and bounded by the tunnel.
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
-    if (this.#closedRemotely || this.sock.readyState !== WebSocket.OPEN) {
-      cb(new Error('the relay stream is closed'));
-      return;
-    }
-    for (let off = 0; off < chunk.length; off += MAX_DATA_CHUNK) {
-      sendData(this.sock, this.id, chunk.subarray(off, off + MAX_DATA_CHUNK));
-    }
-    cb();
-  }
-
-  override _final(cb: (e?: Error | null) => void): void {
-    this.#sendClose();
-    cb();
-  }
-
-  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
-    this.forget();
-    // TLS tears this stream down before it emits the error that says why; wait for closeWith.
-    setImmediate(() => this.#sendClose());
-    cb(err);
-  }
-
-  #sendClose(): void {
-    this.forget();
-    if (this.#closedRemotely) return;
-    this.#closedRemotely = true;
-    sendClose(this.sock, this.id, 'closed by the holder');
-  }
-}
-
-function allowedBy(token: ParsedToken, k: { fingerprint: string; primaryFingerprint: string }) {
-  const keys = token.payload.keys;
-  return (
-    keys.includes(k.fingerprint.toUpperCase()) || keys.includes(k.primaryFingerprint.toUpperCase())
-  );
-}
-
-/**
- * The holder as one token sees it: only the token's keys are listed, and every operation is
- * first authorized by the registry (revocation, expiry, operations, uses). A refusal is recorded
- * in the audit log before gpg hears about it.
- */
-export function tokenScopedHolder(
-  holder: KeyHolder,
-  token: ParsedToken,
-  tokens: TokenAuthority,
-  audit: { append(rec: AuditInput): Promise<void> },
-  peer: string | undefined,
-  secretHash?: string,
-): KeyHolder {
-  const tid = token.payload.tid;
-  const check = async (
-    op: 'sign' | 'decrypt',
-    keygrip: string,
-    extra: { hashAlgo?: number; digest?: Uint8Array },
-  ): Promise<void> => {
-    const inv = await holder.inventory();
-    const entry: KeyEntry | undefined = inv.keys.find(
-      (k) => k.keygrip === keygrip.toUpperCase() && allowedBy(token, k),
-    );
-    let refusal: string | undefined;
-    if (!entry) {
-      refusal = `token ${tid} does not allow this key`;
-    } else {
-      const d = await tokens.authorize({
-        token,
-        fingerprint: entry.fingerprint,
-        primaryFingerprint: entry.primaryFingerprint,
-        op,
-        ...(secretHash !== undefined ? { secretHash } : {}),
-      });
-      if (!d.ok) refusal = d.message;
-    }
-    if (refusal === undefined) return;
-    await audit.append({
-      front: 'relay',
-      ...(peer !== undefined ? { peer, host: peer } : {}),
-      tokenId: tid,
-      ...(entry ? { fingerprint: entry.fingerprint } : {}),
-      keygrip: keygrip.toUpperCase(),
-      op,
-      ...extra,
-      decision: 'denied',
-      reason: refusal,
-    });
-    throw new GpgError(ErrorCode.FORBIDDEN, refusal);
-  };
-
-  return {
-    async inventory(): Promise<Inventory> {
-      const inv = await holder.inventory();
-      const keys = inv.keys.filter((k) => allowedBy(token, k));
-      const primaries = new Set(keys.map((k) => k.primaryFingerprint.toUpperCase()));
-      return {
-        keys,
-        certificates: inv.certificates.filter((c) => primaries.has(c.fingerprint.toUpperCase())),
-      };
-    },
-    async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-      await check('sign', req.keygrip, { hashAlgo: req.hashAlgo, digest: req.digest });
-      return holder.sign(req, signal);
-    },
-    async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-      await check('decrypt', req.keygrip, {});
-      return holder.decrypt(req, signal);
-    },
-  };
 }
 
 export interface RelayClientsHandle {
@@ -607,37 +333,10 @@ export async function startRelayClients(
   };
 }
 
-/**
- * A sealed-channel failure in the audit log. The schema has no operation for a channel event; it
- * is filed under `sign` with no key, and the reason says what happened.
- */
-async function recordSealFailure(
-  audit: { append(rec: AuditInput): Promise<void> },
-  where: { peer?: string; host?: string; tokenId: string },
-  reason: string,
-): Promise<void> {
-  await audit
-    .append({ front: 'relay', ...where, op: 'channel', decision: 'failed', reason })
-    .catch(() => undefined);
-}
-
 /** A `--relay` value that cannot be used; the message is one sentence for the user. */
 export class RelayUrlError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'RelayUrlError';
   }
-}
-
-/** Marks a relay client that serves streams unsealed; see RelayClientOptions.benchUnsealed. */
-export const BENCH_UNSEALED: unique symbol = Symbol('keytether bench: unsealed relay streams');
-
-/**
- * The bench's stand-in for acceptSealedStream: the relay stream itself carries the tunnel, and no
- * secret is proven (the token registry then checks everything but the secret). The stream is not
- * a TLS socket; what the caller does with one (error listeners, close, the tunnel) works on any
- * Duplex, and the seal's options do not apply.
- */
-function acceptUnsealedForBench(raw: Duplex, _opts: SealAcceptOptions): Promise<SealAcceptResult> {
-  return Promise.resolve({ ok: true, socket: raw as tls.TLSSocket, secretHash: '' });
 }

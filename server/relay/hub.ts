@@ -12,107 +12,30 @@ import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { Gauge } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { z } from 'zod';
 import {
   holderIdFromPublicKey,
   relayAuthMessage,
   verifyEd25519,
 } from '../../protocol/relay/identity.js';
-import {
-  MUX_HEADER_BYTES,
-  MuxKind,
-  decodeMux,
-  encodeMux,
-  encodeMuxClose,
-  encodeMuxOpen,
-  truncateUtf8,
-} from '../../protocol/relay/mux.js';
+import { MUX_HEADER_BYTES, MuxKind, decodeMux } from '../../protocol/relay/mux.js';
 import { checkTokenSignature, parseToken } from '../../protocol/token.js';
 import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
 import type { RelayMetrics, Role } from './metrics.js';
+import { RelayStreams, type Holder, type Stream } from './streams.js';
+import {
+  CloseCode,
+  FacadeTokenSchema,
+  HolderAuthSchema,
+  RelaySocket,
+  isOpen,
+  parseControl,
+  wsReason,
+} from './wire.js';
 
-export const CloseCode = {
-  AuthFailed: 4001,
-  AuthTimeout: 4002,
-  TokenInvalid: 4003,
-  TokenExpired: 4004,
-  HolderNotConnected: 4005,
-  RateLimited: 4008,
-  Replaced: 4009,
-  FrameTooLarge: 4010,
-  ShuttingDown: 1001,
-} as const;
+export { CloseCode } from './wire.js';
 
-// 4008 is the spec's code for a peer the relay will not serve at the rate it asks for; a facade
-// that does not read its answers is one.
-const SLOW_READER_REASON = 'facade is not reading';
-
-// A WebSocket close reason is at most 123 bytes.
-const MAX_WS_REASON_BYTES = 123;
-// Control messages are small JSON; a token's public part is at most 4096 characters.
-const MAX_CONTROL_BYTES = 8192;
 // After close() a well-behaved peer answers at once; one that does not is cut off after this.
 const CLOSE_HANDSHAKE_MS = 2000;
-
-// ws closes a message longer than maxPayload with 1009 by itself, before any of our code sees
-// it; the spec's code for that is 4010, so the one place that picks the code is overridden.
-class RelaySocket extends WebSocket {
-  override close(code?: number, data?: string | Buffer): void {
-    if (code === 1009) super.close(CloseCode.FrameTooLarge, 'frame too large');
-    else super.close(code, data);
-  }
-}
-
-interface Holder {
-  ws: WebSocket;
-  hid: string;
-  log: FastifyBaseLogger;
-  streams: Map<number, Stream>;
-  nextStreamId: number;
-}
-
-interface Stream {
-  id: number;
-  holder: Holder;
-  facade: WebSocket;
-  tid: string;
-  log: FastifyBaseLogger;
-  ended: boolean;
-  /** When the oldest facade data message not yet answered by the holder was forwarded. */
-  pendingSince: number | undefined;
-  /** Not read from until the holder's socket has taken what is queued for it. */
-  paused: boolean;
-}
-
-const HolderAuthSchema = z.strictObject({
-  type: z.literal('auth'),
-  hpk: z.string().max(64),
-  sig: z.string().max(128),
-});
-
-const FacadeTokenSchema = z.strictObject({
-  type: z.literal('token'),
-  token: z.string().max(4096),
-});
-
-function parseControl<T>(data: RawData, schema: z.ZodType<T>): T | undefined {
-  const buf = data as Buffer;
-  if (buf.length > MAX_CONTROL_BYTES) return undefined;
-  try {
-    const r = schema.safeParse(JSON.parse(buf.toString('utf8')));
-    return r.success ? r.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function wsReason(text: string): Buffer {
-  return truncateUtf8(text, MAX_WS_REASON_BYTES);
-}
-
-function isOpen(ws: WebSocket): boolean {
-  return ws.readyState === WebSocket.OPEN;
-}
 
 export class RelayHub {
   private readonly holders = new Map<string, Holder>();
@@ -121,11 +44,10 @@ export class RelayHub {
   private readonly pending = new Set<WebSocket>();
   private readonly addresses: AddressCounter;
   private readonly rate: RateLimiter;
+  private readonly streams: RelayStreams;
   private readonly holderWss: WebSocketServer;
   private readonly facadeWss: WebSocketServer;
-  private streamCount = 0;
   private draining = false;
-  private onDrained: (() => void) | undefined;
 
   constructor(
     private readonly log: FastifyBaseLogger,
@@ -134,6 +56,7 @@ export class RelayHub {
   ) {
     this.addresses = new AddressCounter(limits.maxConnectionsPerAddress);
     this.rate = new RateLimiter(limits.tokenRatePerSecond, limits.tokenBurst);
+    this.streams = new RelayStreams(limits, metrics, this.rate);
     const common = { noServer: true, perMessageDeflate: false, WebSocket: RelaySocket } as const;
     this.holderWss = new WebSocketServer({
       ...common,
@@ -280,7 +203,10 @@ export class RelayHub {
     if (this.holders.get(holder.hid) !== holder) return;
     this.holders.delete(holder.hid);
     for (const s of [...holder.streams.values()]) {
-      this.endStream(s, { facadeCode: CloseCode.HolderNotConnected, reason: 'holder went away' });
+      this.streams.endStream(s, {
+        facadeCode: CloseCode.HolderNotConnected,
+        reason: 'holder went away',
+      });
     }
     holder.log.info('holder disconnected');
   }
@@ -298,23 +224,13 @@ export class RelayHub {
     const s = holder.streams.get(f.streamId);
     if (!s) return;
     if (f.kind === MuxKind.Data) {
-      if (s.pendingSince !== undefined) {
-        this.metrics.latency.observe((performance.now() - s.pendingSince) / 1000);
-        s.pendingSince = undefined;
-      }
-      if (!isOpen(s.facade)) return;
-      if (s.facade.bufferedAmount > this.limits.maxBufferedBytes) {
-        // Pausing the holder would stall every stream it carries; this one alone is dropped,
-        // and terminated rather than closed so its queue is freed now, not after a handshake.
-        this.metrics.refusals.inc({ reason: 'slow_reader' });
-        s.log.info({ code: CloseCode.RateLimited, reason: SLOW_READER_REASON }, 'refused');
-        this.endStream(s, { reason: SLOW_READER_REASON });
-        s.facade.terminate();
-        return;
-      }
-      s.facade.send(f.payload, { binary: true });
+      this.streams.toFacade(s, f.payload);
     } else {
-      this.endStream(s, { facadeCode: 1000, reason: f.payload.toString('utf8'), fromHolder: true });
+      this.streams.endStream(s, {
+        facadeCode: 1000,
+        reason: f.payload.toString('utf8'),
+        fromHolder: true,
+      });
     }
   }
 
@@ -331,12 +247,14 @@ export class RelayHub {
         return;
       }
       if (!stream || stream.ended) return;
-      if (isBinary) this.fromFacade(stream, data as Buffer);
+      if (isBinary) this.streams.fromFacade(stream, data as Buffer);
       else stream.log.debug('ignored a text message from the facade');
     });
     ws.once('close', (code, reason) => {
       if (stream && !stream.ended) {
-        this.endStream(stream, { reason: reason.toString('utf8') || `facade closed (${code})` });
+        this.streams.endStream(stream, {
+          reason: reason.toString('utf8') || `facade closed (${code})`,
+        });
       }
     });
   }
@@ -410,85 +328,8 @@ export class RelayHub {
       this.refuse(ws, log, CloseCode.RateLimited, 'too many streams', 'too_many_streams');
       return undefined;
     }
-    const id = this.allocateStreamId(holder);
-    const stream: Stream = {
-      id,
-      holder,
-      facade: ws,
-      tid,
-      log: log.child({ stream: id }),
-      ended: false,
-      pendingSince: undefined,
-      paused: false,
-    };
-    holder.streams.set(id, stream);
-    this.streamCount++;
     this.pending.delete(ws);
-    holder.ws.send(encodeMuxOpen(id, { token: token.publicPart, peer: addr }));
-    ws.send(JSON.stringify({ type: 'ok' }));
-    this.metrics.streams.inc();
-    stream.log.info('stream opened');
-    return stream;
-  }
-
-  private allocateStreamId(holder: Holder): number {
-    // At most maxStreamsPerHolder ids are in use, so this finds a free one quickly.
-    for (;;) {
-      const id = holder.nextStreamId;
-      holder.nextStreamId = id >= 0xffffffff ? 1 : id + 1;
-      if (!holder.streams.has(id)) return id;
-    }
-  }
-
-  private fromFacade(s: Stream, data: Buffer): void {
-    if (!this.rate.take(s.tid)) {
-      this.metrics.refusals.inc({ reason: 'rate_limited' });
-      s.log.info({ code: CloseCode.RateLimited, reason: 'rate limited' }, 'refused');
-      this.endStream(s, { facadeCode: CloseCode.RateLimited, reason: 'rate limited' });
-      return;
-    }
-    this.metrics.requests.inc();
-    s.pendingSince ??= performance.now();
-    const to = s.holder.ws;
-    if (!isOpen(to)) return;
-    if (to.bufferedAmount + data.length <= this.limits.maxBufferedBytes || s.paused) {
-      to.send(encodeMux(MuxKind.Data, s.id, data));
-      return;
-    }
-    // The holder is not keeping up: stop reading from this facade (TCP then holds back its
-    // sender) until this message has been handed to the holder's socket, i.e. all before it too.
-    s.paused = true;
-    s.facade.pause();
-    s.log.debug({ buffered: to.bufferedAmount }, 'facade paused: the holder is behind');
-    to.send(encodeMux(MuxKind.Data, s.id, data), () => {
-      s.paused = false;
-      if (!s.ended && isOpen(s.facade)) {
-        s.facade.resume();
-        s.log.debug('facade resumed');
-      }
-    });
-  }
-
-  /**
-   * Ends a stream once: tells the holder (unless the holder ended it) and closes the facade
-   * (unless the facade ended it, i.e. `facadeCode` is absent).
-   */
-  private endStream(
-    s: Stream,
-    how: { reason: string; facadeCode?: number; fromHolder?: boolean },
-  ): void {
-    if (s.ended) return;
-    s.ended = true;
-    s.holder.streams.delete(s.id);
-    this.streamCount--;
-    if (!how.fromHolder && isOpen(s.holder.ws)) {
-      s.holder.ws.send(encodeMuxClose(s.id, how.reason));
-    }
-    if (how.facadeCode !== undefined && isOpen(s.facade)) {
-      s.facade.close(how.facadeCode, wsReason(how.reason));
-    }
-    s.log.info({ reason: how.reason.slice(0, 200) }, 'stream closed');
-    if (this.streamCount === 0) this.onDrained?.();
+    return this.streams.open(holder, ws, tid, log, { token: token.publicPart, peer: addr });
   }
 
   // ---- shutdown ----
@@ -500,19 +341,19 @@ export class RelayHub {
   async shutdown(drainMs: number): Promise<void> {
     if (!this.draining) {
       this.draining = true;
-      this.log.info({ streams: this.streamCount, drainMs }, 'shutting down');
+      this.log.info({ streams: this.streams.count, drainMs }, 'shutting down');
       for (const ws of [...this.pending]) {
         this.refuse(ws, this.log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
       }
-      if (this.streamCount > 0) {
+      if (this.streams.count > 0) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, drainMs);
-          this.onDrained = () => {
+          this.streams.onDrained = () => {
             clearTimeout(timer);
             resolve();
           };
         });
-        this.onDrained = undefined;
+        this.streams.onDrained = undefined;
       }
     }
     await this.closeAll();

@@ -1,0 +1,150 @@
+// Carrying facade streams over their holder's WebSocket once both sides are authenticated:
+// data in both directions, backpressure, and ending a stream exactly once.
+
+import type { FastifyBaseLogger } from 'fastify';
+import type { WebSocket } from 'ws';
+import {
+  MuxKind,
+  encodeMux,
+  encodeMuxClose,
+  encodeMuxOpen,
+  type MuxOpen,
+} from '../../protocol/relay/mux.js';
+import type { RateLimiter, RelayLimits } from './limits.js';
+import type { RelayMetrics } from './metrics.js';
+import { CloseCode, isOpen, wsReason } from './wire.js';
+
+// 4008 is the spec's code for a peer the relay will not serve at the rate it asks for; a facade
+// that does not read its answers is one.
+const SLOW_READER_REASON = 'facade is not reading';
+
+export interface Holder {
+  ws: WebSocket;
+  hid: string;
+  log: FastifyBaseLogger;
+  streams: Map<number, Stream>;
+  nextStreamId: number;
+}
+
+export interface Stream {
+  id: number;
+  holder: Holder;
+  facade: WebSocket;
+  tid: string;
+  log: FastifyBaseLogger;
+  ended: boolean;
+  /** When the oldest facade data message not yet answered by the holder was forwarded. */
+  pendingSince: number | undefined;
+  /** Not read from until the holder's socket has taken what is queued for it. */
+  paused: boolean;
+}
+
+/** The open streams of every holder, counted so that shutdown can wait for them to end. */
+export class RelayStreams {
+  count = 0;
+  onDrained: (() => void) | undefined;
+
+  constructor(
+    private readonly limits: RelayLimits,
+    private readonly metrics: RelayMetrics,
+    private readonly rate: RateLimiter,
+  ) {}
+
+  /** Registers a facade's stream with its holder and tells both sides it is open. */
+  open(holder: Holder, ws: WebSocket, tid: string, log: FastifyBaseLogger, open: MuxOpen): Stream {
+    const id = this.allocateStreamId(holder);
+    const stream: Stream = {
+      id,
+      holder,
+      facade: ws,
+      tid,
+      log: log.child({ stream: id }),
+      ended: false,
+      pendingSince: undefined,
+      paused: false,
+    };
+    holder.streams.set(id, stream);
+    this.count++;
+    holder.ws.send(encodeMuxOpen(id, open));
+    ws.send(JSON.stringify({ type: 'ok' }));
+    this.metrics.streams.inc();
+    stream.log.info('stream opened');
+    return stream;
+  }
+
+  private allocateStreamId(holder: Holder): number {
+    // At most maxStreamsPerHolder ids are in use, so this finds a free one quickly.
+    for (;;) {
+      const id = holder.nextStreamId;
+      holder.nextStreamId = id >= 0xffffffff ? 1 : id + 1;
+      if (!holder.streams.has(id)) return id;
+    }
+  }
+
+  /** Hands a data frame from the holder to the stream's facade. */
+  toFacade(s: Stream, payload: Buffer): void {
+    if (s.pendingSince !== undefined) {
+      this.metrics.latency.observe((performance.now() - s.pendingSince) / 1000);
+      s.pendingSince = undefined;
+    }
+    if (!isOpen(s.facade)) return;
+    if (s.facade.bufferedAmount > this.limits.maxBufferedBytes) {
+      // Pausing the holder would stall every stream it carries; this one alone is dropped,
+      // and terminated rather than closed so its queue is freed now, not after a handshake.
+      this.metrics.refusals.inc({ reason: 'slow_reader' });
+      s.log.info({ code: CloseCode.RateLimited, reason: SLOW_READER_REASON }, 'refused');
+      this.endStream(s, { reason: SLOW_READER_REASON });
+      s.facade.terminate();
+      return;
+    }
+    s.facade.send(payload, { binary: true });
+  }
+
+  fromFacade(s: Stream, data: Buffer): void {
+    if (!this.rate.take(s.tid)) {
+      this.metrics.refusals.inc({ reason: 'rate_limited' });
+      s.log.info({ code: CloseCode.RateLimited, reason: 'rate limited' }, 'refused');
+      this.endStream(s, { facadeCode: CloseCode.RateLimited, reason: 'rate limited' });
+      return;
+    }
+    this.metrics.requests.inc();
+    s.pendingSince ??= performance.now();
+    const to = s.holder.ws;
+    if (!isOpen(to)) return;
+    if (to.bufferedAmount + data.length <= this.limits.maxBufferedBytes || s.paused) {
+      to.send(encodeMux(MuxKind.Data, s.id, data));
+      return;
+    }
+    // The holder is not keeping up: stop reading from this facade (TCP then holds back its
+    // sender) until this message has been handed to the holder's socket, i.e. all before it too.
+    s.paused = true;
+    s.facade.pause();
+    s.log.debug({ buffered: to.bufferedAmount }, 'facade paused: the holder is behind');
+    to.send(encodeMux(MuxKind.Data, s.id, data), () => {
+      s.paused = false;
+      if (!s.ended && isOpen(s.facade)) {
+        s.facade.resume();
+        s.log.debug('facade resumed');
+      }
+    });
+  }
+
+  /**
+   * Ends a stream once: tells the holder (unless the holder ended it) and closes the facade
+   * (unless the facade ended it, i.e. `facadeCode` is absent).
+   */
+  endStream(s: Stream, how: { reason: string; facadeCode?: number; fromHolder?: boolean }): void {
+    if (s.ended) return;
+    s.ended = true;
+    s.holder.streams.delete(s.id);
+    this.count--;
+    if (!how.fromHolder && isOpen(s.holder.ws)) {
+      s.holder.ws.send(encodeMuxClose(s.id, how.reason));
+    }
+    if (how.facadeCode !== undefined && isOpen(s.facade)) {
+      s.facade.close(how.facadeCode, wsReason(how.reason));
+    }
+    s.log.info({ reason: how.reason.slice(0, 200) }, 'stream closed');
+    if (this.count === 0) this.onDrained?.();
+  }
+}

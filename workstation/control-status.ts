@@ -1,0 +1,171 @@
+// The agent's status document, as `keytether status` reads it from the control socket: what the
+// agent reports and the limits a client holds the answer to.
+
+import { z } from 'zod';
+import type { Requester } from '../protocol/keyholder.js';
+import { UserError } from '../cli/errors.js';
+import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './control-connection.js';
+
+const MAX_STATUS_BYTES = 1 << 20;
+export const RECENT_KEPT = 20;
+
+export type Front = Requester['front'];
+
+export interface FrontStatus {
+  front: Front;
+  host?: string;
+  /** ISO time the front connected (the agent's start for its own gpg socket). */
+  since: string;
+  /** Requests that reached the holder through it. */
+  requests: number;
+}
+
+export interface RelayStatus {
+  url: string;
+  state: 'connected' | 'connecting';
+  /** Facades connected through this relay right now. */
+  streams?: number;
+}
+
+export interface UnlockedStatus {
+  keygrip: string;
+  fingerprint?: string;
+  /** Whole seconds until the cache forgets the key (rounded up, so a live key is never 0). */
+  expiresInS: number;
+}
+
+export interface RecentOperation {
+  time: string;
+  front: Front;
+  host?: string;
+  op: 'sign' | 'decrypt' | 'channel';
+  keygrip?: string;
+  fingerprint?: string;
+  decision: string;
+}
+
+export interface StatusDocument {
+  pid: number;
+  version: string;
+  home: string;
+  agentSocket: string;
+  startedAt: string;
+  fronts: FrontStatus[];
+  relays: RelayStatus[];
+  unlocked: UnlockedStatus[];
+  /** Oldest first, at most 20. */
+  recent: RecentOperation[];
+}
+
+/** The agent's relay clients as the status needs them (RelayClientsHandle fits), or a getter. */
+export type RelaySource =
+  | { readonly clients: readonly { url: string; connected: boolean; streams: number }[] }
+  | (() => RelayStatus[]);
+
+export function relayStatuses(src: RelaySource | undefined): RelayStatus[] {
+  if (!src) return [];
+  if (typeof src === 'function') return src();
+  return src.clients.map((c) => ({
+    url: c.url,
+    state: c.connected ? 'connected' : 'connecting',
+    streams: c.streams,
+  }));
+}
+
+const StatusSchema = z.object({
+  pid: z.number().int(),
+  version: z.string().max(100),
+  home: z.string().max(4096),
+  agentSocket: z.string().max(4096),
+  startedAt: z.string().max(64),
+  fronts: z
+    .array(
+      z.object({
+        front: z.enum(['local', 'ssh', 'relay']),
+        host: z.string().max(MAX_HOST_CHARS).optional(),
+        since: z.string().max(64),
+        requests: z.number().int().nonnegative(),
+      }),
+    )
+    .max(1000),
+  relays: z
+    .array(
+      z.object({
+        url: z.string().max(4096),
+        state: z.enum(['connected', 'connecting']),
+        streams: z.number().int().nonnegative().optional(),
+      }),
+    )
+    .max(1000),
+  unlocked: z
+    .array(
+      z.object({
+        keygrip: z.string().max(128),
+        fingerprint: z.string().max(128).optional(),
+        expiresInS: z.number().int().nonnegative(),
+      }),
+    )
+    .max(10_000),
+  recent: z
+    .array(
+      z.object({
+        time: z.string().max(64),
+        front: z.enum(['local', 'ssh', 'relay']),
+        host: z
+          .string()
+          .max(MAX_HOST_CHARS + 2)
+          .optional(),
+        op: z.enum(['sign', 'decrypt']),
+        keygrip: z.string().max(128),
+        fingerprint: z.string().max(128).optional(),
+        decision: z.string().max(32),
+      }),
+    )
+    .max(RECENT_KEPT),
+});
+
+/** The running agent's status, or undefined when no agent runs for HOME. */
+export async function requestStatus(
+  home: string,
+  opts: { timeoutMs?: number } = {},
+): Promise<StatusDocument | undefined> {
+  const timeoutMs = opts.timeoutMs ?? REQUEST_TIMEOUT_MS;
+  const conn = await request(home, 'status', timeoutMs);
+  if (!conn) return undefined;
+  const { sock } = conn;
+  const body = await new Promise<string>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => fail('it sent no complete status in time'), timeoutMs);
+    timer.unref();
+    function fail(why: string): void {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new UserError(`the keytether agent's status could not be read: ${why}; restart it`));
+    }
+    sock.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > MAX_STATUS_BYTES) fail('it is larger than 1 MiB');
+      else parts.push(d);
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(parts).toString('utf8'));
+    });
+    sock.resume();
+  });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    throw new UserError("the keytether agent's status is not JSON; restart the agent");
+  }
+  const valid = StatusSchema.safeParse(parsed);
+  if (!valid.success) {
+    const issue = valid.error.issues[0];
+    throw new UserError(
+      `the keytether agent's status is malformed at ${issue?.path.join('.') || 'the top'}; is it from another version? restart it`,
+    );
+  }
+  return valid.data as StatusDocument;
+}

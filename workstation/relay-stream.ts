@@ -1,0 +1,227 @@
+// One facade's stream inside the holder's relay connection, and how the holder serves it: the
+// token is checked against the holder's own key, the stream is sealed end to end
+// (workstation/seal.ts), and the tunnel is served by a token-scoped view of the holder
+// (workstation/token-scoped-holder.ts). Sealed-channel failures are audited here.
+
+import { claimedRequester } from '../protocol/keyholder.js';
+import { Duplex } from 'node:stream';
+import type tls from 'node:tls';
+import WebSocket from 'ws';
+import { describeSealError } from '../protocol/seal.js';
+import { encodeMux, encodeMuxClose, MuxKind, parseMuxOpen } from '../protocol/relay/mux.js';
+import { checkTokenSignature, parseToken } from '../protocol/token.js';
+import { serveTunnel, type TunnelServerHandle } from '../protocol/tunnel/index.js';
+import type { AuditInput } from './audit.js';
+import type { RelayClientOptions } from './relay-client.js';
+import {
+  acceptSealedStream,
+  onSealedError,
+  type SealAcceptOptions,
+  type SealAcceptResult,
+} from './seal.js';
+import { tokenScopedHolder } from './token-scoped-holder.js';
+
+const MAX_DATA_CHUNK = 256 * 1024;
+
+/** Opens stream STREAMID for the facade whose mux-open PAYLOAD the relay forwarded. */
+export function serveRelayStream(
+  opts: RelayClientOptions,
+  log: (line: string) => void,
+  streams: Map<number, RelayStream>,
+  sock: WebSocket,
+  streamId: number,
+  payload: Buffer,
+): void {
+  const refuse = (why: string) => sendClose(sock, streamId, why);
+  const open = parseMuxOpen(payload);
+  if ('error' in open) return refuse(open.error);
+  const parsed = parseToken(open.token);
+  if (!parsed.ok) return refuse(parsed.error);
+  const token = parsed.token;
+  // The relay checked this too, but the holder trusts only its own key.
+  if (
+    token.payload.hid !== opts.identity.hid ||
+    !Buffer.from(token.hpk).equals(Buffer.from(opts.identity.hpk)) ||
+    !checkTokenSignature(token).ok
+  ) {
+    return refuse('the token was not issued by this holder');
+  }
+  const peer = open.peer || undefined;
+  const stream = new RelayStream(sock, streamId, () => streams.delete(streamId));
+  streams.set(streamId, stream);
+  const tid = token.payload.tid;
+  const where = { ...(peer !== undefined ? { peer, host: peer } : {}), tokenId: tid };
+  // The facade's word, carried by the relay: worth a record, though the relay could forge it.
+  stream.onSealReport = (r) => {
+    const reason = `sealed channel: the facade reported: ${r.slice('sealed channel: '.length)}`;
+    void recordSealFailure(opts.audit, where, reason).then(() =>
+      log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
+    );
+  };
+  const unsealed = opts.benchUnsealed === BENCH_UNSEALED;
+  void (unsealed ? acceptUnsealedForBench : acceptSealedStream)(stream, {
+    credentials: opts.seal,
+    checkSecret: (hash) => opts.checkSecret(tid, hash),
+    // Before the TLS socket is torn down, so the facade hears this reason and no other.
+    refuse: (why) => stream.closeWith(`sealed channel: ${why}`),
+  }).then(async (sealed) => {
+    if (!sealed.ok) {
+      const reason = `sealed channel: ${sealed.reason}`;
+      await recordSealFailure(opts.audit, where, reason);
+      log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) refused: ${reason}`);
+      return;
+    }
+    const socket = sealed.socket;
+    // After the handshake a broken, dropped, reordered or replayed record is a TLS error;
+    // the tunnel reports it as its close reason, and it is audited here.
+    onSealedError(socket, (e: Error) => {
+      const reason = `sealed channel: ${describeSealError(e)}`;
+      e.message = reason;
+      stream.closeWith(reason);
+      void recordSealFailure(opts.audit, where, reason).then(() =>
+        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
+      );
+    });
+    socket.on('close', () => stream.destroy());
+    const scoped = tokenScopedHolder(
+      opts.holder,
+      token,
+      opts.tokens,
+      opts.audit,
+      peer,
+      unsealed ? undefined : sealed.secretHash,
+    );
+    stream.tunnel = serveTunnel(scoped, socket, {
+      software: opts.software,
+      requester: (claimed) => ({
+        ...claimedRequester(claimed),
+        front: 'relay',
+        tokenId: tid,
+        ...(peer !== undefined ? { host: peer } : {}),
+      }),
+      // Changes are watched on the whole holder (when it can report them, as Holder does);
+      // each push re-reads `scoped`, so the facade still sees only the token's keys.
+      onInventoryChange: (changed) =>
+        (opts.holder as { onInventoryChange?: (fn: () => void) => () => void }).onInventoryChange?.(
+          changed,
+        ),
+    });
+  });
+}
+
+function sendData(sock: WebSocket, streamId: number, payload: Uint8Array): void {
+  if (sock.readyState === WebSocket.OPEN) {
+    sock.send(encodeMux(MuxKind.Data, streamId, payload), { binary: true });
+  }
+}
+
+export function sendClose(sock: WebSocket, streamId: number, reason: string): void {
+  if (sock.readyState === WebSocket.OPEN) {
+    sock.send(encodeMuxClose(streamId, reason), { binary: true });
+  }
+}
+
+/** One facade's byte stream inside the holder's relay connection. */
+export class RelayStream extends Duplex {
+  tunnel: TunnelServerHandle | undefined;
+  /** Called when the facade ended the stream over a sealed-channel failure it saw. */
+  onSealReport: ((reason: string) => void) | undefined;
+  #closedRemotely = false;
+
+  constructor(
+    private readonly sock: WebSocket,
+    private readonly id: number,
+    private readonly forget: () => void,
+  ) {
+    super();
+  }
+
+  pushData(b: Buffer): void {
+    if (!this.#closedRemotely) this.push(b);
+  }
+
+  /** Ends the stream telling the facade (through the relay) why. */
+  closeWith(reason: string): void {
+    if (!this.#closedRemotely) {
+      this.#closedRemotely = true;
+      this.forget();
+      sendClose(this.sock, this.id, reason.slice(0, 200));
+    }
+    this.destroy();
+  }
+
+  remoteClosed(reason: string): void {
+    if (this.#closedRemotely) return;
+    if (reason.startsWith('sealed channel: ')) this.onSealReport?.(reason);
+    this.#closedRemotely = true;
+    this.push(null);
+    this.destroy();
+  }
+
+  override _read(): void {
+    // Flow control is the WebSocket's; tunnel frames are small and bounded by the tunnel.
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    if (this.#closedRemotely || this.sock.readyState !== WebSocket.OPEN) {
+      cb(new Error('the relay stream is closed'));
+      return;
+    }
+    for (let off = 0; off < chunk.length; off += MAX_DATA_CHUNK) {
+      sendData(this.sock, this.id, chunk.subarray(off, off + MAX_DATA_CHUNK));
+    }
+    cb();
+  }
+
+  // TLS hands over several records at once; one mux frame (one WebSocket message) carries them.
+  override _writev(
+    chunks: { chunk: Buffer; encoding: BufferEncoding }[],
+    cb: (e?: Error | null) => void,
+  ): void {
+    const all = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
+    this._write(all, chunks[0]!.encoding, cb);
+  }
+
+  override _final(cb: (e?: Error | null) => void): void {
+    this.#sendClose();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    this.forget();
+    // TLS tears this stream down before it emits the error that says why; wait for closeWith.
+    setImmediate(() => this.#sendClose());
+    cb(err);
+  }
+
+  #sendClose(): void {
+    this.forget();
+    if (this.#closedRemotely) return;
+    this.#closedRemotely = true;
+    sendClose(this.sock, this.id, 'closed by the holder');
+  }
+}
+
+/** A sealed-channel failure in the audit log: op `channel`, no key, the reason says what happened. */
+async function recordSealFailure(
+  audit: { append(rec: AuditInput): Promise<void> },
+  where: { peer?: string; host?: string; tokenId: string },
+  reason: string,
+): Promise<void> {
+  await audit
+    .append({ front: 'relay', ...where, op: 'channel', decision: 'failed', reason })
+    .catch(() => undefined);
+}
+
+/** Marks a relay client that serves streams unsealed; see RelayClientOptions.benchUnsealed. */
+export const BENCH_UNSEALED: unique symbol = Symbol('keytether bench: unsealed relay streams');
+
+/**
+ * The bench's stand-in for acceptSealedStream: the relay stream itself carries the tunnel, and no
+ * secret is proven (the token registry then checks everything but the secret). The stream is not
+ * a TLS socket; what the caller does with one (error listeners, close, the tunnel) works on any
+ * Duplex, and the seal's options do not apply.
+ */
+function acceptUnsealedForBench(raw: Duplex, _opts: SealAcceptOptions): Promise<SealAcceptResult> {
+  return Promise.resolve({ ok: true, socket: raw as tls.TLSSocket, secretHash: '' });
+}

@@ -1,0 +1,107 @@
+// A relayed facade's view of the holder: what its token allows and nothing more. The holder
+// decides this itself, whatever the relay or facade claims.
+
+import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
+import type {
+  DecryptRequest,
+  DecryptResult,
+  Inventory,
+  KeyEntry,
+  KeyHolder,
+  SignRequest,
+} from '../protocol/keyholder.js';
+import type { ParsedToken } from '../protocol/token.js';
+import type { AuditInput } from './audit.js';
+
+export type TokenDecision = { ok: true } | { ok: false; reason: string; message: string };
+
+/** The holder's token registry: revocation, expiry, use counts (workstation/tokens.ts). */
+export interface TokenAuthority {
+  authorize(req: {
+    token: ParsedToken;
+    fingerprint: string;
+    primaryFingerprint: string;
+    op: 'sign' | 'decrypt';
+    /** SHA-256 (hex) of the secret the facade proved in the sealed channel. */
+    secretHash?: string | undefined;
+  }): TokenDecision | Promise<TokenDecision>;
+}
+
+function allowedBy(token: ParsedToken, k: { fingerprint: string; primaryFingerprint: string }) {
+  const keys = token.payload.keys;
+  return (
+    keys.includes(k.fingerprint.toUpperCase()) || keys.includes(k.primaryFingerprint.toUpperCase())
+  );
+}
+
+/**
+ * The holder as one token sees it: only the token's keys are listed, and every operation is
+ * first authorized by the registry (revocation, expiry, operations, uses). A refusal is recorded
+ * in the audit log before gpg hears about it.
+ */
+export function tokenScopedHolder(
+  holder: KeyHolder,
+  token: ParsedToken,
+  tokens: TokenAuthority,
+  audit: { append(rec: AuditInput): Promise<void> },
+  peer: string | undefined,
+  secretHash?: string,
+): KeyHolder {
+  const tid = token.payload.tid;
+  const check = async (
+    op: 'sign' | 'decrypt',
+    keygrip: string,
+    extra: { hashAlgo?: number; digest?: Uint8Array },
+  ): Promise<void> => {
+    const inv = await holder.inventory();
+    const entry: KeyEntry | undefined = inv.keys.find(
+      (k) => k.keygrip === keygrip.toUpperCase() && allowedBy(token, k),
+    );
+    let refusal: string | undefined;
+    if (!entry) {
+      refusal = `token ${tid} does not allow this key`;
+    } else {
+      const d = await tokens.authorize({
+        token,
+        fingerprint: entry.fingerprint,
+        primaryFingerprint: entry.primaryFingerprint,
+        op,
+        ...(secretHash !== undefined ? { secretHash } : {}),
+      });
+      if (!d.ok) refusal = d.message;
+    }
+    if (refusal === undefined) return;
+    await audit.append({
+      front: 'relay',
+      ...(peer !== undefined ? { peer, host: peer } : {}),
+      tokenId: tid,
+      ...(entry ? { fingerprint: entry.fingerprint } : {}),
+      keygrip: keygrip.toUpperCase(),
+      op,
+      ...extra,
+      decision: 'denied',
+      reason: refusal,
+    });
+    throw new GpgError(ErrorCode.FORBIDDEN, refusal);
+  };
+
+  return {
+    async inventory(): Promise<Inventory> {
+      const inv = await holder.inventory();
+      const keys = inv.keys.filter((k) => allowedBy(token, k));
+      const primaries = new Set(keys.map((k) => k.primaryFingerprint.toUpperCase()));
+      return {
+        keys,
+        certificates: inv.certificates.filter((c) => primaries.has(c.fingerprint.toUpperCase())),
+      };
+    },
+    async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+      await check('sign', req.keygrip, { hashAlgo: req.hashAlgo, digest: req.digest });
+      return holder.sign(req, signal);
+    },
+    async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
+      await check('decrypt', req.keygrip, {});
+      return holder.decrypt(req, signal);
+    },
+  };
+}
