@@ -231,6 +231,14 @@ t.test(
       `relay ${url}: cannot trust the relay's TLS certificate (unable to verify the first certificate); pass --relay-ca FILE or --relay-fingerprint sha256:…`,
       'a holder without --relay-ca logs why it cannot connect',
     );
+    // The same sentence is what `keytether status` shows for that relay while it keeps trying.
+    const st = await runCli(['status'], { env: { KEYTETHER_HOME: path.join(tmp, 'h-untrusted') } });
+    t.equal(st.code, 0, st.stderr);
+    t.match(
+      st.stdout,
+      `${url}: connecting, 0 streams (last attempt: cannot trust the relay's TLS certificate`,
+      'status names why the relay is not connected',
+    );
     t.equal(
       wrongPin,
       `relay ${url}: the relay's TLS certificate is not the pinned one: expected sha256:${HEX}, got sha256:${pinHex}`,

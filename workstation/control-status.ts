@@ -25,6 +25,8 @@ export interface RelayStatus {
   state: 'connected' | 'connecting';
   /** Facades connected through this relay right now. */
   streams?: number;
+  /** While connecting: why the last attempt failed. */
+  lastError?: string;
 }
 
 export interface UnlockedStatus {
@@ -59,7 +61,14 @@ export interface StatusDocument {
 
 /** The agent's relay clients as the status needs them (RelayClientsHandle fits), or a getter. */
 export type RelaySource =
-  | { readonly clients: readonly { url: string; connected: boolean; streams: number }[] }
+  | {
+      readonly clients: readonly {
+        url: string;
+        connected: boolean;
+        streams: number;
+        lastError?: string | undefined;
+      }[];
+    }
   | (() => RelayStatus[]);
 
 export function relayStatuses(src: RelaySource | undefined): RelayStatus[] {
@@ -69,6 +78,7 @@ export function relayStatuses(src: RelaySource | undefined): RelayStatus[] {
     url: c.url,
     state: c.connected ? 'connected' : 'connecting',
     streams: c.streams,
+    ...(!c.connected && c.lastError !== undefined ? { lastError: c.lastError } : {}),
   }));
 }
 
@@ -94,6 +104,7 @@ const StatusSchema = z.object({
         url: z.string().max(4096),
         state: z.enum(['connected', 'connecting']),
         streams: z.number().int().nonnegative().optional(),
+        lastError: z.string().max(1000).optional(),
       }),
     )
     .max(1000),

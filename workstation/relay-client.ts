@@ -73,6 +73,8 @@ export interface RelayClient {
   readonly connected: boolean;
   /** Open facade streams right now. */
   readonly streams: number;
+  /** Why the last attempt failed, while not connected (one sentence; no secrets). */
+  readonly lastError: string | undefined;
   /** Re-pushes the inventory on every open stream (keys imported or removed). */
   inventoryChanged(): void;
   close(): Promise<void>;
@@ -111,6 +113,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
   const streams = new Map<number, RelayStream>();
   let ws: WebSocket | undefined;
   let connected = false;
+  let lastError: string | undefined;
   let stopped = false;
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -149,8 +152,10 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
     });
     sock.on('error', (e: Error) => {
       // A certificate problem is the user's to fix; say so in words, not OpenSSL's code.
+      const sentence = describeRelayTlsError(e);
+      if (sentence !== undefined) lastError = sentence;
       if (!stopped && attempt === 0) {
-        log(`relay ${opts.url}: ${describeRelayTlsError(e) ?? e.message}`);
+        log(`relay ${opts.url}: ${sentence ?? e.message}`);
       }
     });
     sock.on('close', (code: number, reasonBuf: Buffer) => {
@@ -165,6 +170,8 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       }
       const reason = reasonBuf.toString('utf8').slice(0, 200);
       const text = CLOSE_TEXT[code] ?? `connection closed (${code}${reason ? `: ${reason}` : ''})`;
+      // A certificate sentence says more than the close that follows it.
+      if (wasConnected || lastError === undefined || code !== 1006) lastError = text;
       const delay = backoffDelay(attempt++, minMs, maxMs);
       if (wasConnected || attempt === 1) {
         log(`relay ${opts.url}: ${text}; retrying in ${(delay / 1000).toFixed(1)} s`);
@@ -201,6 +208,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       }
       clearTimeout(authTimer);
       connected = true;
+      lastError = undefined;
       attempt = 0;
       log(`relay connected: ${opts.url} as ${opts.identity.hid}`);
       opts.onConnected?.(opts.identity.hid);
@@ -245,6 +253,9 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
     },
     get streams() {
       return streams.size;
+    },
+    get lastError() {
+      return lastError;
     },
     inventoryChanged() {
       for (const s of streams.values()) s.tunnel?.inventoryChanged();

@@ -40,7 +40,8 @@ export function formatStatus(doc: StatusDocument): string {
   if (doc.relays.length === 0) out.push('  none');
   for (const r of doc.relays) {
     const streams = r.streams !== undefined ? `, ${plural(r.streams, 'stream')}` : '';
-    out.push(`  ${safe(r.url)}: ${r.state}${streams}`);
+    const why = r.lastError !== undefined ? ` (last attempt: ${safe(r.lastError)})` : '';
+    out.push(`  ${safe(r.url)}: ${r.state}${streams}${why}`);
   }
   out.push('unlocked keys:');
   if (doc.unlocked.length === 0) out.push('  none');
