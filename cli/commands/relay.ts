@@ -5,12 +5,14 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { buildRelay, listenRelay, shutdownRelay } from '../../server/relay/index.js';
 import { UsageError, UserError } from '../errors.js';
-import { action } from '../program.js';
+import { action, collect } from '../program.js';
+import { TrustedProxies } from '../../server/relay/client-address.js';
 
 interface RelayFlags {
   listen: string;
   tlsCert?: string;
   tlsKey?: string;
+  trustProxy?: string[];
 }
 
 /** `HOST:PORT`, `[V6]:PORT`; port 0 lets the system pick one. */
@@ -53,9 +55,20 @@ export function register(program: Command): void {
     .option('--listen <host:port>', 'address to listen on (port 0 picks one)', '127.0.0.1:7878')
     .option('--tls-cert <file>', 'TLS certificate (PEM)')
     .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option(
+      '--trust-proxy <addr>',
+      'a reverse proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable)',
+      collect,
+    )
     .action(
       action(async (flags: RelayFlags) => {
         const { host, port } = parseListen(flags.listen);
+        const trustProxy = flags.trustProxy ?? [];
+        try {
+          new TrustedProxies(trustProxy);
+        } catch (e) {
+          throw new UsageError(`--trust-proxy: ${(e as Error).message}`);
+        }
         if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
           throw new UsageError('--tls-cert and --tls-key must be given together');
         }
@@ -68,7 +81,7 @@ export function register(program: Command): void {
         }
         let app;
         try {
-          app = buildRelay(https ? { https } : {});
+          app = buildRelay({ ...(https ? { https } : {}), trustProxy });
         } catch {
           throw new UserError('the TLS certificate or key is not valid PEM, or they do not match');
         } finally {

@@ -20,6 +20,7 @@ import {
 import { MUX_HEADER_BYTES, MuxKind, decodeMux } from '../../protocol/relay/mux.js';
 import { checkTokenSignature, parseToken } from '../../protocol/token.js';
 import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
+import { TrustedProxies } from './client-address.js';
 import type { RelayMetrics, Role } from './metrics.js';
 import { RelayStreams, type Holder, type Stream } from './streams.js';
 import {
@@ -53,6 +54,7 @@ export class RelayHub {
     private readonly log: FastifyBaseLogger,
     private readonly limits: RelayLimits,
     private readonly metrics: RelayMetrics,
+    private readonly proxies: TrustedProxies = new TrustedProxies([]),
   ) {
     this.addresses = new AddressCounter(limits.maxConnectionsPerAddress);
     this.rate = new RateLimiter(limits.tokenRatePerSecond, limits.tokenBurst);
@@ -96,7 +98,10 @@ export class RelayHub {
   }
 
   private accept(role: Role, ws: WebSocket, req: IncomingMessage): void {
-    const addr = req.socket.remoteAddress ?? 'unknown';
+    const addr = this.proxies.clientAddress(
+      req.socket.remoteAddress,
+      req.headers['x-forwarded-for'],
+    );
     const log = this.log.child({ role, addr });
     ws.on('error', (e: Error & { code?: string }) => {
       if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {

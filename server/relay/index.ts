@@ -13,6 +13,7 @@ import Fastify, {
 import { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
 import { createMetrics, type RelayMetrics } from './metrics.js';
 import { RelayHub } from './hub.js';
+import { TrustedProxies } from './client-address.js';
 
 export { CloseCode } from './hub.js';
 export { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
@@ -23,6 +24,11 @@ export interface RelayOptions {
   /** Serve https:// (and wss://) with this PEM certificate and key. */
   https?: { cert: string | Buffer; key: string | Buffer };
   limits?: Partial<RelayLimits>;
+  /**
+   * Reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed for the client's
+   * address (per-address limits, logs, the peer the holder sees). Default: none.
+   */
+  trustProxy?: readonly string[];
 }
 
 const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metrics }) => {
@@ -45,7 +51,7 @@ export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
     ? Fastify({ logger, https: opts.https })
     : Fastify({ logger })) as unknown as FastifyInstance;
   const metrics = createMetrics();
-  const hub = new RelayHub(app.log, limits, metrics);
+  const hub = new RelayHub(app.log, limits, metrics, new TrustedProxies(opts.trustProxy ?? []));
   relays.set(app, { hub, limits, tls: opts.https !== undefined });
   app.register(routes, { metrics });
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
