@@ -53,7 +53,9 @@ export function serveRelayStream(
   const where = { ...(peer !== undefined ? { peer, host: peer } : {}), tokenId: tid };
   // The facade's word, carried by the relay: worth a record, though the relay could forge it.
   stream.onSealReport = (r) => {
-    const reason = `sealed channel: the facade reported: ${r.slice('sealed channel: '.length)}`;
+    // The relay or facade wrote this text: no control characters reach the terminal or the log.
+    const said = r.slice('sealed channel: '.length).replace(/[\x00-\x1f\x7f]/g, '?');
+    const reason = `sealed channel: the facade reported: ${said}`;
     void recordSealFailure(opts.audit, where, reason).then(() =>
       log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
     );
@@ -208,10 +210,41 @@ async function recordSealFailure(
   where: { peer?: string; host?: string; tokenId: string },
   reason: string,
 ): Promise<void> {
+  // Anyone holding a token's public part (or a hostile relay) can open streams that fail: each
+  // token gets a bucket of records, and what it suppresses is counted into the next one.
+  const suppressed = channelRecords.take(where.tokenId);
+  if (suppressed === undefined) return;
+  const text = suppressed > 0 ? `${reason} (and ${suppressed} more not recorded)` : reason;
   await audit
-    .append({ front: 'relay', ...where, op: 'channel', decision: 'failed', reason })
+    .append({ front: 'relay', ...where, op: 'channel', decision: 'failed', reason: text })
     .catch(() => undefined);
 }
+
+/** Per token: a burst of 60 channel-failure records, then one a second. */
+class ChannelRecordBudget {
+  readonly #buckets = new Map<string, { tokens: number; at: number; suppressed: number }>();
+
+  /** Undefined when this record must be dropped; else how many were dropped before it. */
+  take(tokenId: string, now = Date.now()): number | undefined {
+    let b = this.#buckets.get(tokenId);
+    if (!b) {
+      if (this.#buckets.size >= 10_000) this.#buckets.clear();
+      b = { tokens: 60, at: now, suppressed: 0 };
+      this.#buckets.set(tokenId, b);
+    }
+    b.tokens = Math.min(60, b.tokens + (now - b.at) / 1000);
+    b.at = now;
+    if (b.tokens < 1) {
+      b.suppressed++;
+      return undefined;
+    }
+    b.tokens -= 1;
+    const n = b.suppressed;
+    b.suppressed = 0;
+    return n;
+  }
+}
+const channelRecords = new ChannelRecordBudget();
 
 /** Marks a relay client that serves streams unsealed; see RelayClientOptions.benchUnsealed. */
 export const BENCH_UNSEALED: unique symbol = Symbol('keytether bench: unsealed relay streams');

@@ -73,5 +73,10 @@ function optionOrEnv(
 ): { value: string; name: string } | undefined {
   if (flag !== undefined) return { value: flag, name: flagName };
   const v = process.env[envName];
-  return v ? { value: v, name: envName } : undefined;
+  if (v === undefined) return undefined;
+  // A CI secret that is missing expands to "": that must not quietly mean "trust the system CAs".
+  if (v.trim() === '') {
+    throw new UsageError(`${envName} is set but empty; give it a value or unset it`);
+  }
+  return { value: v, name: envName };
 }

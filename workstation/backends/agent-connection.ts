@@ -120,6 +120,7 @@ let connections = 0;
 
 export class AgentConnection {
   #replies = 0;
+  #broken = false;
   readonly id = ++connections;
 
   private constructor(
@@ -157,7 +158,8 @@ export class AgentConnection {
   }
 
   get closed(): boolean {
-    return this.client.closed;
+    // The client learns of a destroy only a tick later; the pool must not take it back before.
+    return this.#broken || this.client.closed;
   }
 
   /** Replies (OK or ERR) read on this connection so far. */
@@ -212,6 +214,7 @@ export class AgentConnection {
     } finally {
       if (this.sock.pendingAhead > 0) {
         // Some reply was never read (cancelled, timed out): the connection cannot be reused.
+        this.#broken = true;
         this.sock.destroy();
       }
     }

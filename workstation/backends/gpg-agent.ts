@@ -59,7 +59,19 @@ const QUERY_TIMEOUT_MS = 10_000;
 const MAX_RESULT_BYTES = 64 * 1024;
 
 // The lengths gpg-agent's SETHASH accepts (MD5 … SHA-512).
-const DIGEST_LENGTHS: ReadonlySet<number> = new Set([16, 20, 24, 28, 32, 48, 64]);
+/**
+ * libgcrypt hash id → digest length, the algorithms gpg signs with. Anything else is refused here:
+ * a SETHASH the agent rejects would still leave PKSIGN in the pipeline to run (and maybe prompt).
+ */
+const DIGEST_LENGTH_BY_ALGO: ReadonlyMap<number, number> = new Map([
+  [1, 16],
+  [2, 20],
+  [3, 20],
+  [8, 32],
+  [9, 48],
+  [10, 64],
+  [11, 28],
+]);
 /**
  * Every operation starts with RESET, in the same write as the rest (no extra round trip). Without
  * it gpg-agent keeps the previous operation's SIGKEY and SETHASH, and a command that failed
@@ -141,7 +153,7 @@ export class GpgAgentBackend implements Backend {
     return {
       sign: (hashAlgo, digest) => {
         // gpg-agent's own SETHASH rule, checked here so that SETHASH cannot fail in the pipeline.
-        if (!Number.isInteger(hashAlgo) || hashAlgo <= 0 || !DIGEST_LENGTHS.has(digest.length)) {
+        if (DIGEST_LENGTH_BY_ALGO.get(hashAlgo) !== digest.length) {
           return Promise.reject(new GpgError(ErrorCode.ASS_PARAMETER, 'unsupported hash'));
         }
         const hex = Buffer.from(digest).toString('hex').toUpperCase();
