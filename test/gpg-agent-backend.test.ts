@@ -5,7 +5,7 @@
 // sends to gpg-agent is on the allow-list (nothing that could export secret material).
 
 import t from 'tap';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { ed25519 } from '@noble/curves/ed25519.js';
 import { existsSync } from 'node:fs';
@@ -26,7 +26,7 @@ import { findList, parseSexp } from '../protocol/sexp.js';
 import { generateKey, makeGnupgHome, type TempGnupg, clientHome } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
-import { makePinentryScript, SCRIPTED_PINENTRY } from './support/pinentry-script.js';
+import { makePinentryScript } from './support/pinentry-script.js';
 
 const PASS = 'correct horse';
 
@@ -49,15 +49,7 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
   // gpg-agent starts its pinentry with its own environment, so a wrapper carries the script's.
   const pin = await makePinentryScript({ answers: [{ cancel: true }, ...Array(20).fill(PASS)] });
   t.teardown(() => pin.cleanup());
-  const wrapper = path.join(pin.dir, 'pinentry.sh');
-  const exports = Object.entries(pin.env)
-    .map(([k, v]) => `export ${k}='${v}'`)
-    .join('\n');
-  await writeFile(
-    wrapper,
-    `#!/bin/sh\n${exports}\nexec '${process.execPath}' '${SCRIPTED_PINENTRY}' "$@"\n`,
-  );
-  await chmod(wrapper, 0o700);
+  const wrapper = await pin.standaloneProgram();
 
   const ws = await makeGnupgHome({ agentConf: [`pinentry-program ${wrapper}`] });
   t.teardown(() => ws.cleanup());

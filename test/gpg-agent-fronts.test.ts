@@ -7,17 +7,13 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { shellQuote } from '../workstation/ssh/connect.js';
 import { cliPath, runCli, spawnCli, waitForLine } from './support/cli.js';
 import { generateKey, makeGnupgHome, type GeneratedKey } from './support/gnupg.js';
 import { gpgClients, type GpgClient } from './support/gpg-versions.js';
-import {
-  makePinentryScript,
-  SCRIPTED_PINENTRY,
-  type PinentryScript,
-} from './support/pinentry-script.js';
+import { makePinentryScript, type PinentryScript } from './support/pinentry-script.js';
 import { startSshd } from './support/sshd.js';
 
 const PASS = 'correct horse';
@@ -246,15 +242,7 @@ t.test('gpg-agent back end through keytether ssh and the relay', async (t) => {
   t.teardown(() => ktPin.cleanup());
 
   // gpg-agent starts its pinentry with its own environment, so a wrapper carries the script's.
-  const wrapper = path.join(pin.dir, 'pinentry.sh');
-  const exports = Object.entries(pin.env)
-    .map(([k, v]) => `export ${k}='${v}'`)
-    .join('\n');
-  await writeFile(
-    wrapper,
-    `#!/bin/sh\n${exports}\nexec '${process.execPath}' '${SCRIPTED_PINENTRY}' "$@"\n`,
-  );
-  await chmod(wrapper, 0o700);
+  const wrapper = await pin.standaloneProgram();
 
   const ws = await makeGnupgHome({ agentConf: [`pinentry-program ${wrapper}`] });
   t.teardown(() => ws.cleanup());

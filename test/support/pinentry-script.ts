@@ -2,7 +2,7 @@
 // script and the command log, and readers for what the pinentry saw.
 
 import { watch } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,6 +57,11 @@ export interface PinentryScript {
     pred: (inv: PinentryInvocation[]) => boolean,
     timeoutMs?: number,
   ): Promise<PinentryInvocation[]>;
+  /**
+   * A program that runs this script with no help from its caller's environment — what
+   * gpg-agent's `pinentry-program` needs, since gpg-agent starts its pinentry with its own.
+   */
+  standaloneProgram(): Promise<string>;
   cleanup(): Promise<void>;
 }
 
@@ -128,10 +133,25 @@ export async function makePinentryScript(spec: PinentryScriptSpec = {}): Promise
     });
   }
 
+  const env = { KEYTETHER_TEST_PINENTRY_SCRIPT: scriptFile, KEYTETHER_TEST_PINENTRY_LOG: logFile };
+  async function standaloneProgram(): Promise<string> {
+    const wrapper = join(dir, 'pinentry.sh');
+    const exports = Object.entries(env)
+      .map(([k, v]) => `export ${k}='${v}'`)
+      .join('\n');
+    await writeFile(
+      wrapper,
+      `#!/bin/sh\n${exports}\nexec '${process.execPath}' '${SCRIPTED_PINENTRY}' "$@"\n`,
+    );
+    await chmod(wrapper, 0o700);
+    return wrapper;
+  }
+
   return {
     program: SCRIPTED_PINENTRY,
     waitFor,
-    env: { KEYTETHER_TEST_PINENTRY_SCRIPT: scriptFile, KEYTETHER_TEST_PINENTRY_LOG: logFile },
+    env,
+    standaloneProgram,
     dir,
     invocations,
     calls: async () => (await invocations()).map((i) => i.calls),
