@@ -200,6 +200,7 @@ async function runAttached(s: Session): Promise<number | 'retry'> {
   sock.on('error', () => sock.destroy());
   const handle = serveTunnel(s.own, sock, {
     software: s.software,
+    // Unsubscribed when this link closes: a session that re-attaches must not pile up listeners.
     onInventoryChange: (changed) => s.own.on('inventory', () => changed()),
   });
   const ownClosed = s.own.closed.then((c) => ({ own: c.reason }));

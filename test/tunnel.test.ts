@@ -333,10 +333,15 @@ t.test('inventory is pushed after the handshake and again on every change', asyn
   t.same(second.keys[2]!.card, card.card);
   t.equal((await client.inventory()).keys.length, 3, 'inventory() answers from the latest push');
 
+  // A listener that unsubscribed hears nothing more; the others still do.
+  let late = 0;
+  const off = client.on('inventory', () => late++);
+  off();
   holder.extraEntries.pop();
   t.ok(notify, 'subscribed');
   notify!();
   t.equal((await nextPush(3)).keys.length, 2, 'subscription re-pushes');
+  t.equal(late, 0, 'a removed listener is not called');
   server.close('done');
   await client.closed;
   t.ok(unsubscribed, 'unsubscribed when the link closed');

@@ -25,8 +25,9 @@ export interface TunnelClient extends KeyHolder {
   /** Resolves once the handshake succeeded and the first inventory arrived; rejects on close. */
   readonly ready: Promise<void>;
   readonly closed: Promise<{ reason: string }>;
-  on(ev: 'inventory', fn: (inv: Inventory) => void): void;
-  on(ev: 'close', fn: (reason: string) => void): void;
+  /** Returns a function that removes the listener again. */
+  on(ev: 'inventory', fn: (inv: Inventory) => void): () => void;
+  on(ev: 'close', fn: (reason: string) => void): () => void;
   close(reason?: string): void;
 }
 
@@ -87,11 +88,18 @@ class Client implements TunnelClient {
     });
   }
 
-  on(ev: 'inventory', fn: (inv: Inventory) => void): void;
-  on(ev: 'close', fn: (reason: string) => void): void;
-  on(ev: 'inventory' | 'close', fn: ((inv: Inventory) => void) | ((reason: string) => void)): void {
-    if (ev === 'inventory') this.inventoryListeners.push(fn as (inv: Inventory) => void);
-    else if (ev === 'close') this.closeListeners.push(fn as (reason: string) => void);
+  on(ev: 'inventory', fn: (inv: Inventory) => void): () => void;
+  on(ev: 'close', fn: (reason: string) => void): () => void;
+  on(
+    ev: 'inventory' | 'close',
+    fn: ((inv: Inventory) => void) | ((reason: string) => void),
+  ): () => void {
+    const list: unknown[] = ev === 'inventory' ? this.inventoryListeners : this.closeListeners;
+    list.push(fn);
+    return () => {
+      const i = list.indexOf(fn);
+      if (i >= 0) list.splice(i, 1);
+    };
   }
 
   close(reason = 'closed by the server'): void {
