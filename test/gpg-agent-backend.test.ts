@@ -93,6 +93,12 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
   await waitForLine(child.stdout!, /^ready: /, 30_000).catch((e: Error) => {
     throw new Error(`agent did not get ready: ${e.message}; stderr: ${stderr}`);
   });
+  const said = await waitForLine(
+    child.stderr!,
+    /^serving (\d+) keys? of the gpg-agent in (.+) too \(--backend builtin/,
+    30_000,
+  );
+  t.same([said[1], said[2]], ['2', ws.home], 'the agent says whose keys it serves');
 
   const sys = gpgClients()[0]!;
   const g = await clientHome(socket, pub.stdout, sys.gpg);

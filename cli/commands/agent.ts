@@ -140,6 +140,20 @@ export function register(program: Command): void {
           throw e;
         });
         process.stdout.write(`ready: ${socketPath}\n`);
+        // Serving gpg-agent's keys to remote fronts is the default (auto): say so once, with the
+        // way out, rather than let a user find out from the audit log.
+        const gpgAgent = rt.gpgAgent;
+        if (gpgAgent) {
+          void gpgAgent
+            .inventory()
+            .then((inv) => {
+              if (inv.keys.length === 0) return;
+              process.stderr.write(
+                `serving ${inv.keys.length} key${inv.keys.length === 1 ? '' : 's'} of the gpg-agent in ${gpgAgent.dirs.homedir} too (--backend builtin serves keytether's own keys only)\n`,
+              );
+            })
+            .catch(() => undefined);
+        }
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once('SIGINT', stop);
