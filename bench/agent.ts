@@ -7,10 +7,10 @@
 // machine that figure depends far less than ops/s on what else is running.
 // BENCH_SECONDS (default 3) per measurement, BENCH_ROUNDS (default 3) measurements per agent.
 
-import { existsSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, chmod, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import type { AssuanClient } from '../protocol/assuan/index.js';
 import {
@@ -22,8 +22,7 @@ import {
 import { runTool, startDaemon, type Daemon } from './support/processes.js';
 import { connectAgent, signLoop, signOnce } from './support/sign-loop.js';
 import { cpuSeconds, initCpuClock } from './support/proc-cpu.js';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
+import { envNumber, cliPath, median } from './support/settings.js';
 
 interface Scenario {
   key: 'ed25519' | 'rsa3072';
@@ -38,32 +37,6 @@ const SCENARIOS: Scenario[] = [
 
 const AGENTS = ['gpg-agent', 'keytether'] as const;
 type AgentName = (typeof AGENTS)[number];
-
-function envNumber(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number ≥ ${min}`);
-  return n;
-}
-
-/** The built CLI: next to this file when compiled into dist/, else the repo's dist/. */
-function cliPath(): string {
-  const candidates = [
-    process.env.KEYTETHER_BENCH_CLI,
-    path.join(here, '..', 'cli', 'main.js'),
-    path.join(here, '..', 'dist', 'cli', 'main.js'),
-  ];
-  const found = candidates.find((p): p is string => p !== undefined && existsSync(p));
-  if (!found) throw new Error('no built CLI found; run `npm run build` first');
-  return found;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 function row(cols: (string | number)[], widths: number[]): string {
   return cols.map((c, i) => String(c).padEnd(widths[i] ?? 10)).join(' ');

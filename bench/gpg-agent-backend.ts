@@ -19,11 +19,7 @@ import { openHolderRuntime } from '../workstation/runtime.js';
 import { generateUnprotectedKey, makeBenchGnupg } from './support/gnupg-home.js';
 import { connectAgent } from './support/sign-loop.js';
 import type { AssuanClient } from '../protocol/assuan/index.js';
-
-function envNumber(name: string, fallback: number): number {
-  const n = Number(process.env[name] ?? '');
-  return process.env[name] && Number.isFinite(n) && n > 0 ? n : fallback;
-}
+import { envNumber, median } from './support/settings.js';
 
 /** SETKEYDESC as gpg 2.2.40 words it for an Ed25519 key (same length, plus-percent escaped). */
 const GPG_KEYDESC =
@@ -52,14 +48,9 @@ async function timed(seconds: number, op: () => Promise<unknown>) {
   return { ops, seconds: Number(process.hrtime.bigint() - start) / 1e9 };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
 export async function run(): Promise<void> {
-  const seconds = envNumber('BENCH_SECONDS', 3);
-  const rounds = envNumber('BENCH_ROUNDS', 3);
+  const seconds = envNumber('BENCH_SECONDS', 3, 0.1);
+  const rounds = envNumber('BENCH_ROUNDS', 3, 1);
   const dir = await mkdtemp('/tmp/ktbga-');
   const g = await makeBenchGnupg(path.join(dir, 'g'));
   try {

@@ -40,28 +40,10 @@ import { cpuSeconds, initCpuClock } from './support/proc-cpu.js';
 import { runTool, startDaemon, type Daemon } from './support/processes.js';
 import { connectAgent, signOnce } from './support/sign-loop.js';
 import type { WsCounts } from './support/ws-counters.js';
+import { envNumber, cliPath, median } from './support/settings.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLIENTS = 16;
-
-function envNumber(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number ≥ ${min}`);
-  return n;
-}
-
-function cliPath(): string {
-  const candidates = [
-    process.env.KEYTETHER_BENCH_CLI,
-    path.join(here, '..', 'cli', 'main.js'),
-    path.join(here, '..', 'dist', 'cli', 'main.js'),
-  ];
-  const found = candidates.find((p): p is string => p !== undefined && existsSync(p));
-  if (!found) throw new Error('no built CLI found; run `npm run build` first');
-  return found;
-}
 
 /** A compiled bench/support script; the bench runs from dist/, where they are .js. */
 function supportScript(name: string): string {
@@ -73,13 +55,6 @@ function supportScript(name: string): string {
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** What one measured window of one setup gave. */

@@ -9,7 +9,7 @@
 // (default 5); each block starts its path afresh and signs once unmeasured first.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import {
   appendFile,
   chmod,
@@ -21,7 +21,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { startDelayProxy, type DelayProxy } from './support/delay-proxy.js';
 import {
   exportAllSecretKeys,
@@ -31,8 +31,8 @@ import {
 } from './support/gnupg-home.js';
 import { runTool, startDaemon, type Daemon } from './support/processes.js';
 import { startBenchSshd, type BenchSshd } from './support/sshd.js';
+import { cliPath, median } from './support/settings.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const ONE_WAY_DELAY_MS = 10;
 const READY_DEADLINE_MS = 30_000;
 const POLL_MS = 25;
@@ -47,23 +47,6 @@ function envInt(name: string, fallback: number, min: number): number {
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer ≥ ${min}`);
   return n;
-}
-
-function cliPath(): string {
-  const candidates = [
-    process.env.KEYTETHER_BENCH_CLI,
-    path.join(here, '..', 'cli', 'main.js'),
-    path.join(here, '..', 'dist', 'cli', 'main.js'),
-  ];
-  const found = candidates.find((p): p is string => p !== undefined && existsSync(p));
-  if (!found) throw new Error('no built CLI found; run `npm run build` first');
-  return found;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 function shq(s: string): string {
