@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, truncate, writeFile, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuditLog, GENESIS_PREV, verifyAuditLog } from '../workstation/audit.js';
-import type { AuditInput } from '../workstation/audit.js';
+import { AuditLog, GENESIS_PREV, verifyAuditLog } from '../workstation/audit/audit.js';
+import type { AuditInput } from '../workstation/audit/audit.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'kt-audit-'));
 t.teardown(() => rm(dir, { recursive: true, force: true }));

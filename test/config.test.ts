@@ -8,7 +8,7 @@ import {
   loadConfig,
   mergeFlags,
   parseDuration,
-} from '../workstation/config.js';
+} from '../workstation/home/config.js';
 
 const home = await mkdtemp(join(tmpdir(), 'kt-config-'));
 t.teardown(() => rm(home, { recursive: true, force: true }));

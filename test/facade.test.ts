@@ -11,8 +11,8 @@ import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { promisify } from 'node:util';
 import { serveTunnel, type TunnelServerHandle } from '../protocol/tunnel/index.js';
-import { loadConfig } from '../workstation/config.js';
-import { openHolderRuntime } from '../workstation/runtime.js';
+import { loadConfig } from '../workstation/home/config.js';
+import { openHolderRuntime } from '../workstation/holder/runtime.js';
 import {
   exportSecretKey,
   generateKey,

@@ -13,8 +13,8 @@ import net from 'node:net';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { serveAgent } from '../protocol/agent/index.js';
-import { DEFAULT_CONFIG, type Config } from '../workstation/config.js';
-import { openHolderRuntime } from '../workstation/runtime.js';
+import { DEFAULT_CONFIG, type Config } from '../workstation/home/config.js';
+import { openHolderRuntime } from '../workstation/holder/runtime.js';
 import {
   AgentConnection,
   ALLOWED_AGENT_COMMANDS,

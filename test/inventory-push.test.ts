@@ -11,17 +11,17 @@ import { createServer, connect, type Socket } from 'node:net';
 import path from 'node:path';
 import type { Inventory } from '../protocol/keyholder.js';
 import { serveTunnel, tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
-import { DEFAULT_CONFIG, type Config } from '../workstation/config.js';
-import { openHolderRuntime } from '../workstation/runtime.js';
-import { openAgentTunnel, startControlServer } from '../workstation/control.js';
-import { Holder, inventoryWatcher } from '../workstation/holder.js';
+import { DEFAULT_CONFIG, type Config } from '../workstation/home/config.js';
+import { openHolderRuntime } from '../workstation/holder/runtime.js';
+import { openAgentTunnel, startControlServer } from '../workstation/control/control.js';
+import { Holder, inventoryWatcher } from '../workstation/holder/holder.js';
 import { Keystore } from '../workstation/keystore/index.js';
 import { BuiltinBackend } from '../workstation/backends/builtin.js';
 import type { Backend } from '../workstation/backends/backend.js';
-import { UnlockCache } from '../workstation/unlock-cache.js';
-import { ApprovalMemory } from '../workstation/approvals.js';
-import { AuditLog } from '../workstation/audit.js';
-import { Pinentry } from '../workstation/pinentry.js';
+import { UnlockCache } from '../workstation/holder/unlock-cache.js';
+import { ApprovalMemory } from '../workstation/policy/approvals.js';
+import { AuditLog } from '../workstation/audit/audit.js';
+import { Pinentry } from '../workstation/pinentry/pinentry.js';
 import type { UnlockedKey } from '../workstation/crypto/index.js';
 import {
   clientHome,

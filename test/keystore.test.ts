@@ -6,7 +6,12 @@ import { tmpdir, homedir } from 'node:os';
 import path from 'node:path';
 import * as openpgp from 'openpgp';
 import { UserError } from '../cli/errors.js';
-import { ensureHome, readSecretFile, resolveHome, writeSecretFile } from '../workstation/home.js';
+import {
+  ensureHome,
+  readSecretFile,
+  resolveHome,
+  writeSecretFile,
+} from '../workstation/home/home.js';
 import { Keystore } from '../workstation/keystore/index.js';
 import {
   exportPublicKey,

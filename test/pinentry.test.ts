@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { ErrorCode, GpgError, gpgErr } from '../protocol/gpg-error.js';
-import { Pinentry, askUntilUnlocked } from '../workstation/pinentry.js';
+import { Pinentry, askUntilUnlocked } from '../workstation/pinentry/pinentry.js';
 import { makePinentryScript, type PinentryScriptSpec } from './support/pinentry-script.js';
 
 const GRIP = '0123456789ABCDEF0123456789ABCDEF01234567';

@@ -1,8 +1,8 @@
 import t from 'tap';
-import { ApprovalMemory } from '../workstation/approvals.js';
-import { parseConfig } from '../workstation/config.js';
-import { approvalScope, decide, globMatch, keyMatches } from '../workstation/policy.js';
-import type { PolicyRequest } from '../workstation/policy.js';
+import { ApprovalMemory } from '../workstation/policy/approvals.js';
+import { parseConfig } from '../workstation/home/config.js';
+import { approvalScope, decide, globMatch, keyMatches } from '../workstation/policy/policy.js';
+import type { PolicyRequest } from '../workstation/policy/policy.js';
 
 const FPR = 'AAAABBBBCCCCDDDDEEEEFFFF0000111122223333';
 const PRIMARY = '9999888877776666555544443333222211110000';

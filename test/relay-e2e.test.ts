@@ -20,7 +20,7 @@ import {
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { relayEndpoint } from '../protocol/relay/endpoint.js';
-import { backoffDelay } from '../workstation/relay-client.js';
+import { backoffDelay } from '../workstation/relay/client.js';
 
 const execFileP = promisify(execFile);
 

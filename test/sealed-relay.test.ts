@@ -21,7 +21,7 @@ import {
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { sealFacadeStream } from '../server/seal.js';
-import { acceptSealedStream, loadSealCredentials } from '../workstation/seal.js';
+import { acceptSealedStream, loadSealCredentials } from '../workstation/relay/seal.js';
 
 type Action =
   | { kind: 'flip'; index: number }

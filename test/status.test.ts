@@ -14,16 +14,16 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { serveAgent } from '../protocol/agent/index.js';
-import { loadConfig, mergeFlags } from '../workstation/config.js';
+import { loadConfig, mergeFlags } from '../workstation/home/config.js';
 import {
   controlSocketPath,
   openAgentTunnel,
   startControlServer,
   type ControlServer,
   type StatusDocument,
-} from '../workstation/control.js';
-import { listenUnix } from '../workstation/local-socket.js';
-import { openHolderRuntime, type HolderRuntime } from '../workstation/runtime.js';
+} from '../workstation/control/control.js';
+import { listenUnix } from '../workstation/holder/local-socket.js';
+import { openHolderRuntime, type HolderRuntime } from '../workstation/holder/runtime.js';
 import { shellQuote } from '../workstation/ssh/connect.js';
 import { cliPath, runCli, spawnCli, waitForLine } from './support/cli.js';
 import {

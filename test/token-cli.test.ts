@@ -6,7 +6,7 @@ import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseToken, verifyTokenSignature } from '../protocol/token.js';
-import { loadOrCreateIdentity } from '../workstation/identity.js';
+import { loadOrCreateIdentity } from '../workstation/home/identity.js';
 import { runCli } from './support/cli.js';
 import {
   exportSecretKey,

@@ -20,8 +20,8 @@ import {
   type TokenPayload,
 } from '../protocol/token.js';
 import { holderIdFromPublicKey } from '../protocol/relay/identity.js';
-import { loadOrCreateIdentity, type HolderIdentity } from '../workstation/identity.js';
-import { TokenRegistry } from '../workstation/tokens.js';
+import { loadOrCreateIdentity, type HolderIdentity } from '../workstation/home/identity.js';
+import { TokenRegistry } from '../workstation/tokens/tokens.js';
 import { runCli } from './support/cli.js';
 
 const FPR_A = 'A'.repeat(40);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { UnlockCache } from '../workstation/unlock-cache.js';
+import { UnlockCache } from '../workstation/holder/unlock-cache.js';
 
 const A = 'A'.repeat(40);
 const B = 'B'.repeat(40);

@@ -8,12 +8,12 @@
 // `node --cpu-prof` writes its profile).
 
 import { parseArgs } from 'node:util';
-import { DEFAULT_CONFIG } from '../../workstation/config.js';
-import { loadOrCreateIdentity } from '../../workstation/identity.js';
-import { BENCH_UNSEALED, startRelayClient } from '../../workstation/relay-client.js';
-import { openHolderRuntime } from '../../workstation/runtime.js';
-import { loadSealCredentials, registryKnowsSecret } from '../../workstation/seal.js';
-import { TokenRegistry } from '../../workstation/tokens.js';
+import { DEFAULT_CONFIG } from '../../workstation/home/config.js';
+import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
+import { BENCH_UNSEALED, startRelayClient } from '../../workstation/relay/client.js';
+import { openHolderRuntime } from '../../workstation/holder/runtime.js';
+import { loadSealCredentials, registryKnowsSecret } from '../../workstation/relay/seal.js';
+import { TokenRegistry } from '../../workstation/tokens/tokens.js';
 import { installWsCounters } from './ws-counters.js';
 
 installWsCounters();

@@ -2,7 +2,7 @@
 
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
-import { verifyAuditLog } from '../../workstation/audit.js';
+import { verifyAuditLog } from '../../workstation/audit/audit.js';
 import { UserError } from '../errors.js';
 import { action, resolveHome } from '../program.js';
 

@@ -6,9 +6,9 @@
 import { Option, type Command } from 'commander';
 import path from 'node:path';
 import type { KeyHolder } from '../../protocol/keyholder.js';
-import type { ConfigFlags } from '../../workstation/config.js';
-import { openAgentTunnel, requestStatus } from '../../workstation/control.js';
-import { openHolderRuntime } from '../../workstation/runtime.js';
+import type { ConfigFlags } from '../../workstation/home/config.js';
+import { openAgentTunnel, requestStatus } from '../../workstation/control/control.js';
+import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
 import { runSshSession } from '../../workstation/ssh/session.js';

@@ -2,7 +2,7 @@
 // control socket: who is connected, which keys are unlocked and for how long, what was asked.
 
 import type { Command } from 'commander';
-import { requestStatus, type StatusDocument } from '../../workstation/control.js';
+import { requestStatus, type StatusDocument } from '../../workstation/control/control.js';
 import { UserError } from '../errors.js';
 import { action, resolveHome } from '../program.js';
 

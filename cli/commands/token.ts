@@ -4,11 +4,11 @@ import { Option, type Command } from 'commander';
 import path from 'node:path';
 import { UsageError, UserError } from '../errors.js';
 import { action, collect, durationArg, positiveIntArg, resolveHome } from '../program.js';
-import { ConfigError, loadConfig, mergeFlags, type Config } from '../../workstation/config.js';
+import { ConfigError, loadConfig, mergeFlags, type Config } from '../../workstation/home/config.js';
 import { GpgAgentBackend } from '../../workstation/backends/index.js';
-import { loadOrCreateIdentity } from '../../workstation/identity.js';
+import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
 import { Keystore, type ListedKey } from '../../workstation/keystore/index.js';
-import { TokenRegistry, type TokenSummary } from '../../workstation/tokens.js';
+import { TokenRegistry, type TokenSummary } from '../../workstation/tokens/tokens.js';
 import { MAX_LABEL_CHARS, MAX_TOKEN_KEYS, type TokenOp } from '../../protocol/token.js';
 
 const DEFAULT_TTL_MS = 3_600_000;

@@ -4,9 +4,9 @@
 import type { Inventory, KeyEntry } from '../../protocol/keyholder.js';
 import type { UnlockedKey } from '../crypto/index.js';
 import type { Keystore } from '../keystore/index.js';
-import type { PassphraseAsker } from '../pinentry.js';
-import { askUntilUnlocked } from '../pinentry.js';
-import type { UnlockCache } from '../unlock-cache.js';
+import type { PassphraseAsker } from '../pinentry/pinentry.js';
+import { askUntilUnlocked } from '../pinentry/pinentry.js';
+import type { UnlockCache } from '../holder/unlock-cache.js';
 import type { Backend, KeyOperator, OpenContext } from './backend.js';
 import { requesterPrefixedText } from './requester-text.js';
 

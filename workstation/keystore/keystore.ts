@@ -10,7 +10,7 @@ import { ErrorCode, GpgError, gpgErr } from '../../protocol/gpg-error.js';
 import type { Certificate, Inventory, KeyEntry, KeyUsage } from '../../protocol/keyholder.js';
 import { publicKeySexp } from '../../protocol/keygrip.js';
 import { createUnlockedKey, type UnlockedKey } from '../crypto/unlocked-key.js';
-import { ensureHome, readSecretFile, writeSecretFile } from '../home.js';
+import { ensureHome, readSecretFile, writeSecretFile } from '../home/home.js';
 import { describeKey, secretMaterial, type KeyPart } from './key-part.js';
 import { readKeyInput } from './import-input.js';
 

@@ -7,7 +7,7 @@ import type { KeyHolder } from '../../protocol/keyholder.js';
 import { claimedRequester } from '../../protocol/keyholder.js';
 import { serveTunnel } from '../../protocol/tunnel/index.js';
 import { UserError } from '../../cli/errors.js';
-import { inventoryWatcher } from '../holder.js';
+import { inventoryWatcher } from '../holder/holder.js';
 import { execChannel, shellQuote, sshLastError } from './connect.js';
 
 export interface SshSessionOptions {

@@ -2,9 +2,9 @@
 // agent reports and the limits a client holds the answer to.
 
 import { z } from 'zod';
-import type { Requester } from '../protocol/keyholder.js';
-import { UserError } from '../cli/errors.js';
-import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './control-connection.js';
+import type { Requester } from '../../protocol/keyholder.js';
+import { UserError } from '../../cli/errors.js';
+import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 const MAX_STATUS_BYTES = 1 << 20;
 export const RECENT_KEPT = 20;

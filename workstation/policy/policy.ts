@@ -2,9 +2,9 @@
 // come first in file order; the built-in defaults below only decide what no rule matched.
 
 import type { ApprovalMemory, ApprovalScope } from './approvals.js';
-import type { Front, PolicyAction, PolicyRule } from './config.js';
+import type { Front, PolicyAction, PolicyRule } from '../home/config.js';
 
-export type { PolicyRule } from './config.js';
+export type { PolicyRule } from '../home/config.js';
 
 export interface PolicyRequest {
   front: Front;

@@ -1,7 +1,7 @@
 // A relayed facade's view of the holder: what its token allows and nothing more. The holder
 // decides this itself, whatever the relay or facade claims.
 
-import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
+import { ErrorCode, GpgError } from '../../protocol/gpg-error.js';
 import type {
   DecryptRequest,
   DecryptResult,
@@ -9,13 +9,13 @@ import type {
   KeyEntry,
   KeyHolder,
   SignRequest,
-} from '../protocol/keyholder.js';
-import type { ParsedToken } from '../protocol/token.js';
-import type { AuditInput } from './audit.js';
+} from '../../protocol/keyholder.js';
+import type { ParsedToken } from '../../protocol/token.js';
+import type { AuditInput } from '../audit/audit.js';
 
 export type TokenDecision = { ok: true } | { ok: false; reason: string; message: string };
 
-/** The holder's token registry: revocation, expiry, use counts (workstation/tokens.ts). */
+/** The holder's token registry: revocation, expiry, use counts (workstation/tokens/tokens.ts). */
 export interface TokenAuthority {
   authorize(req: {
     token: ParsedToken;

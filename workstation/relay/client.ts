@@ -2,35 +2,35 @@
 // `<relay>/v1/holder`, authenticated with the holder identity, carrying many streams. Each stream
 // is one facade; it gets its own tunnel served by a token-scoped view of the holder, so whatever a
 // token does not allow is refused here, at the holder, whatever the relay or facade claims.
-// Every stream is sealed end to end (workstation/seal.ts): the tunnel is served only over TLS 1.3
+// Every stream is sealed end to end (workstation/relay/seal.ts): the tunnel is served only over TLS 1.3
 // with the holder identity's key, after the facade proved the token's secret inside it.
 
 import tls from 'node:tls';
 import WebSocket from 'ws';
-import type { KeyHolder } from '../protocol/keyholder.js';
+import type { KeyHolder } from '../../protocol/keyholder.js';
 import {
   describeRelayTlsError,
   relayEndpoint,
   relayTlsOptions,
   type RelayTrust,
-} from '../protocol/relay/endpoint.js';
-import { relayAuthMessage } from '../protocol/relay/identity.js';
-import { decodeMux, MuxKind } from '../protocol/relay/mux.js';
-import type { AuditInput } from './audit.js';
-import { loadOrCreateIdentity } from './identity.js';
-import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './relay-stream.js';
+} from '../../protocol/relay/endpoint.js';
+import { relayAuthMessage } from '../../protocol/relay/identity.js';
+import { decodeMux, MuxKind } from '../../protocol/relay/mux.js';
+import type { AuditInput } from '../audit/audit.js';
+import { loadOrCreateIdentity } from '../home/identity.js';
+import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './stream.js';
 import { loadSealCredentials, registryKnowsSecret, type SealCredentials } from './seal.js';
-import type { TokenAuthority } from './token-scoped-holder.js';
-import { TokenRegistry } from './tokens.js';
+import type { TokenAuthority } from '../tokens/scoped-holder.js';
+import { TokenRegistry } from '../tokens/tokens.js';
 
-export { BENCH_UNSEALED } from './relay-stream.js';
+export { BENCH_UNSEALED } from './stream.js';
 export {
   tokenScopedHolder,
   type TokenAuthority,
   type TokenDecision,
-} from './token-scoped-holder.js';
+} from '../tokens/scoped-holder.js';
 
-/** The holder identity as the relay client needs it (workstation/identity.ts provides one). */
+/** The holder identity as the relay client needs it (workstation/home/identity.ts provides one). */
 export interface RelayIdentity {
   hid: string;
   hpk: Uint8Array;
@@ -44,7 +44,7 @@ export interface RelayClientOptions {
   identity: RelayIdentity;
   tokens: TokenAuthority;
   audit: { append(rec: AuditInput): Promise<void> };
-  /** The holder's TLS key and certificate (workstation/seal.ts); every stream is sealed. */
+  /** The holder's TLS key and certificate (workstation/relay/seal.ts); every stream is sealed. */
   seal: SealCredentials;
   /**
    * Benchmarks only (bench/relay.ts): serve streams without the seal, to measure what it costs.

@@ -1,22 +1,22 @@
 // The control socket's tunnel command: `keytether ssh` borrowing the running agent's holder, so
 // the agent decides, caches and audits the server's requests as `{front: 'ssh', host}`.
 
-import { claimedRequester } from '../protocol/keyholder.js';
+import { claimedRequester } from '../../protocol/keyholder.js';
 import type net from 'node:net';
 import type {
   DecryptRequest,
   DecryptResult,
   KeyHolder,
   SignRequest,
-} from '../protocol/keyholder.js';
+} from '../../protocol/keyholder.js';
 import {
   serveTunnel,
   tunnelClient,
   type TunnelClient,
   type TunnelServerHandle,
-} from '../protocol/tunnel/index.js';
-import { UserError } from '../cli/errors.js';
-import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './control-connection.js';
+} from '../../protocol/tunnel/index.js';
+import { UserError } from '../../cli/errors.js';
+import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 export function parseTunnelHost(encoded: string): string | undefined {
   if (!/^[A-Za-z0-9._~!*'()%-]{1,768}$/.test(encoded)) return undefined;

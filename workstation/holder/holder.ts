@@ -5,7 +5,7 @@
 
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { GpgError, ErrorCode, gpgErr, toGpgError } from '../protocol/gpg-error.js';
+import { GpgError, ErrorCode, gpgErr, toGpgError } from '../../protocol/gpg-error.js';
 import type {
   DecryptRequest,
   DecryptResult,
@@ -14,19 +14,19 @@ import type {
   KeyHolder,
   Requester,
   SignRequest,
-} from '../protocol/keyholder.js';
-import type { AuditLog } from './audit.js';
-import type { ApprovalMemory } from './approvals.js';
-import type { PolicyRule } from './policy.js';
-import { decide } from './policy.js';
+} from '../../protocol/keyholder.js';
+import type { AuditLog } from '../audit/audit.js';
+import type { ApprovalMemory } from '../policy/approvals.js';
+import type { PolicyRule } from '../policy/policy.js';
+import { decide } from '../policy/policy.js';
 import type { UnlockCache } from './unlock-cache.js';
-import type { Keystore } from './keystore/index.js';
-import type { UnlockedKey } from './crypto/index.js';
-import type { PassphraseAsker } from './pinentry.js';
-import type { Backend, KeyOperator } from './backends/backend.js';
-import { mergeInventories } from './backends/backend.js';
-import { BuiltinBackend } from './backends/builtin.js';
-import { describeRequester } from './backends/requester-text.js';
+import type { Keystore } from '../keystore/index.js';
+import type { UnlockedKey } from '../crypto/index.js';
+import type { PassphraseAsker } from '../pinentry/pinentry.js';
+import type { Backend, KeyOperator } from '../backends/backend.js';
+import { mergeInventories } from '../backends/backend.js';
+import { BuiltinBackend } from '../backends/builtin.js';
+import { describeRequester } from '../backends/requester-text.js';
 
 export interface HolderDeps {
   keystore: Keystore;

@@ -3,20 +3,20 @@
 // and an in-process `keytether ssh` behave the same.
 
 import path from 'node:path';
-import { AuditLog } from './audit.js';
-import { ApprovalMemory } from './approvals.js';
-import type { Config } from './config.js';
-import type { UnlockedKey } from './crypto/index.js';
+import { AuditLog } from '../audit/audit.js';
+import { ApprovalMemory } from '../policy/approvals.js';
+import type { Config } from '../home/config.js';
+import type { UnlockedKey } from '../crypto/index.js';
 import { Holder } from './holder.js';
-import { ensureHome } from './home.js';
-import { Keystore } from './keystore/index.js';
-import { Pinentry } from './pinentry.js';
+import { ensureHome } from '../home/home.js';
+import { Keystore } from '../keystore/index.js';
+import { Pinentry } from '../pinentry/pinentry.js';
 import { UnlockCache } from './unlock-cache.js';
-import type { Backend } from './backends/backend.js';
-import { BuiltinBackend } from './backends/builtin.js';
-import { GpgAgentBackend } from './backends/gpg-agent.js';
-import type { CommandObserver } from './backends/agent-connection.js';
-import { UserError } from '../cli/errors.js';
+import type { Backend } from '../backends/backend.js';
+import { BuiltinBackend } from '../backends/builtin.js';
+import { GpgAgentBackend } from '../backends/gpg-agent.js';
+import type { CommandObserver } from '../backends/agent-connection.js';
+import { UserError } from '../../cli/errors.js';
 
 export interface HolderRuntime {
   holder: Holder;

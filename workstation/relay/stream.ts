@@ -1,25 +1,25 @@
 // One facade's stream inside the holder's relay connection, and how the holder serves it: the
 // token is checked against the holder's own key, the stream is sealed end to end
-// (workstation/seal.ts), and the tunnel is served by a token-scoped view of the holder
-// (workstation/token-scoped-holder.ts). Sealed-channel failures are audited here.
+// (workstation/relay/seal.ts), and the tunnel is served by a token-scoped view of the holder
+// (workstation/tokens/scoped-holder.ts). Sealed-channel failures are audited here.
 
-import { claimedRequester } from '../protocol/keyholder.js';
+import { claimedRequester } from '../../protocol/keyholder.js';
 import { Duplex } from 'node:stream';
 import type tls from 'node:tls';
 import WebSocket from 'ws';
-import { describeSealError } from '../protocol/seal.js';
-import { encodeMux, encodeMuxClose, MuxKind, parseMuxOpen } from '../protocol/relay/mux.js';
-import { checkTokenSignature, parseToken } from '../protocol/token.js';
-import { serveTunnel, type TunnelServerHandle } from '../protocol/tunnel/index.js';
-import type { AuditInput } from './audit.js';
-import type { RelayClientOptions } from './relay-client.js';
+import { describeSealError } from '../../protocol/seal.js';
+import { encodeMux, encodeMuxClose, MuxKind, parseMuxOpen } from '../../protocol/relay/mux.js';
+import { checkTokenSignature, parseToken } from '../../protocol/token.js';
+import { serveTunnel, type TunnelServerHandle } from '../../protocol/tunnel/index.js';
+import type { AuditInput } from '../audit/audit.js';
+import type { RelayClientOptions } from './client.js';
 import {
   acceptSealedStream,
   onSealedError,
   type SealAcceptOptions,
   type SealAcceptResult,
 } from './seal.js';
-import { tokenScopedHolder } from './token-scoped-holder.js';
+import { tokenScopedHolder } from '../tokens/scoped-holder.js';
 
 const MAX_DATA_CHUNK = 256 * 1024;
 

@@ -1,10 +1,10 @@
 // Reaching the agent's control socket: its path, the one request line each side sends first,
-// and the client's connect-and-ask (see workstation/control.ts for the protocol).
+// and the client's connect-and-ask (see workstation/control/control.ts for the protocol).
 
 import net from 'node:net';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { UserError } from '../cli/errors.js';
+import { UserError } from '../../cli/errors.js';
 
 export const CONTROL_SOCKET_NAME = 'S.keytether';
 const MAX_LINE_BYTES = 512;

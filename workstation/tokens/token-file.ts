@@ -1,4 +1,4 @@
-// tokens.json on disk, for the token registry (workstation/tokens.ts). `token revoke` (one
+// tokens.json on disk, for the token registry (workstation/tokens/tokens.ts). `token revoke` (one
 // process) and the agent (another) both write the file, so every change is read-modify-write
 // under a lock file. The registry's authorize() must see a revocation at the very next request
 // without paying a lock and a parse per request: this keeps the last file read in memory and
@@ -11,9 +11,9 @@ import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { UserError } from '../cli/errors.js';
-import { TOKEN_ID_RE, TokenPayloadSchema } from '../protocol/token.js';
-import { readSecretFile, writeSecretFile } from './home.js';
+import { UserError } from '../../cli/errors.js';
+import { TOKEN_ID_RE, TokenPayloadSchema } from '../../protocol/token.js';
+import { readSecretFile, writeSecretFile } from '../home/home.js';
 
 export const TOKENS_FILE = 'tokens.json';
 const MAX_FILE_BYTES = 16 * 1024 * 1024;

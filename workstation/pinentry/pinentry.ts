@@ -5,8 +5,8 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { basename } from 'node:path';
 import { Duplex, type Readable, type Writable } from 'node:stream';
-import { AssuanClient, percentEscapeText } from '../protocol/assuan/index.js';
-import { ErrorCode, GpgError, errText } from '../protocol/gpg-error.js';
+import { AssuanClient, percentEscapeText } from '../../protocol/assuan/index.js';
+import { ErrorCode, GpgError, errText } from '../../protocol/gpg-error.js';
 
 export interface PinentryOptions {
   /** Program name (looked up in PATH) or path; default 'pinentry'. */

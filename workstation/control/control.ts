@@ -11,17 +11,17 @@
 // Anything else is answered with `ERR <sentence>\n` and the connection is closed.
 
 import net from 'node:net';
-import type { KeyHolder } from '../protocol/keyholder.js';
-import type { AuditInput, AuditLog } from './audit.js';
-import { listenUnix, probeSocket } from './local-socket.js';
-import { UserError } from '../cli/errors.js';
-import { inventoryWatcher } from './holder.js';
+import type { KeyHolder } from '../../protocol/keyholder.js';
+import type { AuditInput, AuditLog } from '../audit/audit.js';
+import { listenUnix, probeSocket } from '../holder/local-socket.js';
+import { UserError } from '../../cli/errors.js';
+import { inventoryWatcher } from '../holder/holder.js';
 import {
   ControlProtocolError,
   controlSocketPath,
   readLine,
   REQUEST_TIMEOUT_MS,
-} from './control-connection.js';
+} from './connection.js';
 import {
   RECENT_KEPT,
   relayStatuses,
@@ -30,10 +30,10 @@ import {
   type RecentOperation,
   type RelaySource,
   type StatusDocument,
-} from './control-status.js';
-import { parseTunnelHost, startTunnel, type LiveTunnel } from './control-tunnel.js';
+} from './status.js';
+import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
 
-export { CONTROL_SOCKET_NAME, controlSocketPath } from './control-connection.js';
+export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
 export {
   requestStatus,
   type Front,
@@ -43,8 +43,8 @@ export {
   type RelayStatus,
   type StatusDocument,
   type UnlockedStatus,
-} from './control-status.js';
-export { openAgentTunnel, type AgentTunnel } from './control-tunnel.js';
+} from './status.js';
+export { openAgentTunnel, type AgentTunnel } from './tunnel.js';
 
 const MAX_CONNECTIONS = 64;
 // sockaddr_un.sun_path is 108 bytes including the terminating NUL.

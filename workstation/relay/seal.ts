@@ -26,10 +26,10 @@ import {
   certificateEd25519Key,
   describeSealError,
   parseSealProof,
-} from '../protocol/seal.js';
-import { tokenSecretHash } from '../protocol/token.js';
-import { ensureHome, readSecretFile, writeSecretFile } from './home.js';
-import { IDENTITY_FILE, loadOrCreateIdentity } from './identity.js';
+} from '../../protocol/seal.js';
+import { tokenSecretHash } from '../../protocol/token.js';
+import { ensureHome, readSecretFile, writeSecretFile } from '../home/home.js';
+import { IDENTITY_FILE, loadOrCreateIdentity } from '../home/identity.js';
 
 export const SEAL_CERT_FILE = 'seal-cert.pem';
 const MAX_CERT_FILE_BYTES = 64 * 1024;

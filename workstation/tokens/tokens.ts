@@ -3,7 +3,7 @@
 // checks are only a first filter.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { UserError } from '../cli/errors.js';
+import { UserError } from '../../cli/errors.js';
 import {
   TOKEN_SECRET_BYTES,
   TokenPayloadSchema,
@@ -13,9 +13,9 @@ import {
   type ParsedToken,
   type TokenOp,
   type TokenPayload,
-} from '../protocol/token.js';
-import { ensureHome } from './home.js';
-import { loadOrCreateIdentity, type HolderIdentity } from './identity.js';
+} from '../../protocol/token.js';
+import { ensureHome } from '../home/home.js';
+import { loadOrCreateIdentity, type HolderIdentity } from '../home/identity.js';
 import { MAX_TOKENS, TokenFile, type TokenRecord } from './token-file.js';
 
 export { TOKENS_FILE, type TokenRecord } from './token-file.js';

@@ -12,8 +12,8 @@ import {
   sign as cryptoSign,
   type KeyObject,
 } from 'node:crypto';
-import { UserError } from '../cli/errors.js';
-import { holderIdFromPublicKey } from '../protocol/relay/identity.js';
+import { UserError } from '../../cli/errors.js';
+import { holderIdFromPublicKey } from '../../protocol/relay/identity.js';
 import { ensureHome, readSecretFile } from './home.js';
 
 export interface HolderIdentity {
