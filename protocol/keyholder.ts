@@ -1,6 +1,8 @@
 // The one interface every front talks to: the workstation's in-process holder implements it,
 // and later a tunnel client on a server implements it again (Go's ssh/agent style).
 
+import { displayField } from './display-text.js';
+
 /** What a key may be used for, in OpenPGP terms. */
 export type KeyUsage = 'certify' | 'sign' | 'encrypt' | 'auth';
 
@@ -42,7 +44,14 @@ export interface Inventory {
 export interface Requester {
   /** `local` (the holder's own socket), `ssh`, `relay`. */
   front: 'local' | 'ssh' | 'relay';
+  /** The server, as the transport established it (the ssh destination); never a peer's claim. */
   host?: string;
+  /**
+   * Where the relay says the facade connected from. The relay is untrusted (SECURITY.md), so this
+   * is shown as its claim and audited as `peer`, and no policy rule or remembered approval ever
+   * matches on it: relayed requests are known by their token only.
+   */
+  relayPeer?: string;
   user?: string;
   pid?: number;
   uid?: number;
@@ -94,12 +103,7 @@ export interface KeyHolder {
  */
 export function claimedRequester(claimed: Partial<Requester>): Omit<Requester, 'front'> {
   const text = (v: unknown): string | undefined =>
-    typeof v === 'string' && v.length > 0
-      ? // Control and bidi-override characters could forge lines in a pinentry dialog.
-        v
-          .replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '?')
-          .slice(0, 64)
-      : undefined;
+    typeof v === 'string' && v.length > 0 ? displayField(v) : undefined;
   const num = (v: unknown): number | undefined =>
     typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
   const out: Omit<Requester, 'front'> = {};

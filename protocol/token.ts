@@ -3,6 +3,7 @@
 // signed public part, and the holder checks everything again against its own registry. The
 // secret part never goes to the relay, so it is never echoed in any error.
 
+import { isDisplaySafeLine } from './display-text.js';
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import {
@@ -25,8 +26,6 @@ export const TOKEN_ID_RE = /^ktt_[0-9a-f]{16}$/;
 
 const B64URL_RE = /^[A-Za-z0-9_-]+$/;
 const FPR40_RE = /^[0-9A-F]{40}$/;
-// Control characters in a label would let a token forge lines in `token list` or the audit log.
-const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 export type TokenOp = 'sign' | 'decrypt';
 
@@ -71,7 +70,7 @@ export const TokenPayloadSchema = z
     label: z
       .string()
       .max(MAX_LABEL_CHARS)
-      .refine((s) => !CONTROL_RE.test(s), 'must not contain control characters')
+      .refine(isDisplaySafeLine, 'must not contain control or format characters')
       .optional(),
   })
   .refine((p) => p.exp > p.iat, { message: 'must be later than iat', path: ['exp'] });

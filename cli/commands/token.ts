@@ -1,5 +1,6 @@
 // `keytether token …`: scoped tokens for facades and CI jobs, issued and revoked at the holder.
 
+import { isDisplaySafeLine } from '../../protocol/display-text.js';
 import { Option, type Command } from 'commander';
 import path from 'node:path';
 import { UsageError, UserError } from '../errors.js';
@@ -222,8 +223,10 @@ export function register(program: Command): void {
           if (opts.label.length > MAX_LABEL_CHARS) {
             throw new UsageError(`the label is longer than ${MAX_LABEL_CHARS} characters`);
           }
-          if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(opts.label)) {
-            throw new UsageError('the label must not contain control characters or line breaks');
+          if (!isDisplaySafeLine(opts.label)) {
+            throw new UsageError(
+              'the label must not contain control characters, line breaks or bidi/format characters',
+            );
           }
         }
         const config = await holderConfig(home, globals.config, opts.backend);

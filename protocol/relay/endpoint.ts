@@ -2,6 +2,7 @@
 // also write ws(s)://…; both name the same WebSocket endpoints under /v1/. Also: what makes a
 // wss:// relay trusted (CA bundle or pinned certificate fingerprint), as values.
 
+import { displayField } from '../display-text.js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 
 export type RelayRole = 'holder' | 'facade';
@@ -145,7 +146,7 @@ const UNTRUSTED_CERT_CODES = new Set([
 export function describeRelayTlsError(e: { code?: unknown; message: string }): string | undefined {
   if (e.code === RELAY_PIN_MISMATCH) return e.message;
   if (typeof e.code !== 'string' || !UNTRUSTED_CERT_CODES.has(e.code)) return undefined;
-  const reason = e.message.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 200);
+  const reason = displayField(e.message.replace(/[\r\n\t]+/g, ' '), 200);
   return `cannot trust the relay's TLS certificate (${reason}); pass --relay-ca FILE or --relay-fingerprint sha256:…`;
 }
 

@@ -1,21 +1,12 @@
 // How a requester is named to the person at the workstation: in the pinentry's description (both
 // keytether's own pinentry and gpg-agent's) and in confirmation prompts.
 
+import { displayField, displayText } from '../../protocol/display-text.js';
 import type { Requester } from '../../protocol/keyholder.js';
-
-// Fields a server sends end up in a dialog the person trusts; a newline or a bidi override there
-// could forge a line such as "request from local gpg". C0/C1 controls, line/paragraph separators
-// and Unicode direction/zero-width format characters are replaced.
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/gu;
-const MAX_FIELD_CHARS = 64;
 
 /** One requester field made safe to show on a single line, at most 64 characters. */
 export function cleanField(v: string | number | undefined): string | undefined {
-  if (v === undefined) return undefined;
-  const chars = [...String(v).replace(UNSAFE, '?')];
-  return chars.length > MAX_FIELD_CHARS
-    ? `${chars.slice(0, MAX_FIELD_CHARS - 1).join('')}…`
-    : chars.join('');
+  return v === undefined ? undefined : displayField(v);
 }
 
 export function describeRequester(r: Requester): string {
@@ -38,16 +29,23 @@ export function describeRequester(r: Requester): string {
   if (user) claims.push(`user=${user}`);
   if (command) claims.push(`cmd=${command}`);
   if (pid) claims.push(`pid=${pid}`);
-  return claims.length ? `${who} (claims ${claims.join(', ')})` : who;
+  const said = claims.length ? [`claims ${claims.join(', ')}`] : [];
+  const relayPeer = cleanField(r.relayPeer);
+  if (relayPeer) said.push(`the relay says it came from ${relayPeer}`);
+  return said.length ? `${who} (${said.join('; ')})` : who;
 }
 
-/** gpg's own text (or FALLBACK) with the requester named in front of it. */
+/**
+ * gpg's own text (or FALLBACK) with the requester named in front of it, made safe for any
+ * pinentry: the gpg-agent back end hands this to gpg-agent, which leaves %XX escapes for its
+ * pinentry to decode, so whatever is not removed here reaches the dialog as it was sent.
+ */
 export function requesterPrefixedText(
   r: Requester,
   gpgText: string | undefined,
   fallback: string,
 ): string {
-  return `keytether: request from ${describeRequester(r)}\n\n${gpgText ?? fallback}`;
+  return displayText(`keytether: request from ${describeRequester(r)}\n\n${gpgText ?? fallback}`);
 }
 
 // SETKEYDESC arguments are one word: blanks become '+', and gpg-agent leaves %XX for the pinentry

@@ -6,6 +6,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { basename } from 'node:path';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import { AssuanClient, percentEscapeText } from '../../protocol/assuan/index.js';
+import { displayText } from '../../protocol/display-text.js';
 import { ErrorCode, GpgError, errText } from '../../protocol/gpg-error.js';
 
 export interface PinentryOptions {
@@ -90,21 +91,14 @@ class PinentryLock {
 
 const pinentryLock = new PinentryLock();
 
-// Descriptions can come from a remote request; a curses pinentry would pass terminal escape
-// sequences straight to the user's terminal, and bidi overrides can make text read differently
-// than it is. Keep line breaks, neutralise the rest.
-function displayText(s: string): string {
-  return s
-    .replace(/\r\n?/g, '\n')
-    .replace(/\t/g, ' ')
-    .replace(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, '\ufffd');
-}
-
 function escapedLength(cp: string): number {
   return cp === '%' || cp === '\n' || cp === '\r' ? 3 : Buffer.byteLength(cp, 'utf8');
 }
 
-/** `CMD <escaped text>`, shortened with an ellipsis so the line fits Assuan's 1000 bytes. */
+/**
+ * `CMD <escaped text>`, shortened with an ellipsis so the line fits Assuan's 1000 bytes. The text
+ * can come from a remote request, so it goes through the one display sanitiser first.
+ */
 function textCommand(cmd: string, text: string): string {
   const clean = displayText(text);
   const budget = MAX_LINE_BYTES - cmd.length - 1;
