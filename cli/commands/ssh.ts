@@ -147,7 +147,7 @@ export function register(program: Command): void {
           release = async () => agent.holder.close('the SSH session ended');
         } else {
           if (flags.agent === false) {
-            const running = await requestStatus(home);
+            const running = await requestStatus(home, { version: packageVersion() });
             if (running) {
               // Two processes appending to one audit log would fork its hash chain.
               throw new UserError(

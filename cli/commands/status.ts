@@ -1,10 +1,11 @@
 // keytether status: what the running `keytether agent` of this home is doing, read from its
 // control socket: who is connected, which keys are unlocked and for how long, what was asked.
 
+import { displayField } from '../../protocol/display-text.js';
 import type { Command } from 'commander';
 import { requestStatus, type StatusDocument } from '../../workstation/control/control.js';
 import { UserError } from '../errors.js';
-import { action, resolveHome } from '../program.js';
+import { action, packageVersion, resolveHome } from '../program.js';
 
 /** `9m 58s`, `1h 02m`, `45s`: remaining cache time, coarse enough to read at a glance. */
 export function formatRemaining(totalS: number): string {
@@ -24,7 +25,7 @@ function plural(n: number, word: string): string {
 // The agent is trusted, but what it relays (host names from ssh_config, relay URLs) must not
 // drive the terminal.
 function safe(s: string): string {
-  return s.replace(/[\x00-\x1f\x7f]/g, '?');
+  return displayField(s, 1000);
 }
 
 export function formatStatus(doc: StatusDocument): string {
@@ -55,7 +56,12 @@ export function formatStatus(doc: StatusDocument): string {
   out.push('recent operations:');
   if (doc.recent.length === 0) out.push('  none');
   for (const r of [...doc.recent].reverse()) {
-    const who = r.host !== undefined ? `${r.front} ${safe(r.host)}` : r.front;
+    const who =
+      r.front === 'relay'
+        ? `relay token ${safe(r.tokenId ?? '?')}${r.relayPeer !== undefined ? ` (relay says from ${safe(r.relayPeer)})` : ''}`
+        : r.host !== undefined
+          ? `${r.front} ${safe(r.host)}`
+          : r.front;
     const key = r.fingerprint ?? r.keygrip;
     const what = key !== undefined ? `${r.op} ${safe(key)}` : `${r.op}`;
     out.push(`  ${safe(r.time)} ${what} for ${who}: ${safe(r.decision)}`);
@@ -72,7 +78,7 @@ export function register(program: Command): void {
       action(async (flags: { json?: boolean }, cmd: Command) => {
         const globals = cmd.optsWithGlobals() as { home?: string };
         const home = resolveHome(globals);
-        const doc = await requestStatus(home);
+        const doc = await requestStatus(home, { version: packageVersion() });
         if (!doc) {
           throw new UserError(
             `no keytether agent is running for ${home}; start one with keytether agent`,

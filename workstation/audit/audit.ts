@@ -256,6 +256,7 @@ export class AuditLog {
   #pending: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #broken: Error | undefined;
+  #observers = new Set<(rec: AuditInput) => void>();
 
   private constructor(path: string, fh: FileHandle, seq: number, prev: string, sync: AuditSync) {
     this.path = path;
@@ -306,6 +307,16 @@ export class AuditLog {
     });
   }
 
+  /**
+   * Calls FN with every record once it is written, so a status view never shows an operation the
+   * file does not hold. Returns the way to stop. An observer's exception is its own problem: it
+   * must not fail the operation whose record was already written.
+   */
+  onRecorded(fn: (rec: AuditInput) => void): () => void {
+    this.#observers.add(fn);
+    return () => this.#observers.delete(fn);
+  }
+
   async close(): Promise<void> {
     while (this.#flushing) await this.#flushing;
     const fh = this.#fh;
@@ -320,7 +331,16 @@ export class AuditLog {
         this.#pending = [];
         try {
           await this.#writeBatch(batch.map((p) => p.rec));
-          for (const p of batch) p.resolve();
+          for (const p of batch) {
+            for (const fn of this.#observers) {
+              try {
+                fn(p.rec);
+              } catch {
+                // See onRecorded.
+              }
+            }
+            p.resolve();
+          }
         } catch (e) {
           for (const p of batch) p.reject(e as Error);
         }

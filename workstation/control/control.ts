@@ -101,27 +101,21 @@ export async function startControlServer(
   // one audit record, so the audit log is the one place to observe them all without the fronts
   // knowing about the control socket. Observed after the record is written, so the status never
   // shows an operation the audit log does not hold.
-  const audit = rt.audit;
-  const ownAppend = Object.getOwnPropertyDescriptor(audit, 'append');
-  const append = audit.append.bind(audit);
-  audit.append = async (rec: AuditInput): Promise<void> => {
-    await append(rec);
+  const restoreAudit = rt.audit.onRecorded((rec: AuditInput) => {
     counts[rec.front] = (counts[rec.front] ?? 0) + 1;
     recent.push({
       time: (rec.time ?? new Date()).toISOString(),
       front: rec.front,
       ...(rec.host !== undefined ? { host: rec.host } : {}),
+      ...(rec.tokenId !== undefined ? { tokenId: rec.tokenId } : {}),
+      ...(rec.peer !== undefined && rec.front === 'relay' ? { relayPeer: rec.peer } : {}),
       op: rec.op,
       ...(rec.keygrip !== undefined ? { keygrip: rec.keygrip } : {}),
       ...(rec.fingerprint !== undefined ? { fingerprint: rec.fingerprint } : {}),
       decision: rec.decision,
     });
     if (recent.length > RECENT_KEPT) recent.shift();
-  };
-  const restoreAudit = (): void => {
-    if (ownAppend) Object.defineProperty(audit, 'append', ownAppend);
-    else delete (audit as { append?: unknown }).append;
-  };
+  });
 
   const status = async (): Promise<StatusDocument> => {
     const fingerprints = new Map<string, string>();

@@ -1,6 +1,7 @@
 // The agent's status document, as `keytether status` reads it from the control socket: what the
 // agent reports and the limits a client holds the answer to.
 
+import { displayField } from '../../protocol/display-text.js';
 import { z } from 'zod';
 import type { Requester } from '../../protocol/keyholder.js';
 import { UserError } from '../../cli/errors.js';
@@ -40,6 +41,9 @@ export interface RecentOperation {
   time: string;
   front: Front;
   host?: string;
+  tokenId?: string;
+  /** The relay's claim of where the facade connected from; never verified, shown as such. */
+  relayPeer?: string;
   op: 'sign' | 'decrypt' | 'channel';
   keygrip?: string;
   fingerprint?: string;
@@ -126,8 +130,11 @@ const StatusSchema = z.object({
           .string()
           .max(MAX_HOST_CHARS + 2)
           .optional(),
-        op: z.enum(['sign', 'decrypt']),
-        keygrip: z.string().max(128),
+        tokenId: z.string().max(64).optional(),
+        relayPeer: z.string().max(300).optional(),
+        // `channel`: a relayed stream refused before any key was named (wrong secret, tampering).
+        op: z.enum(['sign', 'decrypt', 'channel']),
+        keygrip: z.string().max(128).optional(),
         fingerprint: z.string().max(128).optional(),
         decision: z.string().max(32),
       }),
@@ -138,7 +145,10 @@ const StatusSchema = z.object({
 /** The running agent's status, or undefined when no agent runs for HOME. */
 export async function requestStatus(
   home: string,
-  opts: { timeoutMs?: number } = {},
+  opts: {
+    timeoutMs?: number;
+    /** This client's keytether version, to tell a stale agent. */ version?: string;
+  } = {},
 ): Promise<StatusDocument | undefined> {
   const timeoutMs = opts.timeoutMs ?? REQUEST_TIMEOUT_MS;
   const conn = await request(home, 'status', timeoutMs);
@@ -174,9 +184,15 @@ export async function requestStatus(
   const valid = StatusSchema.safeParse(parsed);
   if (!valid.success) {
     const issue = valid.error.issues[0];
-    throw new UserError(
-      `the keytether agent's status is malformed at ${issue?.path.join('.') || 'the top'}; is it from another version? restart it`,
-    );
+    const where = issue?.path.join('.') || 'the top';
+    const theirs = (parsed as { version?: unknown } | null)?.version;
+    // A restart only helps when the agent runs another build; between two processes of the same
+    // version a mismatch is a bug, and restarting would only lose the agent's unlocked keys.
+    const advice =
+      typeof theirs === 'string' && theirs !== opts.version && opts.version !== undefined
+        ? `the agent runs keytether ${displayField(theirs)}, this is ${opts.version}: restart the agent`
+        : 'this is a bug in keytether; please report it with `keytether status --json` output';
+    throw new UserError(`the keytether agent's status is malformed at ${where}; ${advice}`);
   }
   return valid.data as StatusDocument;
 }

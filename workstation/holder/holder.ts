@@ -161,6 +161,7 @@ export class Holder implements KeyHolder {
     const base = {
       front: requester.front,
       host: requester.host,
+      peer: requester.relayPeer,
       tokenId: requester.tokenId,
       requester: {
         pid: requester.pid,

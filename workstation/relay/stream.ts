@@ -3,6 +3,7 @@
 // (workstation/relay/seal.ts), and the tunnel is served by a token-scoped view of the holder
 // (workstation/tokens/scoped-holder.ts). Sealed-channel failures are audited here.
 
+import { displayField } from '../../protocol/display-text.js';
 import { claimedRequester } from '../../protocol/keyholder.js';
 import { Duplex } from 'node:stream';
 import type tls from 'node:tls';
@@ -46,19 +47,20 @@ export function serveRelayStream(
   ) {
     return refuse('the token was not issued by this holder');
   }
-  const peer = open.peer || undefined;
+  const tid = token.payload.tid;
+  // The relay's word for the facade's address: a claim, sanitised once here for every log line,
+  // prompt and audit record, and never a policy `host` (SECURITY.md: the relay is untrusted).
+  const peer = open.peer ? displayField(open.peer, 256) : undefined;
+  const from = `relay stream${peer !== undefined ? ` (relay says from ${peer})` : ''} (token ${tid})`;
   const stream = new RelayStream(sock, streamId, () => streams.delete(streamId));
   streams.set(streamId, stream);
-  const tid = token.payload.tid;
-  const where = { ...(peer !== undefined ? { peer, host: peer } : {}), tokenId: tid };
+  const where = { ...(peer !== undefined ? { peer } : {}), tokenId: tid };
   // The facade's word, carried by the relay: worth a record, though the relay could forge it.
   stream.onSealReport = (r) => {
     // The relay or facade wrote this text: no control characters reach the terminal or the log.
-    const said = r.slice('sealed channel: '.length).replace(/[\x00-\x1f\x7f]/g, '?');
+    const said = displayField(r.slice('sealed channel: '.length), 200);
     const reason = `sealed channel: the facade reported: ${said}`;
-    void recordSealFailure(opts.audit, where, reason).then(() =>
-      log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
-    );
+    void recordSealFailure(opts.audit, where, reason).then(() => log(`${from} closed: ${reason}`));
   };
   const unsealed = opts.benchUnsealed === BENCH_UNSEALED;
   void (unsealed ? acceptUnsealedForBench : acceptSealedStream)(stream, {
@@ -70,7 +72,7 @@ export function serveRelayStream(
     if (!sealed.ok) {
       const reason = `sealed channel: ${sealed.reason}`;
       await recordSealFailure(opts.audit, where, reason);
-      log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) refused: ${reason}`);
+      log(`${from} refused: ${reason}`);
       return;
     }
     const socket = sealed.socket;
@@ -81,7 +83,7 @@ export function serveRelayStream(
       e.message = reason;
       stream.closeWith(reason);
       void recordSealFailure(opts.audit, where, reason).then(() =>
-        log(`relay stream from ${peer ?? 'a facade'} (token ${tid}) closed: ${reason}`),
+        log(`${from} closed: ${reason}`),
       );
     });
     socket.on('close', () => stream.destroy());
@@ -99,7 +101,7 @@ export function serveRelayStream(
         ...claimedRequester(claimed),
         front: 'relay',
         tokenId: tid,
-        ...(peer !== undefined ? { host: peer } : {}),
+        ...(peer !== undefined ? { relayPeer: peer } : {}),
       }),
       // Changes are watched on the whole holder (when it can report them, as Holder does);
       // each push re-reads `scoped`, so the facade still sees only the token's keys.
@@ -207,7 +209,7 @@ export class RelayStream extends Duplex {
 /** A sealed-channel failure in the audit log: op `channel`, no key, the reason says what happened. */
 async function recordSealFailure(
   audit: { append(rec: AuditInput): Promise<void> },
-  where: { peer?: string; host?: string; tokenId: string },
+  where: { peer?: string; tokenId: string },
   reason: string,
 ): Promise<void> {
   // Anyone holding a token's public part (or a hostile relay) can open streams that fail: each

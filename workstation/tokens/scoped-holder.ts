@@ -73,7 +73,7 @@ export function tokenScopedHolder(
     if (refusal === undefined) return;
     await audit.append({
       front: 'relay',
-      ...(peer !== undefined ? { peer, host: peer } : {}),
+      ...(peer !== undefined ? { peer } : {}),
       tokenId: tid,
       ...(entry ? { fingerprint: entry.fingerprint } : {}),
       keygrip: keygrip.toUpperCase(),
