@@ -2,6 +2,7 @@
 // outcome into an exit status (0 ok, 1 explained failure, 2 bad usage) and at most one line on
 // stderr. Nothing here calls process.exit, so tests can drive `main` in-process.
 
+import { runGitSign } from '../server/git-sign.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
@@ -14,6 +15,7 @@ import * as connect from './commands/connect.js';
 import * as keys from './commands/keys.js';
 import * as relay from './commands/relay.js';
 import * as serve from './commands/serve.js';
+import * as gitSign from './commands/git-sign.js';
 import * as ssh from './commands/ssh.js';
 import * as status from './commands/status.js';
 import * as token from './commands/token.js';
@@ -41,6 +43,7 @@ const COMMAND_MODULES: readonly CommandModule[] = [
   relay,
   connect,
   serve,
+  gitSign,
 ];
 
 /**
@@ -238,6 +241,15 @@ function prefix(path: string): string {
 
 /** Runs the CLI with `argv` (the arguments after the program name); resolves to the exit status. */
 export async function main(argv: string[], io: Io = process): Promise<number> {
+  // git calls its gpg.program with gpg's own options (-bsau KEY, --verify …): they are gpg's, not
+  // ours, so they never meet our parser.
+  if (argv[0] === 'git-sign' && argv[1] !== '--help' && argv[1] !== '-h') {
+    try {
+      return await runGitSign(argv.slice(1));
+    } catch (e) {
+      return reportInternal('git-sign', e, io);
+    }
+  }
   let program: Command;
   try {
     program = buildProgram();

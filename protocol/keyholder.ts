@@ -67,7 +67,29 @@ export interface SignRequest {
   /** gpg's `SETKEYDESC` text, already decoded (plus → space, %XX → byte), or undefined. */
   description?: string;
   requester: Requester;
+  /**
+   * The bytes the server says it is signing (handed to its facade by `keytether git-sign`). A
+   * claim until the holder recomputes the digest from it: only then is it shown as verified.
+   */
+  content?: SignContent;
 }
+
+/** What a payload is, as the server's shim reports it. */
+export type ContentKind = 'git-commit' | 'git-tag' | 'git-push' | 'file';
+
+export interface SignContent {
+  kind: ContentKind;
+  data: Uint8Array;
+  /** gpg's canonicalisation, from the shim's reading of gpg's arguments. */
+  mode: 'binary' | 'text' | 'clearsign';
+  /** Seconds since the epoch when the shim started gpg (the server's clock). */
+  time: number;
+  /** A file name, for `file` (reported, never bound by a v4 signature). */
+  name?: string;
+}
+
+/** The largest payload a server may hand over for one signature. */
+export const MAX_CONTENT_BYTES = 64 * 1024 * 1024;
 
 export interface DecryptRequest {
   keygrip: string;

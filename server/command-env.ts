@@ -4,6 +4,22 @@
 // child processes that outlive the job) and then used from anywhere until the token expires.
 // CMD needs the agent socket, never the token.
 
+/**
+ * ENV plus git configuration (GIT_CONFIG_COUNT/KEY_n/VALUE_n, git ≥ 2.31) that makes git sign
+ * through PROGRAM, leaving the user's own git config files alone; settings already passed this
+ * way are kept, ours come after them.
+ */
+export function withGitSigning(env: NodeJS.ProcessEnv, program: string): NodeJS.ProcessEnv {
+  const n = Number(env.GIT_CONFIG_COUNT ?? '0');
+  const count = Number.isSafeInteger(n) && n >= 0 && n < 1000 ? n : 0;
+  return {
+    ...env,
+    GIT_CONFIG_COUNT: String(count + 1),
+    [`GIT_CONFIG_KEY_${count}`]: 'gpg.program',
+    [`GIT_CONFIG_VALUE_${count}`]: program,
+  };
+}
+
 /** Variables keytether reads for secrets: never passed on, whatever their value. */
 const SECRET_VARIABLES = /^KEYTETHER_(?:.*_)?(?:TOKEN|SECRET|PASSPHRASE)(?:_.*)?$/;
 

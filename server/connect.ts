@@ -4,7 +4,8 @@
 // holder key, then proof of the token's secret), and the tunnel runs over that unchanged. With a command, a private GNUPGHOME is made for
 // it (public keys, no-autostart, our socket) and removed again however the command ends.
 
-import { commandEnvironment } from './command-env.js';
+import { commandEnvironment, withGitSigning } from './command-env.js';
+import { writeGitSignProgram } from './git-sign.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -466,7 +467,12 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     if (opts.command && opts.command.length > 0) {
       temp = await makeTempHome(env);
       socketPath = temp.socket;
-      childEnv = { ...commandEnvironment(env, opts.token), GNUPGHOME: temp.home };
+      // git in CMD signs through keytether git-sign, so the holder sees what it signs.
+      const gitSign = await writeGitSignProgram(temp.home);
+      childEnv = withGitSigning(
+        { ...commandEnvironment(env, opts.token), GNUPGHOME: temp.home },
+        gitSign,
+      );
       delete childEnv.GPG_AGENT_INFO;
       const inv = await first.inventory();
       if (inv.certificates.length > 0) {

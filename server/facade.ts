@@ -5,7 +5,7 @@
 
 import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
-import { serveAgent, type AgentEvent } from '../protocol/agent/index.js';
+import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { listenAt, removeSocket } from './agent-socket.js';
 
@@ -48,6 +48,8 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   const open = new Set<net.Socket>();
   const requester = localRequester(opts.front ?? 'ssh');
   let closing: Promise<void> | undefined;
+  // `keytether git-sign` hands the payload over on one connection, gpg signs on another.
+  const content = new ContentStore();
 
   const server = await listenAt(opts.socketPath, (sock) => {
     if (closing) {
@@ -61,6 +63,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
     serveAgent(sock, {
       holder: opts.holder,
       requester: { ...requester },
+      content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     })
       .catch(() => {})

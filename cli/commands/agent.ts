@@ -4,7 +4,7 @@
 import { Option, type Command } from 'commander';
 import path from 'node:path';
 import type { Socket } from 'node:net';
-import { serveAgent } from '../../protocol/agent/index.js';
+import { ContentStore, serveAgent } from '../../protocol/agent/index.js';
 import { ConfigError, loadConfig, mergeFlags } from '../../workstation/home/config.js';
 import type { Config, ConfigFlags } from '../../workstation/home/config.js';
 import { listenUnix } from '../../workstation/holder/local-socket.js';
@@ -105,12 +105,13 @@ export function register(program: Command): void {
         const socketPath = path.resolve(config.socket ?? path.join(home, 'S.gpg-agent'));
         const open = new Set<Socket>();
         let server;
+        const content = new ContentStore();
         try {
           server = await listenUnix(socketPath, (sock) => {
             open.add(sock);
             sock.on('close', () => open.delete(sock));
             sock.on('error', () => sock.destroy());
-            void serveAgent(sock, { holder: rt.holder, requester: { front: 'local' } });
+            void serveAgent(sock, { holder: rt.holder, requester: { front: 'local' }, content });
           });
         } catch (e) {
           await rt.close();

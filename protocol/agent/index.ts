@@ -9,6 +9,7 @@ import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
 import type { KeyHolder, Requester } from '../keyholder.js';
 import { parseArgs, paramError } from './args.js';
 import { FORBIDDEN_COMMANDS } from './forbidden.js';
+import { CONTENT_COMMAND, registerContent, type ContentStore } from './content.js';
 import { getInfo } from './getinfo.js';
 import { haveKey, keyInfo, readKey, type KeyCommandContext } from './keys.js';
 import { applyOption } from './options.js';
@@ -23,6 +24,7 @@ import {
 import { AgentSession } from './session.js';
 
 export { FORBIDDEN_COMMANDS } from './forbidden.js';
+export { CONTENT_COMMAND, CONTENT_TAG, ContentStore, contentNonce } from './content.js';
 
 /**
  * Reported by `GETINFO version`. At least as new as the gpg clients we expect, so gpg 2.4 prints
@@ -45,6 +47,11 @@ export interface AgentSessionOptions {
   peerPid?: number;
   /** Allow `HAVEKEY --list` / `KEYINFO --list` (gpg 2.4's fast path). Default true. */
   allowKeyList?: boolean;
+  /**
+   * Payloads `keytether git-sign` hands over, attached to the PKSIGN of the gpg connection that
+   * names them (content.ts). Without it, KEYTETHER_CONTENT is an unknown command, as at gpg-agent.
+   */
+  content?: ContentStore;
   /** One event per command, for the caller's log. Carries command names and errors only. */
   onEvent?: (e: AgentEvent) => void;
 }
@@ -62,7 +69,12 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
     session,
     allowKeyList: opts.allowKeyList ?? true,
   };
-  const ops: OperationContext = { holder: opts.holder, session, requester: opts.requester };
+  const ops: OperationContext = {
+    holder: opts.holder,
+    session,
+    requester: opts.requester,
+    ...(opts.content ? { content: opts.content } : {}),
+  };
   const version = opts.version ?? AGENT_VERSION;
 
   const report = (e: AgentEvent) => {
@@ -107,6 +119,7 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
     SETHASH: (ctx) => setHash(ctx, session),
     PKSIGN: (ctx) => pkSign(ctx, ops),
     PKDECRYPT: (ctx) => pkDecrypt(ctx, ops),
+    [CONTENT_COMMAND]: (ctx) => registerContent(ctx, opts.content),
     SCD: (ctx) => {
       const sub = (parseArgs(ctx.args).words[0] ?? '').toUpperCase();
       if (session.restricted && !RESTRICTED_SCD.includes(sub)) {

@@ -7,6 +7,7 @@ import { ErrorCode, GpgError } from '../gpg-error.js';
 import type { KeyHolder, Requester } from '../keyholder.js';
 import { parseSexp, type Sexp } from '../sexp.js';
 import { paramError, parseArgs, parseKeygrip, parseSetHash } from './args.js';
+import { contentNonce, type ContentStore } from './content.js';
 import type { AgentSession } from './session.js';
 
 /** gpg-agent's MAXLEN_CIPHERTEXT: the largest enc-val accepted in answer to INQUIRE CIPHERTEXT. */
@@ -19,6 +20,7 @@ export interface OperationContext {
   holder: KeyHolder;
   session: AgentSession;
   requester: Requester;
+  content?: ContentStore;
 }
 
 export function setKey(ctx: AssuanCommandContext, session: AgentSession): void {
@@ -63,6 +65,8 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
   // The real agent fails a PKSIGN without SIGKEY this way (checked with gpg-agent 2.2.40).
   if (session.keygrip === undefined) throw new GpgError(ErrorCode.NO_SECKEY);
   if (session.hash === undefined) throw new GpgError(ErrorCode.MISSING_VALUE, 'no hash set');
+  const nonce = contentNonce(session.env.get('PINENTRY_USER_DATA'));
+  const content = nonce !== undefined ? c.content?.take(nonce) : undefined;
   const sig = await c.holder.sign(
     {
       keygrip: session.keygrip,
@@ -70,6 +74,7 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
       digest: Buffer.from(session.hash.digest),
       description,
       requester: { ...c.requester },
+      ...(content ? { content } : {}),
     },
     ctx.signal,
   );

@@ -12,7 +12,7 @@ import type {
   SignRequest,
 } from '../keyholder.js';
 import { Link, type PeerInfo, type TunnelOptions } from './link.js';
-import type { Message } from './messages.js';
+import { LIMITS, type Message } from './messages.js';
 
 export interface TunnelClientOptions extends TunnelOptions {
   /** How long inventory() waits for the holder's first push before failing. Default 10 s. */
@@ -132,19 +132,35 @@ class Client implements TunnelClient {
   }
 
   sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.request('sign', signal, (id) =>
-      this.link.send(
-        {
-          type: 'sign',
-          id,
-          keygrip: req.keygrip,
-          hashAlgo: req.hashAlgo,
-          ...(req.description !== undefined ? { description: req.description } : {}),
-          requester: req.requester,
-        },
-        req.digest,
-      ),
-    );
+    const header = {
+      type: 'sign' as const,
+      keygrip: req.keygrip,
+      hashAlgo: req.hashAlgo,
+      ...(req.description !== undefined ? { description: req.description } : {}),
+      requester: req.requester,
+    };
+    // A holder on protocol 1 cannot take the payload; it then signs blind, as it always did.
+    const content = req.content;
+    if (!content || (this.peer?.protocol ?? 1) < 2) {
+      return this.request('sign', signal, (id) => this.link.send({ ...header, id }, req.digest));
+    }
+    return this.request('sign', signal, async (id) => {
+      const data = content.data;
+      for (let offset = 0; offset < data.length; offset += LIMITS.contentChunkBytes) {
+        const piece = data.subarray(offset, offset + LIMITS.contentChunkBytes);
+        if (!this.link.send({ type: 'content', id, offset }, piece)) return false;
+        await this.link.drained();
+        if (signal?.aborted) return true;
+      }
+      const meta = {
+        kind: content.kind,
+        mode: content.mode,
+        time: content.time,
+        bytes: data.length,
+        ...(content.name !== undefined ? { name: content.name } : {}),
+      };
+      return this.link.send({ ...header, id, content: meta }, req.digest);
+    });
   }
 
   decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
@@ -165,7 +181,7 @@ class Client implements TunnelClient {
   private async request<K extends Pending['kind']>(
     kind: K,
     signal: AbortSignal | undefined,
-    send: (id: number) => boolean,
+    send: (id: number) => boolean | Promise<boolean>,
   ): Promise<K extends 'sign' ? Uint8Array : DecryptResult> {
     if (!this.link.isOpen) {
       if (this.closeReason !== undefined) throw this.noAgent();
@@ -177,6 +193,15 @@ class Client implements TunnelClient {
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
     return new Promise((resolve, reject) => {
+      const failSend = () => {
+        this.pending.delete(id);
+        entry.done();
+        reject(
+          this.link.closed
+            ? this.noAgent()
+            : new GpgError(ErrorCode.INV_LENGTH, 'request too large for the tunnel'),
+        );
+      };
       const onAbort = () => {
         if (!this.pending.delete(id)) return;
         this.link.send({ type: 'cancel', id });
@@ -190,13 +215,14 @@ class Client implements TunnelClient {
       } as unknown as Pending;
       this.pending.set(id, entry);
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (!send(id)) {
-        this.pending.delete(id);
-        entry.done();
-        reject(
-          this.link.closed
-            ? this.noAgent()
-            : new GpgError(ErrorCode.INV_LENGTH, 'request too large for the tunnel'),
+      const sent = send(id);
+      if (sent === false) failSend();
+      else if (sent !== true) {
+        void sent.then(
+          (ok) => {
+            if (!ok && this.pending.has(id)) failSend();
+          },
+          () => this.pending.has(id) && failSend(),
         );
       }
     });

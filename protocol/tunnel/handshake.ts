@@ -2,7 +2,8 @@
 // accepts; they settle on the newest both speak. When there is none, both ends compute the same
 // one-sentence explanation from the two hellos, so the user reads the same advice on either side.
 
-export const TUNNEL_PROTOCOL = 1;
+// 2: a sign request may carry the payload being signed, in `content` frames before it.
+export const TUNNEL_PROTOCOL = 2;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

@@ -61,9 +61,11 @@ export const DEFAULT_KEEPALIVE_MS = 15_000;
 export const DEFAULT_DEAD_PEER_MS = 45_000;
 /** How long a closing link waits for its last frame to drain before destroying the stream. */
 const CLOSE_LINGER_MS = 1000;
+/** Queued bytes above which a multi-frame sender waits for 'drain'. */
+const DRAIN_BELOW_BYTES = 1 << 20;
 
 const ACCEPTS: Record<Role, ReadonlySet<MessageType>> = {
-  holder: new Set(['sign', 'decrypt', 'cancel']),
+  holder: new Set(['sign', 'decrypt', 'cancel', 'content']),
   facade: new Set(['inventory', 'sign-result', 'decrypt-result', 'error']),
 };
 
@@ -149,6 +151,25 @@ export class Link {
 
   get isOpen(): boolean {
     return this.opened && this.closeReason === null;
+  }
+
+  /**
+   * Resolves once what was written has mostly gone out (or the link closed): a payload sent in
+   * many frames waits here between frames instead of queueing megabytes at once.
+   */
+  drained(): Promise<void> {
+    if (this.closeReason !== null || this.stream.writableLength < DRAIN_BELOW_BYTES) {
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.stream.off('drain', done);
+        this.stream.off('close', done);
+        resolve();
+      };
+      this.stream.on('drain', done);
+      this.stream.on('close', done);
+    });
   }
 
   /**

@@ -13,6 +13,7 @@
 // versions can always read each other's hello and explain a version mismatch.
 
 import { z } from 'zod';
+import { MAX_CONTENT_BYTES } from '../keyholder.js';
 
 export const FRAME_FORMAT_JSON = 1;
 const PAYLOAD_HEAD_BYTES = 5;
@@ -31,6 +32,10 @@ export const LIMITS = {
   userIdChars: 1024,
   reasonChars: 500,
   errorMessageChars: 200,
+  /** One `content` frame's body: a payload travels in pieces, so no frame gets large. */
+  contentChunkBytes: 256 * 1024,
+  contentBytes: MAX_CONTENT_BYTES,
+  contentNameChars: 1024,
 } as const;
 
 const MAX_ID = 0xffffffff;
@@ -101,6 +106,15 @@ export const InventorySchema = z.strictObject({
   certificates: z.array(CertificateSchema).max(LIMITS.certificates),
 });
 
+/** What the sign request's preceding `content` frames add up to (tunnel protocol 2). */
+export const SignContentSchema = z.strictObject({
+  kind: z.enum(['git-commit', 'git-tag', 'git-push', 'file']),
+  mode: z.enum(['binary', 'text', 'clearsign']),
+  time: z.int().min(0).max(0xffffffff),
+  name: shortText(LIMITS.contentNameChars).optional(),
+  bytes: z.int().min(0).max(LIMITS.contentBytes),
+});
+
 export const SignSchema = z.strictObject({
   type: z.literal('sign'),
   id: requestId,
@@ -108,6 +122,14 @@ export const SignSchema = z.strictObject({
   hashAlgo: z.int().min(1).max(255),
   description: shortText(LIMITS.descriptionChars).optional(),
   requester: RequesterSchema,
+  content: SignContentSchema.optional(),
+});
+
+/** A piece of the payload of the sign request with the same id, in order from offset 0. */
+export const ContentSchema = z.strictObject({
+  type: z.literal('content'),
+  id: requestId,
+  offset: z.int().min(0).max(LIMITS.contentBytes),
 });
 
 export const DecryptSchema = z.strictObject({
@@ -154,6 +176,7 @@ const MESSAGES = {
   hello: { schema: HelloSchema, body: NO_BODY },
   inventory: { schema: InventorySchema, body: NO_BODY },
   sign: { schema: SignSchema, body: { min: 1, max: LIMITS.digestBytes } },
+  content: { schema: ContentSchema, body: { min: 1, max: LIMITS.contentChunkBytes } },
   decrypt: { schema: DecryptSchema, body: { min: 1, max: LIMITS.ciphertextBytes } },
   'sign-result': { schema: SignResultSchema, body: { min: 1, max: LIMITS.sigValBytes } },
   'decrypt-result': { schema: DecryptResultSchema, body: { min: 1, max: LIMITS.decryptedBytes } },
@@ -239,7 +262,7 @@ export function decodePayload(payload: Buffer): DecodeResult {
   }
   const spec = MESSAGES[type];
   const body = payload.subarray(PAYLOAD_HEAD_BYTES + headerBytes);
-  const isRequest = type === 'sign' || type === 'decrypt';
+  const isRequest = type === 'sign' || type === 'decrypt' || type === 'content';
   const rawId = obj['id'];
   const replyId =
     isRequest &&

@@ -5,7 +5,7 @@
 
 import type { Duplex } from 'node:stream';
 import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
-import type { Inventory, KeyHolder, Requester } from '../keyholder.js';
+import type { Inventory, KeyHolder, Requester, SignContent } from '../keyholder.js';
 import { Link, type PeerInfo, type TunnelOptions } from './link.js';
 import { InventorySchema, LIMITS, sanitize, type Message, type MessageOf } from './messages.js';
 
@@ -55,6 +55,39 @@ export function serveTunnel(
   });
   ready.catch(() => {});
   let peer: PeerInfo | undefined;
+  // Payloads arriving in `content` frames ahead of their sign request, by request id. One link
+  // buffers at most one maximal payload in all, so a facade cannot make the holder hoard memory.
+  const contents = new Map<number, { parts: Buffer[]; bytes: number }>();
+  const refusedContent = new Set<number>();
+  let bufferedContent = 0;
+  const dropContent = (id: number): Buffer[] | undefined => {
+    const c = contents.get(id);
+    if (!c) return undefined;
+    contents.delete(id);
+    bufferedContent -= c.bytes;
+    return c.parts;
+  };
+  const takeContent = (msg: MessageOf<'content'>): void => {
+    if (refusedContent.has(msg.id)) return;
+    if (inFlight.has(msg.id)) {
+      link.close(`bad data from the ${link.peerPlace}: content for request ${msg.id} after it`);
+      return;
+    }
+    const c = contents.get(msg.id) ?? { parts: [], bytes: 0 };
+    const refuse = (why: string) => {
+      dropContent(msg.id);
+      refusedContent.add(msg.id);
+      replyError(msg.id, new GpgError(ErrorCode.INV_DATA, why));
+    };
+    if (msg.offset !== c.bytes) return refuse('the payload arrived out of order');
+    if (bufferedContent + msg.body.length > LIMITS.contentBytes) {
+      return refuse(`the payload is larger than ${LIMITS.contentBytes >> 20} MiB`);
+    }
+    c.parts.push(Buffer.from(msg.body));
+    c.bytes += msg.body.length;
+    bufferedContent += msg.body.length;
+    contents.set(msg.id, c);
+  };
 
   const replyError = (id: number, e: unknown): void => {
     const err = toGpgError(e);
@@ -128,6 +161,7 @@ export function serveTunnel(
   };
 
   const serve = async (msg: MessageOf<'sign'> | MessageOf<'decrypt'>): Promise<void> => {
+    if (refusedContent.delete(msg.id)) return; // already answered with the refusal
     if (inFlight.has(msg.id)) {
       link.close(`bad data from the ${link.peerPlace}: request id ${msg.id} is already in use`);
       return;
@@ -150,8 +184,29 @@ export function serveTunnel(
         ...(msg.description !== undefined ? { description: msg.description } : {}),
       };
       if (msg.type === 'sign') {
+        const parts = dropContent(msg.id);
+        const meta = msg.content;
+        let content: SignContent | undefined;
+        if (meta) {
+          const data = Buffer.concat(parts ?? []);
+          if (data.length !== meta.bytes) {
+            throw new GpgError(ErrorCode.INV_DATA, 'the payload is incomplete');
+          }
+          content = {
+            kind: meta.kind,
+            mode: meta.mode,
+            time: meta.time,
+            data,
+            ...(meta.name !== undefined ? { name: meta.name } : {}),
+          };
+        }
         const sig = await holder.sign(
-          { ...common, hashAlgo: msg.hashAlgo, digest: Buffer.from(msg.body) },
+          {
+            ...common,
+            hashAlgo: msg.hashAlgo,
+            digest: Buffer.from(msg.body),
+            ...(content ? { content } : {}),
+          },
           controller.signal,
         );
         if (controller.signal.aborted || link.closed) return;
@@ -202,7 +257,12 @@ export function serveTunnel(
         case 'decrypt':
           void serve(msg);
           return;
+        case 'content':
+          takeContent(msg);
+          return;
         case 'cancel':
+          dropContent(msg.id);
+          refusedContent.delete(msg.id);
           inFlight.get(msg.id)?.abort(new GpgError(ErrorCode.CANCELED, 'cancelled by the server'));
           return;
       }
@@ -215,6 +275,8 @@ export function serveTunnel(
         c.abort(new GpgError(ErrorCode.CANCELED, 'the tunnel closed'));
       }
       inFlight.clear();
+      contents.clear();
+      bufferedContent = 0;
       try {
         if (typeof unsubscribe === 'function') unsubscribe();
       } catch {

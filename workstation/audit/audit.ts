@@ -44,6 +44,8 @@ export interface AuditInput {
   durationMs?: number;
   /** Defaults to `blind` for remote signatures: the holder saw only a digest. */
   verification?: AuditVerification;
+  /** For `verified` signatures: what was signed (the payload itself is never recorded). */
+  content?: { kind: string; bytes: number; sha256: string; summary: string };
   requester?: { pid?: number; uid?: number; command?: string; user?: string };
 }
 
@@ -125,6 +127,14 @@ function recordBody(rec: AuditInput): { [k: string]: Json | undefined } {
     rule: clip(rec.rule, 1024),
     durationMs: intOrUndefined(rec.durationMs),
     verification,
+    content: rec.content
+      ? {
+          kind: clip(rec.content.kind, 32),
+          bytes: intOrUndefined(rec.content.bytes),
+          sha256: clip(rec.content.sha256, 64),
+          summary: clip(rec.content.summary, 300),
+        }
+      : undefined,
     requester: r
       ? {
           pid: intOrUndefined(r.pid),

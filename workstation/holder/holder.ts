@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { GpgError, ErrorCode, gpgErr, toGpgError } from '../../protocol/gpg-error.js';
 import type {
+  Certificate,
   DecryptRequest,
   DecryptResult,
   Inventory,
@@ -18,7 +19,8 @@ import type {
 import type { AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
 import type { PolicyRule } from '../policy/policy.js';
-import { decide } from '../policy/policy.js';
+import { decide, type ClearSignSetting } from '../policy/policy.js';
+import { classifySign } from './clear-sign.js';
 import type { UnlockCache } from './unlock-cache.js';
 import type { Keystore } from '../keystore/index.js';
 import type { UnlockedKey } from '../crypto/index.js';
@@ -115,12 +117,14 @@ export class Holder implements KeyHolder {
   }
 
   /** The entry for KEYGRIP and the first back end that has it. */
-  async #find(keygrip: string): Promise<{ entry: KeyEntry; backend: Backend } | undefined> {
+  async #find(
+    keygrip: string,
+  ): Promise<{ entry: KeyEntry; backend: Backend; certificates: Certificate[] } | undefined> {
     const grip = keygrip.toUpperCase();
     const invs = await Promise.all(this.#backends.map((b) => b.inventory()));
     for (let i = 0; i < invs.length; i++) {
       const entry = invs[i]!.keys.find((k) => k.keygrip.toUpperCase() === grip);
-      if (entry) return { entry, backend: this.#backends[i]! };
+      if (entry) return { entry, backend: this.#backends[i]!, certificates: invs[i]!.certificates };
     }
     return undefined;
   }
@@ -137,6 +141,7 @@ export class Holder implements KeyHolder {
         digest: Buffer.from(req.digest).toString('hex'),
       },
       (key) => key.sign(req.hashAlgo, req.digest),
+      req,
     );
   }
 
@@ -154,10 +159,16 @@ export class Holder implements KeyHolder {
     signal: AbortSignal | undefined,
     extra: { hashAlgo?: string; digest?: string },
     act: (key: KeyOperator) => T | Promise<T>,
+    signRequest?: SignRequest,
   ): Promise<T> {
     const started = this.#now();
     const found = await this.#find(keygrip);
     const entry = found?.entry;
+    // What the signature covers, when the server showed it and the digest proves it (design b+).
+    const clear =
+      entry && signRequest && requester.front !== 'local'
+        ? classifySign(entry, signRequest, found.certificates, Math.floor(this.#now() / 1000))
+        : undefined;
     const base = {
       front: requester.front,
       host: requester.host,
@@ -173,7 +184,22 @@ export class Holder implements KeyHolder {
       keygrip: keygrip.toUpperCase(),
       op,
       ...extra,
-      verification: op === 'sign' ? (requester.front === 'local' ? 'local' : 'blind') : undefined,
+      verification:
+        op === 'sign'
+          ? requester.front === 'local'
+            ? 'local'
+            : (clear?.verification ?? 'blind')
+          : undefined,
+      ...(clear?.content
+        ? {
+            content: {
+              kind: clear.content.kind,
+              bytes: clear.content.bytes,
+              sha256: clear.content.sha256,
+              summary: clear.content.summary,
+            },
+          }
+        : {}),
     };
     const record = async (decision: string, reason: string) => {
       await this.#d.audit.append({
@@ -202,6 +228,14 @@ export class Holder implements KeyHolder {
       await record('denied', `policy: ${verdict.rule}`);
       throw gpgErr('FORBIDDEN');
     }
+    const blindRefusal =
+      op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
+        ? refuseBlind(verdict.clearSign, entry, clear?.why)
+        : undefined;
+    if (blindRefusal !== undefined) {
+      await record('denied', blindRefusal);
+      throw new GpgError(ErrorCode.FORBIDDEN, blindRefusal);
+    }
 
     let decision = 'allowed';
     let key: KeyOperator | undefined;
@@ -216,7 +250,7 @@ export class Holder implements KeyHolder {
       };
       if (verdict.action === 'confirm' && !this.#d.approvals.isGranted(scope, this.#now())) {
         const ok = await this.#d.pinentry.confirm(
-          { description: confirmText(op, entry, requester, extra.digest) },
+          { description: confirmText(op, entry, requester, extra.digest, clear?.content?.lines) },
           signal,
         );
         if (!ok) {
@@ -251,9 +285,41 @@ function usable(op: Op, u: string): boolean {
   return op === 'sign' ? u === 'sign' || u === 'certify' : u === 'encrypt';
 }
 
-function confirmText(op: Op, entry: KeyEntry, r: Requester, digest: string | undefined): string {
-  const what = op === 'sign' ? `sign${digest ? ` digest ${digest.slice(0, 16)}…` : ''}` : 'decrypt';
+function confirmText(
+  op: Op,
+  entry: KeyEntry,
+  r: Requester,
+  digest: string | undefined,
+  shown?: string[],
+): string {
+  if (op === 'sign' && shown) {
+    return [
+      `keytether: allow ${describeRequester(r)} to sign with key ${entry.fingerprint}?`,
+      '',
+      ...shown,
+    ].join('\n');
+  }
+  const what =
+    op === 'sign' ? `sign blind${digest ? ` (digest ${digest.slice(0, 16)}…)` : ''}` : 'decrypt';
   return `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`;
+}
+
+/**
+ * The sentence refusing a blind remote signature, or undefined when policy lets it through. A
+ * certify-capable key must not sign what it cannot see by default: the digest could certify an
+ * attacker's user id or bind an attacker's subkey to the user's identity.
+ */
+function refuseBlind(
+  setting: ClearSignSetting | undefined,
+  entry: KeyEntry,
+  why: string | undefined,
+): string | undefined {
+  const effective = setting ?? (entry.usage.includes('certify') ? 'required' : 'preferred');
+  if (effective !== 'required') return undefined;
+  return (
+    `clear-sign required: ${why ?? 'the holder cannot see what it signs'}; ` +
+    `sign with a signing subkey, or through 'keytether git-sign' so the holder can check the data`
+  );
 }
 
 /** Something whose inventory can be watched, as `Holder` can (duck-typed for wrappers). */

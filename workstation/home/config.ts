@@ -34,6 +34,11 @@ export interface PolicyRule {
   /** true: only certify-capable keys; false: only keys that cannot certify. */
   certify?: boolean;
   action: PolicyAction;
+  /**
+   * What a remote signature the holder cannot verify (blind) gets: `required` refuses it,
+   * `preferred` and `off` let it through. Default: required for certify-capable keys.
+   */
+  clearSign?: 'required' | 'preferred' | 'off';
   /** After one confirmation, allow the same front+host+token+key+op for this long. */
   rememberMs?: number;
   /** Where the rule came from, for the decision's human description. */
@@ -144,6 +149,7 @@ const ruleSchema = z.strictObject({
   op: z.enum(['sign', 'decrypt', '*']).optional(),
   certify: z.boolean().optional(),
   action: z.enum(['allow', 'confirm', 'deny']),
+  'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
   remember: duration.optional(),
 });
 
@@ -171,6 +177,7 @@ function toRule(r: RuleInput, origin: string): PolicyRule {
   if (r.op !== undefined) rule.op = r.op;
   if (r.certify !== undefined) rule.certify = r.certify;
   if (r.remember !== undefined) rule.rememberMs = r.remember;
+  if (r['clear-sign'] !== undefined) rule.clearSign = r['clear-sign'];
   return rule;
 }
 

@@ -17,8 +17,12 @@ export interface PolicyRequest {
   certifyCapable: boolean;
 }
 
+export type ClearSignSetting = NonNullable<PolicyRule['clearSign']>;
+
 export interface Decision {
   action: PolicyAction;
+  /** The deciding rule's `clear-sign`; undefined means the default for the key. */
+  clearSign?: ClearSignSetting;
   /** Human description of the matching rule, or `default` when no user rule matched. */
   rule: string;
   /** Set on `confirm` decisions whose rule has `remember`: grant that long after a yes. */
@@ -96,7 +100,16 @@ export function ruleMatches(rule: PolicyRule, req: PolicyRequest): boolean {
 
 export function describeRule(rule: PolicyRule): string {
   const fields: string[] = [];
-  for (const k of ['front', 'host', 'token', 'key', 'op', 'certify', 'action'] as const) {
+  for (const k of [
+    'front',
+    'host',
+    'token',
+    'key',
+    'op',
+    'certify',
+    'action',
+    'clearSign',
+  ] as const) {
     if (rule[k] !== undefined) fields.push(`${k}=${String(rule[k])}`);
   }
   if (rule.rememberMs !== undefined) fields.push(`remember=${Math.round(rule.rememberMs / 1000)}s`);
@@ -150,6 +163,7 @@ export function decide(
   for (const rule of rules) {
     if (!ruleMatches(rule, req)) continue;
     decision = { action: rule.action, rule: describeRule(rule) };
+    if (rule.clearSign !== undefined) decision.clearSign = rule.clearSign;
     if (rule.action === 'confirm' && rule.rememberMs !== undefined) {
       decision.rememberMs = rule.rememberMs;
     }

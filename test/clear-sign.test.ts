@@ -1,0 +1,143 @@
+// Clear signing end to end, every part real: a holder with gpg's default key (a sign+certify
+// primary), the relay, `keytether connect -- CMD` on the "server", stock gpg and git. Blind
+// signatures by the certify-capable key are refused (the attack of the security review: a new
+// self-signed user id); git signing through `keytether git-sign` is verified at the holder, which
+// audits what was signed; gpg --verify and git verify-commit pass through the shim to gpg.
+
+import t from 'tap';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
+import { runCli, spawnCli, waitForLine } from './support/cli.js';
+
+interface AuditRec {
+  op: string;
+  decision: string;
+  reason?: string;
+  verification?: string;
+  content?: { kind: string; bytes: number; sha256: string; summary: string };
+}
+
+function track(child: ChildProcess) {
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  return {
+    child,
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+t.test('clear signing through the relay', async (t) => {
+  const ws = await makeGnupgHome();
+  t.teardown(() => ws.cleanup());
+  const key = await generateKey(ws, {
+    uid: 'Cora Clear <cora@example.org>',
+    algo: 'ed25519',
+    usage: 'sign,cert',
+  });
+  const FPR = key.fingerprint;
+  const tmp = await mkdtemp('/tmp/ktclear-');
+  t.teardown(() => rm(tmp, { recursive: true, force: true }));
+  const home = path.join(tmp, 'home');
+  const env = { KEYTETHER_HOME: home };
+  const secretFile = path.join(tmp, 'secret.gpg');
+  await writeFile(secretFile, await exportSecretKey(ws, FPR), { mode: 0o600 });
+  t.equal((await runCli(['keys', 'import', secretFile], { env })).code, 0);
+  await rm(secretFile);
+  const audit = async (): Promise<AuditRec[]> =>
+    (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as AuditRec)
+      .filter((r) => r.op === 'sign');
+
+  const relay = track(await spawnCli(['relay', '--listen', '127.0.0.1:0']));
+  t.teardown(() => relay.stop());
+  const url = (await waitForLine(relay.child.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
+  const holder = track(
+    await spawnCli(['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url], { env }),
+  );
+  t.teardown(() => holder.stop());
+  const connected = waitForLine(holder.child.stderr!, /^relay connected: /, 30_000);
+  connected.catch(() => {});
+  await waitForLine(holder.child.stdout!, /^ready: /, 30_000);
+  await connected;
+  const made = await runCli(['token', 'create', '--key', FPR, '--relay', url], { env });
+  t.equal(made.code, 0, made.stderr);
+  const token = made.stdout.trim();
+  const connect = (...cmd: string[]) =>
+    runCli(['connect', '--relay', url, '--', ...cmd], { env: { KEYTETHER_TOKEN: token } });
+
+  const file = path.join(tmp, 'release.tar');
+  await writeFile(file, 'release 1.0 contents\n');
+
+  await t.test('a blind signature by a certify-capable key is refused', async (t) => {
+    const r = await connect('gpg', '--batch', '-u', FPR, '-o', `${file}.sig`, '-b', file);
+    t.not(r.code, 0, 'gpg got no signature');
+    t.match(r.stderr, /clear-sign required/, 'the facade says why');
+    t.match(r.stderr, /keytether git-sign/, '… and what to do');
+    const rec = (await audit()).at(-1);
+    t.match(rec, { decision: 'denied', verification: 'blind' });
+  });
+
+  await t.test('the review attack: a new user id through the token fails', async (t) => {
+    const r = await connect(
+      'gpg',
+      '--batch',
+      '--quick-add-uid',
+      FPR,
+      'Alice <alice@attacker.example>',
+    );
+    t.not(r.code, 0, 'no self-signature was made');
+    t.match((await audit()).at(-1), { decision: 'denied', verification: 'blind' });
+  });
+
+  await t.test('a file signed through the shim is verified and audited', async (t) => {
+    const r = await connect(
+      'sh',
+      '-c',
+      `"$GIT_CONFIG_VALUE_0" --batch -u ${FPR} -o '${file}.sig' --detach-sign '${file}' && gpg --batch --verify '${file}.sig' '${file}'`,
+    );
+    t.equal(r.code, 0, r.stderr);
+    t.match(r.stderr, /Good signature from "Cora Clear/);
+    const rec = (await audit()).at(-1);
+    t.match(rec, { decision: 'allowed', verification: 'verified' });
+    t.match(rec?.content, { kind: 'file', bytes: 21, summary: /^file release\.tar, sha256 / });
+  });
+
+  await t.test(
+    'git commit -S and tag -s sign verified; verify-commit passes through',
+    async (t) => {
+      const repo = path.join(tmp, 'repo');
+      const git = `git -C '${repo}' -c user.name='Cora Clear' -c user.email=cora@example.org -c user.signingkey=${FPR}`;
+      const r = await connect(
+        'sh',
+        '-c',
+        [
+          `git init -q '${repo}'`,
+          `${git} commit -q --allow-empty -S -m 'Release 1.0' -m 'Signed through the shim.'`,
+          `${git} verify-commit HEAD`,
+          `${git} tag -s v1.0 -m 'Version 1.0'`,
+          `${git} verify-tag v1.0`,
+        ].join(' && '),
+      );
+      t.equal(r.code, 0, r.stderr);
+      t.match(r.stderr, /Good signature from "Cora Clear/);
+      const recs = (await audit()).slice(-2);
+      t.match(recs[0], {
+        verification: 'verified',
+        content: { kind: 'git-commit', summary: 'commit: Release 1.0' },
+      });
+      t.match(recs[1], {
+        verification: 'verified',
+        content: { kind: 'git-tag', summary: /^tag v1\.0: Version 1\.0/ },
+      });
+    },
+  );
+});
