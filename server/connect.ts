@@ -470,7 +470,12 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
       // git in CMD signs through keytether git-sign, so the holder sees what it signs.
       const gitSign = await writeGitSignProgram(temp.home);
       childEnv = withGitSigning(
-        { ...commandEnvironment(env, opts.token), GNUPGHOME: temp.home },
+        {
+          ...commandEnvironment(env, opts.token),
+          GNUPGHOME: temp.home,
+          // The same shim for files: "$KEYTETHER_GIT_SIGN" --detach-sign FILE is clear-signed.
+          KEYTETHER_GIT_SIGN: gitSign,
+        },
         gitSign,
       );
       delete childEnv.GPG_AGENT_INFO;
@@ -513,6 +518,12 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     });
     // With a command, stdout belongs to the command (e.g. `gpg --armor --detach-sign`).
     (childEnv ? log : out)(`ready: ${socketPath}`);
+    if (childEnv) {
+      log(
+        'git in the command signs through keytether git-sign (gpg.program set via GIT_CONFIG_*); ' +
+          'for files use "$KEYTETHER_GIT_SIGN" in place of gpg',
+      );
+    }
 
     if (childEnv && opts.command) {
       // A signal during setup: the command never starts, and the cleanup below still runs.

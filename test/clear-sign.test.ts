@@ -6,6 +6,7 @@
 
 import t from 'tap';
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
@@ -102,13 +103,42 @@ t.test('clear signing through the relay', async (t) => {
     const r = await connect(
       'sh',
       '-c',
-      `"$GIT_CONFIG_VALUE_0" --batch -u ${FPR} -o '${file}.sig' --detach-sign '${file}' && gpg --batch --verify '${file}.sig' '${file}'`,
+      `"$KEYTETHER_GIT_SIGN" --batch -u ${FPR} -o '${file}.sig' --detach-sign '${file}' && gpg --batch --verify '${file}.sig' '${file}'`,
     );
     t.equal(r.code, 0, r.stderr);
     t.match(r.stderr, /Good signature from "Cora Clear/);
     const rec = (await audit()).at(-1);
     t.match(rec, { decision: 'allowed', verification: 'verified' });
     t.match(rec?.content, { kind: 'file', bytes: 21, summary: /^file release\.tar, sha256 / });
+  });
+
+  await t.test('a 3 MiB file crosses the tunnel in pieces and verifies', async (t) => {
+    const big = path.join(tmp, 'big.bin');
+    await writeFile(big, randomBytes(3 * 1024 * 1024 + 17));
+    const r = await connect(
+      'sh',
+      '-c',
+      `"$KEYTETHER_GIT_SIGN" --batch -u ${FPR} -o '${big}.sig' -b '${big}' && gpg --batch --verify '${big}.sig' '${big}'`,
+    );
+    t.equal(r.code, 0, r.stderr);
+    t.match((await audit()).at(-1), {
+      verification: 'verified',
+      content: { kind: 'file', bytes: 3 * 1024 * 1024 + 17 },
+    });
+  });
+
+  await t.test('SHA-1 through the shim is still blind, and refused', async (t) => {
+    const r = await connect(
+      'sh',
+      '-c',
+      `"$KEYTETHER_GIT_SIGN" --batch --digest-algo SHA1 -u ${FPR} -o '${file}.sha1.sig' -b '${file}'`,
+    );
+    t.not(r.code, 0);
+    t.match((await audit()).at(-1), {
+      decision: 'denied',
+      verification: 'blind',
+      reason: /too weak to bind/,
+    });
   });
 
   await t.test(
@@ -138,6 +168,23 @@ t.test('clear signing through the relay', async (t) => {
         verification: 'verified',
         content: { kind: 'git-tag', summary: /^tag v1\.0: Version 1\.0/ },
       });
+    },
+  );
+
+  await t.test(
+    'control and bidi characters in a commit message never reach the record',
+    async (t) => {
+      const repo = path.join(tmp, 'repo2');
+      const git = `git -C '${repo}' -c user.name='Cora Clear' -c user.email=cora@example.org -c user.signingkey=${FPR}`;
+      const r = await connect(
+        'sh',
+        '-c',
+        `git init -q '${repo}' && ${git} commit -q --allow-empty -S -m "$(printf 'Fix \\033[2J\\342\\200\\256gnp.exe')"`,
+      );
+      t.equal(r.code, 0, r.stderr);
+      const rec = (await audit()).at(-1);
+      t.match(rec, { verification: 'verified', content: { kind: 'git-commit' } });
+      t.match(rec?.content?.summary, /^commit: Fix \ufffd\[2J\ufffdgnp\.exe$/);
     },
   );
 });

@@ -22,6 +22,7 @@ import {
 } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { cliPath, runCli, spawnCli, waitForLine } from './support/cli.js';
+import { ALLOW_BLIND_RULE } from './support/blind-signing.js';
 
 const execFileP = promisify(execFile);
 
@@ -65,7 +66,7 @@ t.test('keytether serve --stdio with stock gpg and git', async (t) => {
   // Remote decryption needs confirmation by default; this workstation allows it up front.
   const config = {
     ...(await loadConfig(home)),
-    policy: [{ front: 'ssh' as const, action: 'allow' as const }],
+    policy: [{ front: 'ssh' as const, action: 'allow' as const }, ALLOW_BLIND_RULE],
   };
   const rt = await openHolderRuntime(home, config);
   t.teardown(() => rt.close());

@@ -15,6 +15,7 @@ import { generateKey, makeGnupgHome, type GeneratedKey } from './support/gnupg.j
 import { gpgClients, type GpgClient } from './support/gpg-versions.js';
 import { makePinentryScript, type PinentryScript } from './support/pinentry-script.js';
 import { startSshd } from './support/sshd.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 const PASS = 'correct horse';
 
@@ -294,6 +295,7 @@ t.test('gpg-agent back end through keytether ssh and the relay', async (t) => {
       await spawnCli(
         [
           'ssh',
+          ...ALLOW_BLIND_FLAG,
           '-p',
           String(sshd.port),
           '-i',
@@ -399,6 +401,7 @@ t.test('gpg-agent back end through keytether ssh and the relay', async (t) => {
       await spawnCli(
         [
           'agent',
+          ...ALLOW_BLIND_FLAG,
           '--socket',
           path.join(tmp, 'S.holder'),
           '--relay',

@@ -32,9 +32,15 @@ import {
   type TempGnupg,
 } from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
+import { ALLOW_BLIND_FLAG, ALLOW_BLIND_RULE } from './support/blind-signing.js';
 
 const SOFTWARE = 'keytether/0.1.0';
-const BUILTIN: Config = { ...DEFAULT_CONFIG, relay: [], policy: [], backend: 'builtin' };
+const BUILTIN: Config = {
+  ...DEFAULT_CONFIG,
+  relay: [],
+  policy: [ALLOW_BLIND_RULE],
+  backend: 'builtin',
+};
 
 /** Polls an observable condition (bounded); for state that has no event to wait on. */
 async function waitUntil<T>(
@@ -249,7 +255,7 @@ t.test('workstation keys', async (t) => {
       const holder = new Holder({
         backends: [flaky],
         keystore,
-        policy: [],
+        policy: [ALLOW_BLIND_RULE],
         pinentry,
         audit,
         cache,
@@ -326,7 +332,7 @@ t.test('workstation keys', async (t) => {
       const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
 
       const agent = await spawnCli(
-        ['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url],
+        ['agent', ...ALLOW_BLIND_FLAG, '--socket', path.join(tmp, 'S.local'), '--relay', url],
         { env },
       );
       procs.push(agent);

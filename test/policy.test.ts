@@ -26,20 +26,26 @@ const rulesFrom = (toml: string) => parseConfig(toml, '/x/config.toml').policy;
 t.test('defaults', async (t) => {
   t.match(decide([], req({ front: 'local', op: 'decrypt' })), { action: 'allow', rule: 'default' });
   t.match(decide([], req({ front: 'local', op: 'sign' })), { action: 'allow', rule: 'default' });
-  const sign = decide([], req({ op: 'sign' }));
-  t.match(sign, { action: 'allow', rule: 'default' });
-  t.notOk(sign.flagged);
+  t.match(decide([], req({ op: 'sign' })), {
+    action: 'allow',
+    rule: 'default',
+    clearSign: 'preferred',
+  });
   t.match(decide([], req({ front: 'relay', op: 'decrypt' })), {
     action: 'confirm',
     rule: 'default',
   });
-  const certify = decide([], req({ op: 'sign', certifyCapable: true }));
-  t.match(certify, { action: 'allow', rule: 'default', flagged: true });
-  t.match(certify.note, /certify-capable/);
-  t.notOk(
-    decide([], req({ front: 'local', certifyCapable: true })).flagged,
-    'local is not flagged',
+  t.match(
+    decide([], req({ op: 'sign', certifyCapable: true })),
+    { action: 'allow', rule: 'default', clearSign: 'required' },
+    'a certify-capable key signs for a remote only what the holder saw',
   );
+  const own = rulesFrom('[[policy]]\nkey = "*"\nclear-sign = "off"\n');
+  t.match(decide(own, req({ op: 'sign', certifyCapable: true })), {
+    action: 'allow',
+    rule: 'default',
+    clearSign: 'off',
+  });
 });
 
 t.test('first matching rule wins, in file order', async (t) => {

@@ -21,6 +21,7 @@ import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { relayEndpoint } from '../protocol/relay/endpoint.js';
 import { backoffDelay } from '../workstation/relay/client.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 const execFileP = promisify(execFile);
 
@@ -137,6 +138,7 @@ t.test('gpg on a server signs through keytether connect, a relay and a holder', 
       await spawnCli(
         [
           'agent',
+          ...ALLOW_BLIND_FLAG,
           '--socket',
           path.join(tmp, 'S.local'),
           '--pinentry-program',

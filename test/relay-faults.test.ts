@@ -12,6 +12,7 @@ import path from 'node:path';
 import { exportSecretKey, generateKey, makeGnupgHome, clientHome } from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 interface Proc {
   child: ChildProcess;
@@ -83,6 +84,7 @@ t.test('the relay is killed while a signature waits at the holder', async (t) =>
     await spawnCli(
       [
         'agent',
+        ...ALLOW_BLIND_FLAG,
         '--backend',
         'builtin',
         '--socket',

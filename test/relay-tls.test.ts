@@ -16,6 +16,7 @@ import {
   formatRelayFingerprint,
   parseRelayFingerprint,
 } from '../protocol/relay/endpoint.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 const execFileP = promisify(execFile);
 
@@ -197,6 +198,7 @@ t.test(
         await spawnCli(
           [
             'agent',
+            ...ALLOW_BLIND_FLAG,
             '--backend',
             'builtin',
             '--socket',

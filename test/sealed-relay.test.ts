@@ -22,6 +22,7 @@ import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { sealFacadeStream } from '../server/seal.js';
 import { acceptSealedStream, loadSealCredentials } from '../workstation/relay/seal.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 type Action =
   | { kind: 'flip'; index: number }
@@ -285,6 +286,7 @@ t.test('through a recording, tampering relay', async (t) => {
     await spawnCli(
       [
         'agent',
+        ...ALLOW_BLIND_FLAG,
         '--socket',
         path.join(tmp, 'S.l'),
         '--pinentry-program',

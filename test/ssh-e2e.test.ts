@@ -13,6 +13,7 @@ import { cliPath, runCli, spawnCli, waitForLine } from './support/cli.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { startSshd, type Sshd } from './support/sshd.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
 
 interface Run {
   code: number | null;
@@ -85,6 +86,7 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
   const env = { KEYTETHER_HOME: ktHome, HOME: userHome, SSH_AUTH_SOCK: undefined };
   const sshArgs = (knownHosts: string, extra: string[] = []) => [
     'ssh',
+    ...ALLOW_BLIND_FLAG,
     '-p',
     String(sshd.port),
     '-i',

@@ -34,6 +34,7 @@ import {
   type GeneratedKey,
 } from './support/gnupg.js';
 import { startSshd } from './support/sshd.js';
+import { ALLOW_BLIND_FLAG, ALLOW_BLIND_RULE } from './support/blind-signing.js';
 
 interface HarnessAgent {
   rt: HolderRuntime;
@@ -43,7 +44,8 @@ interface HarnessAgent {
 }
 
 async function startHarnessAgent(home: string, socket: string): Promise<HarnessAgent> {
-  const config = mergeFlags(await loadConfig(home), { backend: 'builtin' });
+  const loaded = mergeFlags(await loadConfig(home), { backend: 'builtin' });
+  const config = { ...loaded, policy: [...loaded.policy, ALLOW_BLIND_RULE] };
   const rt = await openHolderRuntime(home, config);
   const open = new Set<net.Socket>();
   const server = await listenUnix(socket, (sock) => {
@@ -326,6 +328,7 @@ t.test('keytether ssh reuses the running agent', async (t) => {
   const child: ChildProcess = await spawnCli(
     [
       'ssh',
+      ...ALLOW_BLIND_FLAG,
       '-p',
       String(sshd.port),
       '-i',

@@ -64,12 +64,20 @@ t.test('token create prints a signed token for the key', async (t) => {
     'release job',
   ]);
   t.equal(r.code, 0, r.stderr);
-  t.equal(r.stderr, '');
+  t.match(
+    r.stderr,
+    /^keytether token create: key [0-9A-F]{40} has no signing subkey, so the token names the primary itself; .*\nkeytether token create: the token names subkey [0-9A-F]{40} of key [0-9A-F]{40}, not the primary: a token never lets CI certify\n$/,
+    'says which keys the token stands for',
+  );
   t.match(r.stdout, /^kt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/, 'the token alone');
   const parsed = parseToken(r.stdout.trim());
   if (!parsed.ok) throw new Error(parsed.error);
   const p = parsed.token.payload;
-  t.same(p.keys, [key.fingerprint]);
+  t.same(
+    p.keys,
+    [key.fingerprint, key.subkeys[0]!.fingerprint],
+    'sign: the primary (no signing subkey); decrypt: the encryption subkey',
+  );
   t.same(p.ops, ['sign', 'decrypt']);
   t.equal(p.exp - p.iat, 7200);
   t.equal(p.max, 3);
@@ -94,6 +102,48 @@ t.test('token create prints a signed token for the key', async (t) => {
   const i = parseToken(byId.stdout.trim());
   t.same(i.ok && i.token.payload.keys, [key.fingerprint]);
 });
+
+t.test(
+  'a token given a primary names its signing subkey, never the certifying primary',
+  async (t) => {
+    const certOnly = await generateKey(g, {
+      uid: 'Cert Only <cert@example.org>',
+      algo: 'ed25519',
+      usage: 'cert',
+      subkeys: [{ algo: 'ed25519', usage: 'sign' }],
+    });
+    const imp = await runCli(['keys', 'import'], {
+      env: { KEYTETHER_HOME: home },
+      input: await exportSecretKey(g, certOnly.fingerprint),
+    });
+    t.equal(imp.code, 0, imp.stderr);
+    const signSub = certOnly.subkeys[0]!.fingerprint;
+    const r = await kt(['token', 'create', '--key', certOnly.fingerprint, '--relay', RELAY]);
+    t.equal(r.code, 0, r.stderr);
+    const parsed = parseToken(r.stdout.trim());
+    t.same(parsed.ok && parsed.token.payload.keys, [signSub], 'the signing subkey only');
+    t.equal(
+      r.stderr,
+      `keytether token create: the token names subkey ${signSub} of key ${certOnly.fingerprint}, not the primary: a token never lets CI certify\n`,
+    );
+    const dec = await kt([
+      'token',
+      'create',
+      '--key',
+      certOnly.fingerprint,
+      '--ops',
+      'decrypt',
+      '--relay',
+      RELAY,
+    ]);
+    t.equal(dec.code, 1);
+    t.match(
+      dec.stderr,
+      /^keytether token create: key [0-9A-F]{40} has no subkey that can decrypt \(encrypt flag\); add one with "gpg --quick-add-key [0-9A-F]{40} cv25519 encr"/,
+    );
+    t.equal(dec.stdout, '', 'no token');
+  },
+);
 
 t.test('token create refusals', async (t) => {
   const unknown = await kt(['token', 'create', '--key', 'F'.repeat(40), '--relay', RELAY]);

@@ -251,10 +251,10 @@ t.test('a request made before the handshake finishes waits for it', async (t) =>
 });
 
 t.test('version mismatch: both ends close with the same one-sentence advice', async (t) => {
-  const sentence =
-    "the workstation speaks tunnel protocol 1 but the server's keytether speaks 2; upgrade keytether on the workstation (it is 0.1.0, the server has 0.2.0)";
+  const P = TUNNEL_PROTOCOL;
+  const sentence = `the workstation speaks tunnel protocol ${P} but the server's keytether speaks ${P + 1}; upgrade keytether on the workstation (it is 0.1.0, the server has 0.3.0)`;
   const { server, client, holder } = await connected(t, {
-    client: { software: 'keytether/0.2.0', protocol: 2, minProtocol: 2 },
+    client: { software: 'keytether/0.3.0', protocol: P + 1, minProtocol: P + 1 },
   });
   const closeEvent = new Promise<string>((r) => client.on('close', r));
   await t.rejects(client.ready, { message: sentence });
@@ -267,11 +267,10 @@ t.test('version mismatch: both ends close with the same one-sentence advice', as
   );
 
   const other = await connected(t, {
-    server: { software: 'keytether/0.3.0', protocol: 3, minProtocol: 3 },
-    client: { software: 'keytether/0.2.0', protocol: 2, minProtocol: 1 },
+    server: { software: 'keytether/0.4.0', protocol: P + 2, minProtocol: P + 2 },
+    client: { software: 'keytether/0.3.0', protocol: P + 1, minProtocol: 1 },
   });
-  const reason =
-    "the server speaks tunnel protocol 2 but the workstation's keytether speaks 3; upgrade keytether on the server (it is 0.2.0, the workstation has 0.3.0)";
+  const reason = `the server speaks tunnel protocol ${P + 1} but the workstation's keytether speaks ${P + 2}; upgrade keytether on the server (it is 0.3.0, the workstation has 0.4.0)`;
   t.same(await other.client.closed, { reason });
   t.same(await other.server.closed, { reason });
 });
@@ -279,11 +278,11 @@ t.test('version mismatch: both ends close with the same one-sentence advice', as
 t.test('compatible ranges settle on the newest common protocol', async (t) => {
   const { server, client } = await connected(t, {
     memory: true,
-    client: { software: 'keytether/0.2.0', protocol: 2, minProtocol: 1 },
+    client: { software: 'keytether/0.3.0', protocol: TUNNEL_PROTOCOL + 1, minProtocol: 1 },
   });
   await client.ready;
-  t.equal(client.peer?.protocol, 1);
-  t.equal((await server.ready).protocol, 1);
+  t.equal(client.peer?.protocol, TUNNEL_PROTOCOL, 'the newest both speak');
+  t.equal((await server.ready).protocol, TUNNEL_PROTOCOL);
 });
 
 t.test('two holders refuse each other', async (t) => {
@@ -823,4 +822,84 @@ t.test('decodePayload and FrameReader never throw (property)', async (t) => {
     { numRuns: 2000 },
   );
   t.pass();
+});
+
+t.test('a sign request carries its payload in content frames (protocol 2)', async (t) => {
+  const { holder, client } = await connected(t);
+  await client.ready;
+  const data = randomBytes(700 * 1024 + 3); // three frames
+  const digest = randomBytes(32);
+  const content = { kind: 'file' as const, mode: 'binary' as const, time: 1_733_500_000, data };
+  const sig = await client.sign({ ...signRequest(holder, digest), content });
+  t.ok(verifies(holder, digest, sig), 'signed as usual');
+  const got = holder.signRequests.at(-1)?.content;
+  t.ok(got && Buffer.from(got.data).equals(data), 'the holder got the same bytes');
+  t.match(got, { kind: 'file', mode: 'binary', time: 1_733_500_000 });
+  await client.sign(signRequest(holder, randomBytes(32)));
+  t.equal(holder.signRequests.at(-1)?.content, undefined, 'nothing left over for the next one');
+});
+
+t.test('a protocol-1 holder gets the request without the payload', async (t) => {
+  const { holder, client } = await connected(t, { server: { protocol: 1 } });
+  await client.ready;
+  const digest = randomBytes(32);
+  const content = { kind: 'file' as const, mode: 'binary' as const, time: 1, data: randomBytes(9) };
+  t.ok(verifies(holder, digest, await client.sign({ ...signRequest(holder, digest), content })));
+  t.equal(holder.signRequests.at(-1)?.content, undefined, 'signed blind, as protocol 1 does');
+});
+
+t.test('content frames out of order are refused, and the link lives on', async (t) => {
+  const [serverEnd, clientEnd] = streamPair();
+  const holder = new SimpleHolder();
+  const server = serveTunnel(holder, serverEnd, { software: SOFTWARE });
+  t.teardown(() => server.close('test over'));
+  const reader = new FrameReader(DEFAULT_MAX_FRAME_BYTES);
+  const replies: Message[] = [];
+  let sixAnswered!: () => void;
+  const six = new Promise<void>((r) => (sixAnswered = r));
+  clientEnd.on('data', (b: Buffer) => {
+    for (const ev of reader.push(b)) {
+      if (ev.type !== 'frame') continue;
+      const d = decodePayload(ev.payload);
+      if (!d.ok) continue;
+      replies.push(d.message);
+      if (d.message.type === 'sign-result' && d.message.id === 6) sixAnswered();
+    }
+  });
+  const send = (h: Parameters<typeof encodeFrame>[0], body?: Buffer) =>
+    clientEnd.write(encodeFrame(h, body));
+  send({
+    type: 'hello',
+    protocol: TUNNEL_PROTOCOL,
+    minProtocol: 1,
+    software: SOFTWARE,
+    role: 'facade',
+  });
+  send({ type: 'content', id: 5, offset: 10 }, Buffer.from('late piece'));
+  send(
+    {
+      type: 'sign',
+      id: 5,
+      keygrip: holder.signKey.entry.keygrip,
+      hashAlgo: 8,
+      requester: REQUESTER,
+      content: { kind: 'file', mode: 'binary', time: 1, bytes: 10 },
+    },
+    randomBytes(32),
+  );
+  send(
+    {
+      type: 'sign',
+      id: 6,
+      keygrip: holder.signKey.entry.keygrip,
+      hashAlgo: 8,
+      requester: REQUESTER,
+    },
+    randomBytes(32),
+  );
+  await six;
+  const err = replies.find((m) => m.type === 'error' && m.id === 5);
+  t.match(err, { type: 'error', message: /out of order/ }, 'request 5 was refused with a reason');
+  t.equal(replies.filter((m) => 'id' in m && m.id === 5).length, 1, 'and answered once');
+  t.equal(holder.signRequests.length, 1, 'only request 6 reached the holder');
 });

@@ -2,6 +2,7 @@
 // a private GNUPGHOME (the CI use: `keytether connect --relay URL -- git tag -s v1 -m v1`).
 
 import type { Command } from 'commander';
+import { parseToken } from '../../protocol/token.js';
 import { runConnect } from '../../server/connect.js';
 import { UsageError } from '../errors.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
@@ -21,7 +22,10 @@ export function register(program: Command): void {
     .command('connect')
     .description('run a facade fed through a relay; with "-- CMD", run CMD against it')
     .argument('[command...]', 'command to run with a private GNUPGHOME (after --)')
-    .option('--relay <url>', 'relay URL as the relay printed it')
+    .option(
+      '--relay <url>',
+      'relay URL as the relay printed it (default env KEYTETHER_RELAY, else the URL the token was issued for)',
+    )
     .option('--token <token>', 'token (default env KEYTETHER_TOKEN)')
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
@@ -32,10 +36,16 @@ export function register(program: Command): void {
     )
     .action(
       action(async (command: string[], flags: ConnectFlags) => {
-        if (!flags.relay) throw new UsageError('--relay URL is required');
         const token = flags.token ?? process.env.KEYTETHER_TOKEN;
         if (!token) {
           throw new UsageError('no token: pass --token or set KEYTETHER_TOKEN');
+        }
+        const relay =
+          optionOrEnv(flags.relay, '--relay', 'KEYTETHER_RELAY')?.value ?? tokenRelay(token);
+        if (!relay) {
+          throw new UsageError(
+            'no relay: pass --relay URL or set KEYTETHER_RELAY (the token names none)',
+          );
         }
         if (command.length > 0 && flags.socket !== undefined) {
           throw new UsageError(
@@ -53,7 +63,7 @@ export function register(program: Command): void {
           ...(fingerprint ? { fingerprint } : {}),
         });
         return runConnect({
-          relay: flags.relay,
+          relay,
           token,
           ...(flags.socket !== undefined ? { socket: flags.socket } : {}),
           ...(command.length > 0 ? { command } : {}),
@@ -63,6 +73,12 @@ export function register(program: Command): void {
         });
       }),
     );
+}
+
+/** The relay URL the token was issued for: where its holder said to find it (a hint only). */
+function tokenRelay(token: string): string | undefined {
+  const parsed = parseToken(token);
+  return parsed.ok ? parsed.token.payload.relay : undefined;
 }
 
 /** A flag, else a non-empty environment variable (CI sets those), named as the user gave it. */

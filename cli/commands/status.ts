@@ -64,7 +64,12 @@ export function formatStatus(doc: StatusDocument): string {
           : r.front;
     const key = r.fingerprint ?? r.keygrip;
     const what = key !== undefined ? `${r.op} ${safe(key)}` : `${r.op}`;
-    out.push(`  ${safe(r.time)} ${what} for ${who}: ${safe(r.decision)}`);
+    const how =
+      r.verification !== undefined && r.op === 'sign' && r.front !== 'local'
+        ? ` ${safe(r.verification)}`
+        : '';
+    const said = r.summary !== undefined ? ` (${safe(r.summary)})` : '';
+    out.push(`  ${safe(r.time)} ${what}${how} for ${who}: ${safe(r.decision)}${said}`);
   }
   return `${out.join('\n')}\n`;
 }

@@ -30,10 +30,12 @@ interface CreateOpts {
   gnupgHome?: string;
 }
 
-/** What a token may name: a primary fingerprint and its subkeys' fingerprints. */
+/** What a token may name: a primary fingerprint and its subkeys' fingerprints, with their flags. */
 export interface NameableKey {
   fingerprint: string;
-  subkeys: { fingerprint: string }[];
+  /** OpenPGP key flags as keytether lists them: sign, certify, encrypt, authenticate. */
+  usage: readonly string[];
+  subkeys: { fingerprint: string; usage: readonly string[] }[];
 }
 
 function out(cmd: Command): (s: string) => void {
@@ -113,9 +115,13 @@ async function nameableKeys(
     for (const k of (await agent.inventory()).keys) {
       const primary = k.primaryFingerprint.toUpperCase();
       let entry = byPrimary.get(primary);
-      if (!entry) byPrimary.set(primary, (entry = { fingerprint: primary, subkeys: [] }));
+      if (!entry) {
+        byPrimary.set(primary, (entry = { fingerprint: primary, usage: [], subkeys: [] }));
+      }
       if (k.fingerprint.toUpperCase() !== primary) {
-        entry.subkeys.push({ fingerprint: k.fingerprint.toUpperCase() });
+        entry.subkeys.push({ fingerprint: k.fingerprint.toUpperCase(), usage: k.usage });
+      } else {
+        entry.usage = k.usage;
       }
     }
     return [...keystore, ...byPrimary.values()];
@@ -170,6 +176,55 @@ export function resolveKeyName(name: string, keys: NameableKey[]): string {
     );
   }
   return fpr;
+}
+
+const OP_FLAG: Record<TokenOp, string> = { sign: 'sign', decrypt: 'encrypt' };
+
+/**
+ * The fingerprints a token names for the user's name FPR. A subkey stands for itself. A primary
+ * stands for its subkeys that can do the token's operations, never for itself while it has
+ * one: a primary certifies, and a token must not let CI make certifications (a new user id, a
+ * subkey binding). Only a primary that signs and has no signing subkey is named itself; the
+ * holder then signs with it for a remote only what it can check (clear signing). NOTES gets one
+ * line per primary replaced or kept, for the user.
+ */
+export function tokenKeys(
+  fpr: string,
+  keys: readonly NameableKey[],
+  ops: readonly TokenOp[],
+  notes: string[],
+): string[] {
+  const primary = keys.find((k) => k.fingerprint === fpr);
+  if (!primary) return [fpr];
+  const chosen = new Set<string>();
+  for (const op of ops) {
+    const flag = OP_FLAG[op];
+    const subs = primary.subkeys.filter((s) => s.usage.includes(flag));
+    for (const s of subs) chosen.add(s.fingerprint);
+    if (subs.length > 0) continue;
+    if (op === 'sign' && primary.usage.includes('sign')) {
+      chosen.add(fpr);
+      notes.push(
+        `key ${fpr} has no signing subkey, so the token names the primary itself; ` +
+          `it also certifies, so the holder signs with it for CI only what it can check ` +
+          `(keytether git-sign); add a subkey with "gpg --quick-add-key ${fpr} ed25519 sign"`,
+      );
+      continue;
+    }
+    throw new UserError(
+      `key ${fpr} has no subkey that can ${op === 'sign' ? 'sign' : 'decrypt (encrypt flag)'}; ` +
+        `add one with "gpg --quick-add-key ${fpr} ${op === 'sign' ? 'ed25519 sign' : 'cv25519 encr'}" ` +
+        `and import it again, or leave ${op} out of --ops`,
+    );
+  }
+  const subs = [...chosen].filter((f) => f !== fpr);
+  if (subs.length > 0) {
+    notes.push(
+      `the token names subkey${subs.length > 1 ? 's' : ''} ${subs.join(', ')} of key ${fpr}, ` +
+        `not the primary: a token never lets CI certify`,
+    );
+  }
+  return [...chosen];
 }
 
 function statusOf(t: TokenSummary, now: number): string {
@@ -233,7 +288,17 @@ export function register(program: Command): void {
         const relay = chooseRelay(opts.relay, config);
         const ks = await Keystore.open(home);
         const listed = await nameableKeys(ks.list(), config, opts.gnupgHome);
-        const keys = [...new Set(opts.key.map((k) => resolveKeyName(k, listed)))];
+        const notes: string[] = [];
+        const keys = [
+          ...new Set(
+            opts.key.flatMap((k) => tokenKeys(resolveKeyName(k, listed), listed, ops, notes)),
+          ),
+        ];
+        if (keys.length > MAX_TOKEN_KEYS) {
+          throw new UsageError(
+            `these keys stand for ${keys.length} subkeys; a token can name at most ${MAX_TOKEN_KEYS}`,
+          );
+        }
         const identity = await loadOrCreateIdentity(home);
         const registry = await TokenRegistry.open(home, { identity });
         const text = await registry.issue(
@@ -247,6 +312,7 @@ export function register(program: Command): void {
           },
           identity,
         );
+        for (const n of notes) process.stderr.write(`keytether token create: ${n}\n`);
         out(cmd)(text + '\n');
       }),
     );

@@ -110,6 +110,8 @@ export async function startControlServer(
       ...(rec.tokenId !== undefined ? { tokenId: rec.tokenId } : {}),
       ...(rec.peer !== undefined && rec.front === 'relay' ? { relayPeer: rec.peer } : {}),
       op: rec.op,
+      ...(rec.verification !== undefined ? { verification: rec.verification } : {}),
+      ...(rec.content !== undefined ? { summary: rec.content.summary } : {}),
       ...(rec.keygrip !== undefined ? { keygrip: rec.keygrip } : {}),
       ...(rec.fingerprint !== undefined ? { fingerprint: rec.fingerprint } : {}),
       decision: rec.decision,

@@ -45,6 +45,10 @@ export interface RecentOperation {
   /** The relay's claim of where the facade connected from; never verified, shown as such. */
   relayPeer?: string;
   op: 'sign' | 'decrypt' | 'channel';
+  /** For signatures: `verified`, `blind` or `local` (clear signing). */
+  verification?: string;
+  /** What a verified signature covered (a commit's subject, a file's name and hash). */
+  summary?: string;
   keygrip?: string;
   fingerprint?: string;
   decision: string;
@@ -134,6 +138,8 @@ const StatusSchema = z.object({
         relayPeer: z.string().max(300).optional(),
         // `channel`: a relayed stream refused before any key was named (wrong secret, tampering).
         op: z.enum(['sign', 'decrypt', 'channel']),
+        verification: z.string().max(32).optional(),
+        summary: z.string().max(400).optional(),
         keygrip: z.string().max(128).optional(),
         fingerprint: z.string().max(128).optional(),
         decision: z.string().max(32),

@@ -18,8 +18,13 @@ import type {
 } from '../../protocol/keyholder.js';
 import type { AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
-import type { PolicyRule } from '../policy/policy.js';
-import { decide, type ClearSignSetting } from '../policy/policy.js';
+import {
+  approvalScope,
+  decide,
+  type ClearSignSetting,
+  type PolicyRequest,
+  type PolicyRule,
+} from '../policy/policy.js';
 import { classifySign } from './clear-sign.js';
 import type { UnlockCache } from './unlock-cache.js';
 import type { Keystore } from '../keystore/index.js';
@@ -210,11 +215,16 @@ export class Holder implements KeyHolder {
       } as Parameters<AuditLog['append']>[0]);
     };
 
-    if (!found || !entry || !entry.usage.some((u) => usable(op, u))) {
-      await record('failed', entry ? `key cannot ${op}` : 'no such key');
+    if (!found || !entry || !entry.usage.some((u) => usable(op, u, requester.front))) {
+      const why = !entry
+        ? 'no such key'
+        : op === 'sign' && entry.usage.includes('certify')
+          ? 'key is certify-only: it signs nothing for a remote'
+          : `key cannot ${op}`;
+      await record('failed', why);
       throw gpgErr('NO_SECKEY');
     }
-    const verdict = decide(this.#d.policy, {
+    const asked: PolicyRequest = {
       front: requester.front,
       host: requester.host,
       tokenId: requester.tokenId,
@@ -223,14 +233,15 @@ export class Holder implements KeyHolder {
       keygrip: entry.keygrip,
       op,
       certifyCapable: entry.usage.includes('certify'),
-    });
+    };
+    const verdict = decide(this.#d.policy, asked, this.#d.approvals, this.#now());
     if (verdict.action === 'deny') {
       await record('denied', `policy: ${verdict.rule}`);
       throw gpgErr('FORBIDDEN');
     }
     const blindRefusal =
       op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
-        ? refuseBlind(verdict.clearSign, entry, clear?.why)
+        ? refuseBlind(verdict.clearSign, clear?.why)
         : undefined;
     if (blindRefusal !== undefined) {
       await record('denied', blindRefusal);
@@ -241,14 +252,7 @@ export class Holder implements KeyHolder {
     let key: KeyOperator | undefined;
     try {
       key = await found.backend.open(entry, { description, requester, signal });
-      const scope = {
-        front: requester.front,
-        host: requester.host,
-        tokenId: requester.tokenId,
-        keygrip: entry.keygrip,
-        op,
-      };
-      if (verdict.action === 'confirm' && !this.#d.approvals.isGranted(scope, this.#now())) {
+      if (verdict.action === 'confirm') {
         const ok = await this.#d.pinentry.confirm(
           { description: confirmText(op, entry, requester, extra.digest, clear?.content?.lines) },
           signal,
@@ -258,7 +262,9 @@ export class Holder implements KeyHolder {
           throw gpgErr('NOT_CONFIRMED');
         }
         decision = 'confirmed';
-        if (verdict.rememberMs) this.#d.approvals.grant(scope, verdict.rememberMs, this.#now());
+        if (verdict.rememberMs) {
+          this.#d.approvals.grant(approvalScope(asked), verdict.rememberMs, this.#now());
+        }
       }
       const result = await act(key);
       try {
@@ -281,8 +287,14 @@ export class Holder implements KeyHolder {
   }
 }
 
-function usable(op: Op, u: string): boolean {
-  return op === 'sign' ? u === 'sign' || u === 'certify' : u === 'encrypt';
+/**
+ * Whether a key flag lets the key do OP for FRONT. gpg certifies (new user ids, subkey bindings,
+ * key signatures) with PKSIGN too, so a certify-only key is still a signing key for the
+ * workstation's own gpg; a remote, which could only ask it to certify, never gets it.
+ */
+function usable(op: Op, u: string, front: Requester['front']): boolean {
+  if (op === 'decrypt') return u === 'encrypt';
+  return u === 'sign' || (u === 'certify' && front === 'local');
 }
 
 function confirmText(
@@ -309,13 +321,8 @@ function confirmText(
  * certify-capable key must not sign what it cannot see by default: the digest could certify an
  * attacker's user id or bind an attacker's subkey to the user's identity.
  */
-function refuseBlind(
-  setting: ClearSignSetting | undefined,
-  entry: KeyEntry,
-  why: string | undefined,
-): string | undefined {
-  const effective = setting ?? (entry.usage.includes('certify') ? 'required' : 'preferred');
-  if (effective !== 'required') return undefined;
+function refuseBlind(setting: ClearSignSetting, why: string | undefined): string | undefined {
+  if (setting !== 'required') return undefined;
   return (
     `clear-sign required: ${why ?? 'the holder cannot see what it signs'}; ` +
     `sign with a signing subkey, or through 'keytether git-sign' so the holder can check the data`

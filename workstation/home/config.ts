@@ -33,10 +33,12 @@ export interface PolicyRule {
   op?: 'sign' | 'decrypt' | '*';
   /** true: only certify-capable keys; false: only keys that cannot certify. */
   certify?: boolean;
-  action: PolicyAction;
+  /** Absent only on rules that set `clear-sign` alone; those never decide the action. */
+  action?: PolicyAction;
   /**
    * What a remote signature the holder cannot verify (blind) gets: `required` refuses it,
-   * `preferred` and `off` let it through. Default: required for certify-capable keys.
+   * `preferred` and `off` let it through. Default: required for certify-capable keys. Decided by
+   * the first matching rule that sets it, independently of the rule that decides the action.
    */
   clearSign?: 'required' | 'preferred' | 'off';
   /** After one confirmation, allow the same front+host+token+key+op for this long. */
@@ -141,17 +143,22 @@ const keySpec = z
     },
   );
 
-const ruleSchema = z.strictObject({
-  front: z.enum(['local', 'ssh', 'relay', '*']).optional(),
-  host: z.string().min(1).max(255).optional(),
-  token: z.string().min(1).max(128).optional(),
-  key: keySpec.optional(),
-  op: z.enum(['sign', 'decrypt', '*']).optional(),
-  certify: z.boolean().optional(),
-  action: z.enum(['allow', 'confirm', 'deny']),
-  'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
-  remember: duration.optional(),
-});
+const ruleSchema = z
+  .strictObject({
+    front: z.enum(['local', 'ssh', 'relay', '*']).optional(),
+    host: z.string().min(1).max(255).optional(),
+    token: z.string().min(1).max(128).optional(),
+    key: keySpec.optional(),
+    op: z.enum(['sign', 'decrypt', '*']).optional(),
+    certify: z.boolean().optional(),
+    action: z.enum(['allow', 'confirm', 'deny']).optional(),
+    'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
+    remember: duration.optional(),
+  })
+  .refine((r) => r.action !== undefined || r['clear-sign'] !== undefined, {
+    message: 'a rule needs an action (allow, confirm, deny) or a clear-sign setting',
+    path: ['action'],
+  });
 
 const fileSchema = z.strictObject({
   'pinentry-program': z.string().min(1).max(4096).optional(),
@@ -169,7 +176,8 @@ const fileSchema = z.strictObject({
 type RuleInput = z.output<typeof ruleSchema>;
 
 function toRule(r: RuleInput, origin: string): PolicyRule {
-  const rule: PolicyRule = { action: r.action, origin };
+  const rule: PolicyRule = { origin };
+  if (r.action !== undefined) rule.action = r.action;
   if (r.front !== undefined) rule.front = r.front;
   if (r.host !== undefined) rule.host = r.host;
   if (r.token !== undefined) rule.token = r.token;

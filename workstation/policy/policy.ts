@@ -21,19 +21,16 @@ export type ClearSignSetting = NonNullable<PolicyRule['clearSign']>;
 
 export interface Decision {
   action: PolicyAction;
-  /** The deciding rule's `clear-sign`; undefined means the default for the key. */
-  clearSign?: ClearSignSetting;
+  /**
+   * Whether a remote signature must be one the holder saw (clear-signed): the deciding rule's
+   * `clear-sign`, else `required` for certify-capable keys (a blind digest could certify an
+   * attacker's user id or bind an attacker's subkey) and `preferred` for the others.
+   */
+  clearSign: ClearSignSetting;
   /** Human description of the matching rule, or `default` when no user rule matched. */
   rule: string;
   /** Set on `confirm` decisions whose rule has `remember`: grant that long after a yes. */
   rememberMs?: number;
-  /** Why a default decided, or what to be wary of; for the audit reason and the prompt. */
-  note?: string;
-  /**
-   * The request is a blind signature by a certify-capable key: the holder cannot tell a data
-   * signature from a key certification, so this is worth a warning even when allowed.
-   */
-  flagged?: boolean;
   /** True when a `confirm` became `allow` because of a remembered approval. */
   remembered?: boolean;
 }
@@ -117,28 +114,10 @@ export function describeRule(rule: PolicyRule): string {
   return rule.origin ? `${rule.origin}: ${body}` : body;
 }
 
-function defaultDecision(req: PolicyRequest): Decision {
-  if (req.front === 'local') {
-    return { action: 'allow', rule: 'default', note: 'local requests are allowed by default' };
-  }
-  if (req.op === 'decrypt') {
-    return {
-      action: 'confirm',
-      rule: 'default',
-      note: 'remote decryption needs confirmation by default',
-    };
-  }
-  if (req.certifyCapable) {
-    return {
-      action: 'allow',
-      rule: 'default',
-      flagged: true,
-      note:
-        'blind remote signature by a certify-capable key (it could be a key certification); ' +
-        'add a policy rule with certify = true and action = "confirm" to be asked',
-    };
-  }
-  return { action: 'allow', rule: 'default', note: 'remote signing is allowed by default' };
+function defaultAction(req: PolicyRequest): PolicyAction {
+  // Remote decryption hands a session key to a machine the user cannot see: ask. Remote signing
+  // is allowed, with clear signing guarding certify-capable keys.
+  return req.front !== 'local' && req.op === 'decrypt' ? 'confirm' : 'allow';
 }
 
 /** What a remembered approval for this request covers; pass it to ApprovalMemory.grant. */
@@ -150,8 +129,9 @@ export function approvalScope(req: PolicyRequest): ApprovalScope {
 }
 
 /**
- * The first matching rule decides; with `memory`, a `confirm` the user already approved within
- * its remember window becomes `allow`.
+ * The first matching rule with an action decides the action, the first with `clear-sign` the
+ * clear-signing requirement; with `memory`, a `confirm` the user already approved within its
+ * remember window becomes `allow`. Every trust decision of a request is made here.
  */
 export function decide(
   rules: readonly PolicyRule[],
@@ -159,22 +139,18 @@ export function decide(
   memory?: ApprovalMemory,
   now?: number,
 ): Decision {
-  let decision: Decision | undefined;
-  for (const rule of rules) {
-    if (!ruleMatches(rule, req)) continue;
-    decision = { action: rule.action, rule: describeRule(rule) };
-    if (rule.clearSign !== undefined) decision.clearSign = rule.clearSign;
-    if (rule.action === 'confirm' && rule.rememberMs !== undefined) {
-      decision.rememberMs = rule.rememberMs;
-    }
-    break;
+  const clearSign =
+    rules.find((r) => r.clearSign !== undefined && ruleMatches(r, req))?.clearSign ??
+    (req.certifyCapable ? 'required' : 'preferred');
+  const rule = rules.find((r) => r.action !== undefined && ruleMatches(r, req));
+  const decision: Decision = rule
+    ? { action: rule.action!, rule: describeRule(rule), clearSign }
+    : { action: defaultAction(req), rule: 'default', clearSign };
+  if (rule?.action === 'confirm' && rule.rememberMs !== undefined) {
+    decision.rememberMs = rule.rememberMs;
   }
-  decision ??= defaultDecision(req);
-  if (req.front !== 'local' && req.op === 'sign' && req.certifyCapable) decision.flagged = true;
-  if (decision.action === 'confirm' && memory) {
-    if (memory.isGranted(approvalScope(req), now)) {
-      return { ...decision, action: 'allow', remembered: true };
-    }
+  if (decision.action === 'confirm' && memory?.isGranted(approvalScope(req), now)) {
+    return { ...decision, action: 'allow', remembered: true };
   }
   return decision;
 }
