@@ -3,7 +3,8 @@
 //   - protocol/ imports nothing of ours outside protocol/, and nothing that opens sockets or
 //     files or spawns processes (it works on values and streams handed to it);
 //   - server/ never imports workstation/ (nothing on a server can reach the keystore);
-//   - workstation/ never imports server/.
+//   - workstation/ never imports server/;
+//   - system/ (OS helpers both ends share, such as unix sockets) imports neither of them.
 // Type-only imports count too: a type that crosses the boundary drags its module's assumptions.
 // Usage: node scripts/check-imports.mjs [ROOT]   (prints `file:line: message`, exits 1 on any)
 
@@ -103,6 +104,13 @@ function checkFile(file, area, violations) {
     if (area === 'server' && target && within(target, join(root, 'workstation'))) {
       report(`server/ must not import workstation/ ('${spec}'): servers never reach the keystore`);
     }
+    if (
+      area === 'system' &&
+      target &&
+      (within(target, join(root, 'server')) || within(target, join(root, 'workstation')))
+    ) {
+      report(`system/ is shared by both ends and must not import '${spec}'`);
+    }
     if (area === 'workstation' && target && within(target, join(root, 'server'))) {
       report(`workstation/ must not import server/ ('${spec}')`);
     }
@@ -110,7 +118,7 @@ function checkFile(file, area, violations) {
 }
 
 const violations = [];
-for (const area of ['protocol', 'server', 'workstation']) {
+for (const area of ['protocol', 'system', 'server', 'workstation']) {
   for (const file of walk(join(root, area), [])) checkFile(file, area, violations);
 }
 for (const v of violations) console.log(v);

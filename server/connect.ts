@@ -31,7 +31,7 @@ import {
 } from '../protocol/relay/endpoint.js';
 import { parseToken } from '../protocol/token.js';
 import { tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
-import { ensureSocketDir, probeSocket, removeSocket } from './agent-socket.js';
+import { ensureSocketDir, probeSocket, removeSocket } from '../system/unix-socket.js';
 import { startFacade, type Facade } from './facade.js';
 import { sealFacadeStream } from './seal.js';
 import { gnupgDirs } from './gnupg-dirs.js';

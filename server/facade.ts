@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
-import { listenAt, removeSocket } from './agent-socket.js';
+import { listenAt, removeSocket } from '../system/unix-socket.js';
 
 export interface FacadeOptions {
   /** A free path (absent, or a stale socket already removed). */

@@ -14,7 +14,14 @@ import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { serveTunnel, tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
 import { UserError } from '../cli/errors.js';
-import { ensureSocketDir, listenAt, probeSocket, removeSocket } from './agent-socket.js';
+import {
+  checkSocketPlace,
+  connectOwnSocket,
+  ensureSocketDir,
+  listenAt,
+  probeSocket,
+  removeSocket,
+} from '../system/unix-socket.js';
 import { startFacade, type Facade } from './facade.js';
 import { gnupgDirs, succeeds, type GnupgDirs } from './gnupg-dirs.js';
 import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
@@ -77,6 +84,10 @@ type Role = 'serve' | 'attach';
 /** Attaches to a keytether session on the path, or makes the path free for us, or explains. */
 async function claimPath(socketPath: string, replace: boolean, env: NodeJS.ProcessEnv) {
   const ctl = controlSocketPath(socketPath);
+  // Another user's control socket there would be handed this user's holder: refused, as is a
+  // socket directory others can write to.
+  await checkSocketPlace(ctl);
+  await checkSocketPlace(socketPath);
   if ((await probeSocket(ctl)) === 'live') return 'attach' satisfies Role;
   let state = await probeSocket(socketPath);
   if (state === 'live' && replace) {
@@ -92,18 +103,6 @@ async function claimPath(socketPath: string, replace: boolean, env: NodeJS.Proce
   if (state === 'stale') await removeSocket(socketPath);
   await removeSocket(ctl);
   return 'serve' satisfies Role;
-}
-
-function connectUnix(p: string): Promise<net.Socket | null> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.off('error', onError);
-      resolve(s);
-    });
-    const onError = () => resolve(null);
-    s.once('error', onError);
-  });
 }
 
 interface Session {
@@ -195,7 +194,7 @@ async function runServing(s: Session): Promise<number | 'retry'> {
 /** Lends this session's holder to the session serving the socket. */
 async function runAttached(s: Session): Promise<number | 'retry'> {
   await s.up();
-  const sock = await connectUnix(s.ctlPath);
+  const sock = await connectOwnSocket(s.ctlPath);
   if (!sock) return 'retry';
   sock.on('error', () => sock.destroy());
   const handle = serveTunnel(s.own, sock, {

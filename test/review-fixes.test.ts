@@ -12,7 +12,7 @@ import { serveAgent } from '../protocol/agent/index.js';
 import { applyOption, MAX_SESSION_ENV } from '../protocol/agent/options.js';
 import { AgentSession } from '../protocol/agent/session.js';
 import type { KeyEntry, KeyHolder, Requester, SignRequest } from '../protocol/keyholder.js';
-import { listenAt } from '../server/agent-socket.js';
+import { listenAt } from '../system/unix-socket.js';
 import { listenUnix } from '../workstation/holder/local-socket.js';
 import { describeRequester, requesterPrefixedText } from '../workstation/backends/index.js';
 import type { Backend } from '../workstation/backends/backend.js';

@@ -2,6 +2,7 @@
 // and the client's connect-and-ask (see workstation/control/control.ts for the protocol).
 
 import net from 'node:net';
+import { checkSocketPlace } from '../../system/unix-socket.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { UserError } from '../../cli/errors.js';
@@ -88,18 +89,14 @@ export async function request(
   timeoutMs: number,
 ): Promise<ControlConnection | undefined> {
   const p = controlSocketPath(home);
-  let st;
   try {
-    st = await fs.lstat(p);
+    await fs.lstat(p);
   } catch (e) {
     if (noAgentCode(e)) return undefined;
     throw new UserError(`cannot reach the keytether agent at ${p}: ${(e as Error).message}`);
   }
   // Requests (and a tunnel's signatures) must only ever go to an agent of this user.
-  const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
-  if (uid !== undefined && st.uid !== uid) {
-    throw new UserError(`${p} belongs to another user; remove it or fix KEYTETHER_HOME`);
-  }
+  await checkSocketPlace(p);
   const sock = net.connect(p);
   try {
     await new Promise<void>((resolve, reject) => {
