@@ -23,7 +23,13 @@ import {
 } from '../workstation/backends/index.js';
 import type { KeyEntry } from '../protocol/keyholder.js';
 import { findList, parseSexp } from '../protocol/sexp.js';
-import { generateKey, makeGnupgHome, type TempGnupg, clientHome } from './support/gnupg.js';
+import {
+  clientHome,
+  exportPublicKey,
+  generateKey,
+  makeGnupgHome,
+  type TempGnupg,
+} from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
@@ -392,3 +398,52 @@ t.test('keytether agent (default backend auto) in a HOME without GnuPG', async (
   t.equal(stderr, '', 'said nothing');
   t.same(await readdir(home), [], 'created nothing in HOME (no ~/.gnupg)');
 });
+
+t.test(
+  'a refresh asks the agent only; the keyring is read again only when it changed',
+  async (t) => {
+    const ws = await makeGnupgHome();
+    t.teardown(() => ws.cleanup());
+    const mine = await generateKey(ws, {
+      uid: 'M <m@example.org>',
+      algo: 'ed25519',
+      usage: 'sign',
+    });
+    // Someone else's certificate in the keyring: public only, never exported for the inventory.
+    const other = await makeGnupgHome();
+    t.teardown(() => other.cleanup());
+    const theirs = await generateKey(other, { uid: 'O <o@example.org>', algo: 'ed25519' });
+    const imp = await ws.gpg(['--batch', '--import'], {
+      input: await exportPublicKey(other, theirs.fingerprint),
+    });
+    t.equal(imp.code, 0, imp.stderr);
+
+    const exports: string[][] = [];
+    const backend = await GpgAgentBackend.open({
+      gnupgHome: ws.home,
+      requireAgent: true,
+      refreshMs: 0,
+      changeCheckMs: 0,
+      onExport: (specs) => exports.push(specs),
+    });
+    t.teardown(() => backend.close());
+    for (let i = 0; i < 5; i++) {
+      const inv = await backend.inventory();
+      t.same(
+        inv.certificates.map((c) => c.fingerprint),
+        [mine.fingerprint],
+        'only the certificate with a secret key',
+      );
+    }
+    t.same(exports, [[`&${mine.keygrip}`]], 'five refreshes, one export, of our keygrip only');
+
+    const added = await generateKey(ws, {
+      uid: 'N <n@example.org>',
+      algo: 'ed25519',
+      usage: 'sign',
+    });
+    const inv = await backend.inventory();
+    t.same(inv.keys.map((k) => k.keygrip).sort(), [mine.keygrip, added.keygrip].sort());
+    t.equal(exports.length, 2, 'a new key: the keyring is read again');
+  },
+);

@@ -45,6 +45,8 @@ export interface GpgAgentBackendOptions {
   changeCheckMs?: number;
   /** Test hook: sees every command line sent to gpg-agent. */
   onCommand?: CommandObserver;
+  /** Test hook: sees the key specifications of every public-keyring export. */
+  onExport?: (specs: string[]) => void;
 }
 
 const DEFAULT_REFRESH_MS = 5_000;
@@ -95,6 +97,13 @@ export class GpgAgentBackend implements Backend {
   #readAt = 0;
   #stampAt = 0;
   #refreshing: Promise<Inventory> | undefined;
+  /**
+   * The inventory last built from certificates, and what it was built from (keyring stamp and
+   * the agent's KEYINFO lines). A periodic refresh only asks the agent (one KEYINFO --list); the
+   * keyring is exported and parsed again only when either changed — parsing hundreds of
+   * certificates takes the main thread for ~100 ms.
+   */
+  #built: { from: string; inv: Inventory } | undefined;
   #closed = false;
 
   private constructor(tools: GnupgTools, dirs: AgentDirs, opts: GpgAgentBackendOptions) {
@@ -112,6 +121,7 @@ export class GpgAgentBackend implements Backend {
       gpg: opts.gpg ?? 'gpg',
       gpgconf: opts.gpgconf ?? 'gpgconf',
       home: opts.gnupgHome,
+      ...(opts.onExport ? { onExport: opts.onExport } : {}),
     };
     const dirs = await agentDirs(tools);
     const backend = new GpgAgentBackend(tools, dirs, opts);
@@ -268,7 +278,16 @@ export class GpgAgentBackend implements Backend {
         return inv;
       }
       const agentKeys = await this.#agentKeys();
-      inv = agentKeys.size === 0 ? EMPTY : await this.#withCertificates(agentKeys);
+      const from = `${stamp}\n${[...agentKeys.values()]
+        .map((k) => JSON.stringify(k))
+        .sort()
+        .join('\n')}`;
+      if (agentKeys.size === 0) inv = EMPTY;
+      else if (this.#built?.from === from) inv = this.#built.inv;
+      else {
+        inv = await this.#withCertificates(agentKeys);
+        this.#built = { from, inv };
+      }
     } catch {
       // An agent that is not running (yet) or a keyring gpg cannot read: no keys from here, and
       // the next refresh tries again.
@@ -320,7 +339,9 @@ export class GpgAgentBackend implements Backend {
   }
 
   async #withCertificates(agentKeys: Map<string, AgentKeyInfo>): Promise<Inventory> {
-    const bytes = await exportPublicKeys(this.#tools);
+    // Only the certificates of keys the agent holds: a keyring of other people's keys costs
+    // nothing.
+    const bytes = await exportPublicKeys(this.#tools, [...agentKeys.keys()]);
     if (bytes.length === 0) return EMPTY;
     const certs = await openpgp.readKeys({ binaryKeys: bytes });
     const keys: KeyEntry[] = [];

@@ -8,6 +8,8 @@ export interface GnupgTools {
   gpgconf: string;
   /** GNUPGHOME for the tools; undefined: whatever the environment says. */
   home: string | undefined;
+  /** Test hook: sees the key specifications of every keyring export. */
+  onExport?: (specs: string[]) => void;
 }
 
 export interface AgentDirs {
@@ -64,11 +66,25 @@ export async function launchAgent(tools: GnupgTools): Promise<void> {
   await run(tools.gpgconf, ['--launch', 'gpg-agent'], tools, 64 * 1024);
 }
 
-/** Every public certificate in the keyring, binary, with only the newest self-signatures. */
-export async function exportPublicKeys(tools: GnupgTools): Promise<Buffer> {
+/**
+ * The public certificates holding any of KEYGRIPS (gpg's `&KEYGRIP` key specification), binary,
+ * with only the newest self-signatures.
+ */
+export async function exportPublicKeys(tools: GnupgTools, keygrips: string[]): Promise<Buffer> {
+  const specs = keygrips.filter((g) => /^[0-9A-F]{40}$/i.test(g)).map((g) => `&${g}`);
+  if (specs.length === 0) return Buffer.alloc(0);
+  tools.onExport?.(specs);
   return run(
     tools.gpg,
-    ['--batch', '--no-tty', '--no-autostart', '--export-options', 'export-minimal', '--export'],
+    [
+      '--batch',
+      '--no-tty',
+      '--no-autostart',
+      '--export-options',
+      'export-minimal',
+      '--export',
+      ...specs,
+    ],
     tools,
     MAX_EXPORT_BYTES,
   );
