@@ -36,15 +36,37 @@ export interface ImportResult {
   detail?: string;
 }
 
-/** `gpg --batch --import` of the holder's public certificates into the user's keyring. */
-export function importCertificates(
+/**
+ * `gpg --batch --import` of the holder's public certificates into the user's keyring, then
+ * ownertrust "ultimate" for them, as gpg gives the keys it generates: they are the user's own
+ * keys, and without it verification warns "untrusted key" and `gpg -e -r` to oneself fails with
+ * "There is no assurance…" (it wants a terminal to ask).
+ */
+export async function importCertificates(
   certs: readonly Certificate[],
   env: NodeJS.ProcessEnv = process.env,
   gpg = 'gpg',
 ): Promise<ImportResult> {
   const input = certs.map((c) => c.armored.trimEnd() + '\n').join('');
+  const imported = await runGpg(gpg, ['--batch', '--no-tty', '--import'], input, env);
+  if (!imported.ok) return imported;
+  const trust = certs
+    .map((c) => c.fingerprint.toUpperCase())
+    .filter((f) => /^(?:[0-9A-F]{40}|[0-9A-F]{64})$/.test(f))
+    .map((f) => `${f}:6:\n`)
+    .join('');
+  if (trust === '') return imported;
+  return runGpg(gpg, ['--batch', '--no-tty', '--import-ownertrust'], trust, env);
+}
+
+function runGpg(
+  gpg: string,
+  args: string[],
+  input: string,
+  env: NodeJS.ProcessEnv,
+): Promise<ImportResult> {
   return new Promise((resolve) => {
-    const child = spawn(gpg, ['--batch', '--no-tty', '--import'], {
+    const child = spawn(gpg, args, {
       env,
       stdio: ['pipe', 'ignore', 'pipe'],
     });

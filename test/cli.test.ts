@@ -1,5 +1,6 @@
 // The CLI skeleton as a user meets it: help, version, exit statuses and one-line errors.
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -73,6 +74,29 @@ t.test('group commands list their subcommands', async (t) => {
   }
 });
 
+t.test('ssh --help offers only what exists; a hidden flag still explains itself', async (t) => {
+  const help = await runCli(['ssh', '--help']);
+  t.notMatch(help.stdout, /--reconnect|--socket /, 'nothing "not available yet" is offered');
+  const r = await runCli(['ssh', '--reconnect', 'example.invalid']);
+  t.equal(r.code, 1);
+  t.equal(
+    r.stderr,
+    'keytether ssh: --reconnect is not available yet; run keytether ssh without it\n',
+  );
+});
+
+t.test('a ProxyJump host is refused in one sentence, said once', async (t) => {
+  const home = await mkdtemp(join(tmpdir(), 'kt-jump-'));
+  t.teardown(() => rm(home, { recursive: true, force: true }));
+  await mkdir(join(home, '.ssh'), { mode: 0o700 });
+  await writeFile(join(home, '.ssh', 'config'), 'Host j\n  ProxyJump bastion\n');
+  const r = await runCli(['ssh', '--no-agent', 'j'], {
+    env: { HOME: home, KEYTETHER_HOME: join(home, 'kt') },
+  });
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^keytether ssh: cannot reach j: its ssh config uses ProxyJump, [^\n]*\n$/);
+});
+
 t.test('every command documents its flags in --help', async (t) => {
   const flags: [string[], string[]][] = [
     [['agent'], ['--socket', '--relay', '--pinentry-program', '--backend']],
@@ -80,7 +104,7 @@ t.test('every command documents its flags in --help', async (t) => {
       ['ssh'],
       ['-p, --port', '-i, --identity', '-o, --option', '--remote-socket', '--remote-command'],
     ],
-    [['ssh'], ['--accept-new', '--import-keys', '--reconnect']],
+    [['ssh'], ['--accept-new', '--import-keys', '--replace']],
     [
       ['token', 'create'],
       ['--key', '--ops', '--ttl', '--max-uses', '--label', '--relay'],

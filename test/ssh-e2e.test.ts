@@ -122,6 +122,31 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
     t.equal(r.stdout, '');
   });
 
+  await t.test("a gpg-agent live on the server's socket: refused, then --replace", async (t) => {
+    const launch = await server.run('gpgconf', ['--launch', 'gpg-agent']);
+    t.equal(launch.code, 0, launch.stderr);
+    const refused = await runCli(
+      [...sshArgs(sshd.knownHostsFile), '--remote-socket', remoteSocket],
+      { env },
+    );
+    t.equal(refused.code, 1, refused.stderr);
+    t.match(refused.stderr, /a gpg-agent is already listening on .*pass --replace to do that/);
+    const session = await spawnCli(
+      [...sshArgs(sshd.knownHostsFile), '--remote-socket', remoteSocket, '--replace'],
+      { env },
+    );
+    const ended = exitOf(session);
+    try {
+      await waitForLine(session.stdout!, /^ready: /, 30_000);
+      // The server's own agent has no keys; the holder's key answers only through keytether.
+      const have = await server.connectAgent([`HAVEKEY ${key.keygrip}`]);
+      t.match(have.stdout.toString(), /^OK/m, "keytether serves the server's socket now");
+    } finally {
+      session.kill('SIGINT');
+      await ended;
+    }
+  });
+
   const child = await spawnCli(
     sshArgs(sshd.knownHostsFile, [
       '--remote-socket',

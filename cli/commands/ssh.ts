@@ -24,6 +24,7 @@ interface SshFlags extends ConfigFlags {
   remoteCommand: string;
   acceptNew?: boolean;
   importKeys?: boolean;
+  replace?: boolean;
   reconnect?: boolean;
   /** false with --no-agent. */
   agent?: boolean;
@@ -61,15 +62,17 @@ export function register(program: Command): void {
     .option('--remote-command <cmd>', 'how to run keytether on HOST', 'keytether')
     .option('--accept-new', 'trust an unknown host key, then record it')
     .option('--import-keys', "import the holder's public keys into HOST's keyring")
-    .option('--reconnect', 'retry with backoff instead of exiting when the link drops')
+    .option(
+      '--replace',
+      "stop a gpg-agent running on HOST's socket (gpgconf --kill gpg-agent) and serve it instead",
+    )
+    // Not built yet: accepted so scripts get the sentence below, but not offered in --help.
+    .addOption(new Option('--reconnect').hideHelp())
     .option(
       '--no-agent',
       'run a holder in-process even when a keytether agent is running on this workstation',
     )
-    .option(
-      '--socket <path>',
-      'local holder socket to reuse (default $KEYTETHER_HOME/S.gpg-agent; not available yet)',
-    )
+    .addOption(new Option('--socket <path>').hideHelp())
     .option(
       '--relay <url>',
       'in-process holder: also connect out to this relay (repeatable)',
@@ -186,6 +189,7 @@ export function register(program: Command): void {
               remoteCommand: flags.remoteCommand,
               ...(flags.remoteSocket !== undefined ? { remoteSocket: flags.remoteSocket } : {}),
               importKeys: flags.importKeys ?? false,
+              replace: flags.replace ?? false,
               software,
               onReady: (p) => process.stdout.write(`ready: ${p}\n`),
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),

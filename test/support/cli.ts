@@ -26,7 +26,7 @@ import { promisify } from 'node:util';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-const SOURCE_DIRS = ['protocol', 'workstation', 'server', 'cli', 'bench'];
+const SOURCE_DIRS = ['protocol', 'system', 'workstation', 'server', 'cli', 'bench'];
 const execFileP = promisify(execFile);
 
 function sourceFiles(dir: string, out: string[]): string[] {

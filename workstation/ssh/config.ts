@@ -372,8 +372,7 @@ export function resolveSshTarget(opts: ResolveSshTargetOptions): SshTarget {
   const proxyCommandRaw = get('proxycommand');
   const proxyCommand =
     proxyCommandRaw && proxyCommandRaw.toLowerCase() !== 'none' ? proxyCommandRaw : undefined;
-  if (proxyJump) unsupported.push(`ProxyJump ${proxyJump} is not supported yet`);
-  if (proxyCommand) unsupported.push('ProxyCommand is not supported yet');
+  // ProxyJump/ProxyCommand are not notices: connectSsh refuses them with the one sentence.
   if (get('certificatefile')) unsupported.push('CertificateFile is not supported yet');
 
   return {

@@ -19,6 +19,8 @@ export interface SshSessionOptions {
   remoteCommand: string;
   remoteSocket?: string;
   importKeys?: boolean;
+  /** Pass --replace to serve: stop a gpg-agent on the server socket first. */
+  replace?: boolean;
   /** `keytether/<version>`. */
   software: string;
   /** The server said gpg can use its socket now. */
@@ -51,14 +53,18 @@ const MAX_LINE_CHARS = 4096;
 const KEPT_LINES = 20;
 const STOP_REASON = 'interrupted on the workstation';
 
-/** `<cmd> serve --stdio [--socket P] [--import-keys]`, arguments quoted for the remote shell. */
+/**
+ * `<cmd> serve --stdio [--socket P] [--import-keys] [--replace]`, arguments quoted for the remote
+ * shell.
+ */
 export function serveCommand(
   remoteCommand: string,
-  opts: { remoteSocket?: string; importKeys?: boolean } = {},
+  opts: { remoteSocket?: string; importKeys?: boolean; replace?: boolean } = {},
 ): string {
   const args = ['serve', '--stdio'];
   if (opts.remoteSocket !== undefined) args.push('--socket', opts.remoteSocket);
   if (opts.importKeys) args.push('--import-keys');
+  if (opts.replace) args.push('--replace');
   return [remoteCommand, ...args.map(shellQuote)].join(' ');
 }
 
