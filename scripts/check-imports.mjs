@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Enforces DESIGN.md's import rules, which keep the trust boundaries visible in the code:
+// Enforces the import rules of the layout (README, Development), which keep the trust
+// boundaries visible in the code:
 //   - protocol/ imports nothing of ours outside protocol/, and nothing that opens sockets or
 //     files or spawns processes (it works on values and streams handed to it);
 //   - server/ never imports workstation/ (nothing on a server can reach the keystore);
@@ -123,6 +124,8 @@ for (const area of ['protocol', 'system', 'server', 'workstation']) {
 }
 for (const v of violations) console.log(v);
 if (violations.length > 0) {
-  console.error(`check-imports: ${violations.length} import rule violation(s); see DESIGN.md`);
+  console.error(
+    `check-imports: ${violations.length} import rule violation(s); see the header of scripts/check-imports.mjs`,
+  );
   process.exit(1);
 }
