@@ -85,6 +85,14 @@ t.test('clear signing through the relay', async (t) => {
     t.match(r.stderr, /keytether git-sign/, '… and what to do');
     const rec = (await audit()).at(-1);
     t.match(rec, { decision: 'denied', verification: 'blind' });
+    t.match(
+      holder.stderr(),
+      new RegExp(
+        `^\\d\\d:\\d\\d:\\d\\d relay, token ktt_[0-9a-f]{16}, relay says from [^:]+: sign key ${FPR} \\(blind\\): denied — clear-sign required: `,
+        'm',
+      ),
+      "the holder's terminal shows the refusal and why, one line",
+    );
   });
 
   await t.test('the review attack: a new user id through the token fails', async (t) => {

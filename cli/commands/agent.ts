@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { ContentStore, serveAgent } from '../../protocol/agent/index.js';
 import { ConfigError, loadConfig, mergeFlags } from '../../workstation/home/config.js';
 import type { Config, ConfigFlags } from '../../workstation/home/config.js';
+import { operationLine } from '../../workstation/audit/operation-line.js';
 import { listenUnix } from '../../workstation/holder/local-socket.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { startControlServer } from '../../workstation/control/control.js';
@@ -141,6 +142,9 @@ export function register(program: Command): void {
           throw e;
         });
         process.stdout.write(`ready: ${socketPath}\n`);
+        const stopLines = rt.audit.onRecorded((rec) =>
+          process.stderr.write(`${operationLine(rec)}\n`),
+        );
         // Serving gpg-agent's keys to remote fronts is the default (auto): say so once, with the
         // way out, rather than let a user find out from the audit log.
         const gpgAgent = rt.gpgAgent;
@@ -161,6 +165,7 @@ export function register(program: Command): void {
           process.once('SIGTERM', stop);
           process.once('SIGHUP', stop);
         });
+        stopLines();
         await control.close();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());

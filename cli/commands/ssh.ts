@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { ConfigFlags } from '../../workstation/home/config.js';
 import { openAgentTunnel, requestStatus } from '../../workstation/control/control.js';
+import { operationLine } from '../../workstation/audit/operation-line.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
@@ -167,7 +168,14 @@ export function register(program: Command): void {
             flags.gnupgHome !== undefined ? { gnupgHome: path.resolve(flags.gnupgHome) } : {},
           );
           holder = rt.holder;
-          release = () => rt.close();
+          // The in-process holder is this terminal's: one line per operation, as the agent does.
+          const stopLines = rt.audit.onRecorded((rec) =>
+            process.stderr.write(`${operationLine(rec)}\n`),
+          );
+          release = async () => {
+            stopLines();
+            await rt.close();
+          };
         }
         for (const s of target.unsupported) notice(s);
 

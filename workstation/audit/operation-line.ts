@@ -1,0 +1,30 @@
+// One line per operation on the foreground holder's stderr: what the audit log records, short
+// enough to read as it scrolls by. The reason matters most for refusals ("No pinentry" when no
+// terminal is set, "clear-sign required") that were otherwise only in audit.jsonl.
+
+import { displayField } from '../../protocol/display-text.js';
+import type { AuditInput } from './audit.js';
+
+/** `12:04:05 relay (token ktt_…) sign key 0123…CDEF: denied — clear-sign required: …`. */
+export function operationLine(rec: AuditInput, now: Date = new Date()): string {
+  const time = (rec.time ?? now).toISOString().slice(11, 19);
+  const who = [
+    rec.front,
+    rec.host !== undefined ? `host ${displayField(rec.host)}` : undefined,
+    rec.tokenId !== undefined ? `token ${displayField(rec.tokenId)}` : undefined,
+    rec.peer !== undefined ? `relay says from ${displayField(rec.peer)}` : undefined,
+  ]
+    .filter((s) => s !== undefined)
+    .join(', ');
+  const key = rec.fingerprint ?? rec.keygrip;
+  const what = [
+    rec.op,
+    key !== undefined ? `key ${displayField(key, 64)}` : undefined,
+    rec.op === 'sign' && rec.verification !== undefined ? `(${rec.verification})` : undefined,
+  ]
+    .filter((s) => s !== undefined)
+    .join(' ');
+  const reason = rec.reason !== undefined ? ` — ${displayField(rec.reason, 200)}` : '';
+  const summary = rec.content ? `; ${displayField(rec.content.summary, 120)}` : '';
+  return `${time} ${who}: ${what}: ${rec.decision}${reason}${summary}`;
+}
