@@ -55,8 +55,10 @@ export async function importCertificates(
     .filter((f) => /^(?:[0-9A-F]{40}|[0-9A-F]{64})$/.test(f))
     .map((f) => `${f}:6:\n`)
     .join('');
-  if (trust === '') return imported;
-  return runGpg(gpg, ['--batch', '--no-tty', '--import-ownertrust'], trust, env);
+  // Best effort: under `trust-model always` (or direct) there is no trustdb to write, and the
+  // keys are usable without it.
+  if (trust !== '') await runGpg(gpg, ['--batch', '--no-tty', '--import-ownertrust'], trust, env);
+  return imported;
 }
 
 function runGpg(
