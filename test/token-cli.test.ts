@@ -2,7 +2,7 @@
 // imported with `keytether keys import`.
 
 import t from 'tap';
-import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseToken, verifyTokenSignature } from '../protocol/token.js';
@@ -268,4 +268,56 @@ t.test('token list and revoke', async (t) => {
   });
   t.equal(empty.code, 0, empty.stderr);
   t.same(JSON.parse(empty.stdout), []);
+});
+
+t.test('token prune, and a full registry names it', async (t) => {
+  const pruneHome = path.join(scratch, 'prune');
+  const env = { KEYTETHER_HOME: pruneHome };
+  const imp = await runCli(['keys', 'import'], {
+    env,
+    input: await exportSecretKey(g, key.fingerprint),
+  });
+  t.equal(imp.code, 0, imp.stderr);
+  const create = () =>
+    runCli(['token', 'create', '--key', key.fingerprint, '--relay', RELAY], { env });
+  const first = await create();
+  t.equal(first.code, 0, first.stderr);
+  const keep = parseToken(first.stdout.trim());
+  if (!keep.ok) throw new Error(keep.error);
+
+  // Fill the registry to its cap with tokens revoked just now, as years of CI jobs would.
+  const file = path.join(pruneHome, 'tokens.json');
+  const doc = JSON.parse(await readFile(file, 'utf8')) as {
+    tokens: { id: string; claims: { tid: string }; revoked: boolean; revokedAt?: string }[];
+  };
+  const mine = doc.tokens[0]!;
+  const revokedAt = new Date().toISOString();
+  for (let i = 1; i < 10_000; i++) {
+    const id = `ktt_${i.toString(16).padStart(16, '0')}`;
+    doc.tokens.push({ ...mine, id, claims: { ...mine.claims, tid: id }, revoked: true, revokedAt });
+  }
+  await writeFile(file, JSON.stringify(doc), { mode: 0o600 });
+
+  const full = await create();
+  t.equal(full.code, 1);
+  t.match(
+    full.stderr,
+    /^keytether token create: \S+tokens\.json already holds 10000 tokens; remove expired and revoked ones with keytether token prune/,
+  );
+  t.equal(full.stdout, '', 'no token');
+
+  const recent = await runCli(['token', 'prune', '--older-than', '1d'], { env });
+  t.equal(recent.code, 0, recent.stderr);
+  t.equal(recent.stdout, 'pruned 0 tokens\n', 'revoked just now: not a day ago');
+  const pruned = await runCli(['token', 'prune'], { env });
+  t.equal(pruned.code, 0, pruned.stderr);
+  t.equal(pruned.stdout, 'pruned 9999 tokens\n');
+  const again = await create();
+  t.equal(again.code, 0, again.stderr);
+  const rows = JSON.parse((await runCli(['token', 'list', '--json'], { env })).stdout) as {
+    id: string;
+  }[];
+  t.equal(rows.length, 2, 'the active token and the new one');
+  t.equal(rows[0]!.id, keep.token.payload.tid);
+  t.equal((await stat(file)).mode & 0o777, 0o600, 'tokens.json is still 0600');
 });

@@ -308,17 +308,27 @@ t.test('registry: the authority matrix', async (t) => {
     if (!r.ok) throw new Error(r.error);
     return { text, token: r.token };
   };
-  const req = (token: ParsedToken, over: object = {}) =>
-    reg.authorize({ token, fingerprint: FPR_A, primaryFingerprint: FPR_A, op: 'sign', ...over });
+  // As the scoped holder does once the holder produced a result.
+  const req = async (token: ParsedToken, over: object = {}) => {
+    const d = await reg.authorize({
+      token,
+      fingerprint: FPR_A,
+      primaryFingerprint: FPR_A,
+      op: 'sign',
+      ...over,
+    });
+    if (d.ok) await d.use.commit();
+    return d;
+  };
 
   const { text, token } = await issue();
   t.equal(token.payload.hid, identity.hid);
   t.equal(token.payload.exp - token.payload.iat, 3600);
-  t.same(await req(token), { ok: true }, 'allowed');
+  t.match(await req(token), { ok: true }, 'allowed');
   const pub = parseToken(token.publicPart);
   if (!pub.ok) throw new Error(pub.error);
-  t.same(await req(pub.token), { ok: true }, 'the public part alone is enough');
-  t.same(
+  t.match(await req(pub.token), { ok: true }, 'the public part alone is enough');
+  t.match(
     await req(token, { fingerprint: FPR_A_SUB }),
     { ok: true },
     'a subkey of a listed primary',
@@ -333,7 +343,7 @@ t.test('registry: the authority matrix', async (t) => {
   });
 
   const secretHash = tokenSecretHash(Buffer.from(text.split('.')[3]!, 'base64url'));
-  t.same(await req(token, { secretHash }), { ok: true }, 'right secret');
+  t.match(await req(token, { secretHash }), { ok: true }, 'right secret');
   t.match(await req(token, { secretHash: tokenSecretHash(Buffer.alloc(32)) }), {
     ok: false,
     reason: 'signature',
@@ -353,9 +363,9 @@ t.test('registry: the authority matrix', async (t) => {
 
   // Uses: counted on disk, so a reopened registry (a restarted agent) still refuses.
   const limited = await issue({ maxUses: 2 });
-  t.same(await req(limited.token), { ok: true });
+  t.match(await req(limited.token), { ok: true });
   const reopened = await TokenRegistry.open(home, { now: () => now });
-  t.same(
+  t.match(
     await reopened.authorize({
       token: limited.token,
       fingerprint: FPR_A,
@@ -410,7 +420,7 @@ t.test('registry: the authority matrix', async (t) => {
 
   // Revoked from another process (the CLI), noticed by this one on the next request.
   const victim = await issue();
-  t.same(await req(victim.token), { ok: true });
+  t.match(await req(victim.token), { ok: true });
   const rv = await runCli(['token', 'revoke', victim.token.payload.tid], {
     env: { KEYTETHER_HOME: home },
   });
@@ -473,19 +483,27 @@ t.test('registry: changes by other registries and processes reach a long-lived o
     if (!r.ok) throw new Error(r.error);
     return r.token;
   };
-  const ask = (reg: TokenRegistry, token: ParsedToken) =>
-    reg.authorize({ token, fingerprint: FPR_A, primaryFingerprint: FPR_A, op: 'sign' });
+  const ask = async (reg: TokenRegistry, token: ParsedToken) => {
+    const d = await reg.authorize({
+      token,
+      fingerprint: FPR_A,
+      primaryFingerprint: FPR_A,
+      op: 'sign',
+    });
+    if (d.ok) await d.use.commit();
+    return d;
+  };
 
   // Revoked through a second registry (what `keytether token revoke` opens): the agent's very
   // next request is refused, though the agent has the file cached.
   const a = await issue(agent);
-  for (let i = 0; i < 3; i++) t.same(await ask(agent, a), { ok: true });
+  for (let i = 0; i < 3; i++) t.match(await ask(agent, a), { ok: true });
   t.equal(await cli.revoke(a.payload.tid), true);
   t.match(await ask(agent, a), { ok: false, reason: 'revoked' }, 'revocation seen at once');
 
   // Issued elsewhere: known to the agent at its next request.
   const b = await issue(cli);
-  t.same(await ask(agent, b), { ok: true }, 'a token issued by another registry is known');
+  t.match(await ask(agent, b), { ok: true }, 'a token issued by another registry is known');
 
   // The file replaced by another process (a restore from backup): re-read.
   const withoutB = JSON.parse(await readFile(file, 'utf8')) as { tokens: { id: string }[] };
@@ -518,7 +536,7 @@ t.test('registry: changes by other registries and processes reach a long-lived o
   const c = await issue(agent);
   await writeFile(path.join(home, 'tokens.json.lock'), String(process.pid), { mode: 0o600 });
   try {
-    t.same(await ask(agent, c), { ok: true }, 'decided without the lock');
+    t.match(await ask(agent, c), { ok: true }, 'decided without the lock');
   } finally {
     await rm(path.join(home, 'tokens.json.lock'), { force: true });
   }

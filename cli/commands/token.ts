@@ -361,4 +361,21 @@ export function register(program: Command): void {
         out(cmd)(`revoked ${id}\n`);
       }),
     );
+  token
+    .command('prune')
+    .description(
+      'remove expired and revoked tokens from the registry (done by itself 7 days after they end)',
+    )
+    .option(
+      '--older-than <duration>',
+      'only tokens that ended at least this long ago, e.g. 1d (default: all)',
+      durationArg,
+    )
+    .action(
+      action(async (opts: { olderThan?: number }, cmd: Command) => {
+        const registry = await TokenRegistry.open(resolveHome(cmd.optsWithGlobals<Globals>()));
+        const n = await registry.prune(opts.olderThan ?? 0);
+        out(cmd)(`pruned ${n} token${n === 1 ? '' : 's'}\n`);
+      }),
+    );
 }

@@ -19,7 +19,7 @@ import { decodeMux, MuxKind } from '../../protocol/relay/mux.js';
 import type { AuditInput } from '../audit/audit.js';
 import { loadOrCreateIdentity } from '../home/identity.js';
 import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './stream.js';
-import { loadSealCredentials, registryKnowsSecret, type SealCredentials } from './seal.js';
+import { loadSealCredentials, type SealCredentials } from './seal.js';
 import type { TokenAuthority } from '../tokens/scoped-holder.js';
 import { TokenRegistry } from '../tokens/tokens.js';
 
@@ -28,6 +28,7 @@ export {
   tokenScopedHolder,
   type TokenAuthority,
   type TokenDecision,
+  type TokenUse,
 } from '../tokens/scoped-holder.js';
 
 /** The holder identity as the relay client needs it (workstation/home/identity.ts provides one). */
@@ -316,7 +317,7 @@ export async function startRelayClients(
   const identity = await loadOrCreateIdentity(rt.home);
   const tokens = await TokenRegistry.open(rt.home, { identity });
   const seal = await loadSealCredentials(rt.home);
-  const checkSecret = (tid: string, hash: string) => registryKnowsSecret(rt.home, tid, hash);
+  const checkSecret = (tid: string, hash: string) => tokens.knowsSecret(tid, hash);
   const clients = urls.map((url) =>
     startRelayClient({
       url,

@@ -9,15 +9,12 @@ import {
   createPrivateKey,
   createPublicKey,
   randomBytes,
-  timingSafeEqual,
   webcrypto,
   type KeyObject,
 } from 'node:crypto';
-import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { z } from 'zod';
 import {
   SEAL_ACCEPTED,
   SEAL_HANDSHAKE_TIMEOUT_MS,
@@ -33,7 +30,6 @@ import { IDENTITY_FILE, loadOrCreateIdentity } from '../home/identity.js';
 
 export const SEAL_CERT_FILE = 'seal-cert.pem';
 const MAX_CERT_FILE_BYTES = 64 * 1024;
-const MAX_TOKENS_FILE_BYTES = 16 * 1024 * 1024;
 
 /** What the holder's TLS server needs; made once per agent, used for every stream. */
 export interface SealCredentials {
@@ -113,37 +109,6 @@ export async function loadSealCredentials(home: string): Promise<SealCredentials
 function pemBody(text: string): Buffer | undefined {
   const m = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/.exec(text);
   return m ? Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64') : undefined;
-}
-
-const TokensFileSchema = z.object({
-  tokens: z.array(z.object({ id: z.string(), secretHash: z.string() }).passthrough()).max(10_000),
-});
-
-/**
- * Whether SECRETHASH is the recorded hash of token TID's secret, read from the registry file now.
- * The registry (tokens.ts) checks it again on every operation; this lets a wrong secret be turned
- * away before the facade learns even the token's key list.
- */
-export async function registryKnowsSecret(
-  home: string,
-  tid: string,
-  secretHash: string,
-): Promise<boolean> {
-  let parsed;
-  try {
-    const file = path.join(home, 'tokens.json');
-    const st = await fs.stat(file);
-    if (st.size > MAX_TOKENS_FILE_BYTES) return false;
-    parsed = TokensFileSchema.safeParse(JSON.parse((await readSecretFile(file)).toString('utf8')));
-  } catch {
-    return false;
-  }
-  if (!parsed.success) return false;
-  const rec = parsed.data.tokens.find((r) => r.id === tid);
-  if (!rec) return false;
-  const a = Buffer.from(rec.secretHash, 'utf8');
-  const b = Buffer.from(secretHash, 'utf8');
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /**

@@ -13,7 +13,18 @@ import type {
 import type { ParsedToken } from '../../protocol/token.js';
 import type { AuditInput } from '../audit/audit.js';
 
-export type TokenDecision = { ok: true } | { ok: false; reason: string; message: string };
+/**
+ * One use a token was allowed, reserved before the holder runs: a use limit counts only the
+ * operations that produced a result, so a declined confirmation, a cancelled pinentry or a
+ * policy refusal gives its use back. Both methods are safe to call more than once, never reject.
+ */
+export interface TokenUse {
+  commit(): void | Promise<void>;
+  release(): void | Promise<void>;
+}
+
+export type TokenDecision =
+  { ok: true; use?: TokenUse } | { ok: false; reason: string; message: string };
 
 /** The holder's token registry: revocation, expiry, use counts (workstation/tokens/tokens.ts). */
 export interface TokenAuthority {
@@ -52,12 +63,13 @@ export function tokenScopedHolder(
     op: 'sign' | 'decrypt',
     keygrip: string,
     extra: { hashAlgo?: number; digest?: Uint8Array },
-  ): Promise<void> => {
+  ): Promise<TokenUse | undefined> => {
     const inv = await holder.inventory();
     const entry: KeyEntry | undefined = inv.keys.find(
       (k) => k.keygrip === keygrip.toUpperCase() && allowedBy(token, k),
     );
     let refusal: string | undefined;
+    let use: TokenUse | undefined;
     if (!entry) {
       refusal = `token ${tid} does not allow this key`;
     } else {
@@ -68,9 +80,10 @@ export function tokenScopedHolder(
         op,
         ...(secretHash !== undefined ? { secretHash } : {}),
       });
-      if (!d.ok) refusal = d.message;
+      if (d.ok) use = d.use;
+      else refusal = d.message;
     }
-    if (refusal === undefined) return;
+    if (refusal === undefined) return use;
     await audit.append({
       front: 'relay',
       ...(peer !== undefined ? { peer } : {}),
@@ -85,6 +98,18 @@ export function tokenScopedHolder(
     throw new GpgError(ErrorCode.FORBIDDEN, refusal);
   };
 
+  const counted = async <T>(use: TokenUse | undefined, run: () => Promise<T>): Promise<T> => {
+    let result: T;
+    try {
+      result = await run();
+    } catch (e) {
+      await use?.release();
+      throw e;
+    }
+    await use?.commit();
+    return result;
+  };
+
   return {
     async inventory(): Promise<Inventory> {
       const inv = await holder.inventory();
@@ -96,12 +121,12 @@ export function tokenScopedHolder(
       };
     },
     async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-      await check('sign', req.keygrip, { hashAlgo: req.hashAlgo, digest: req.digest });
-      return holder.sign(req, signal);
+      const use = await check('sign', req.keygrip, { hashAlgo: req.hashAlgo, digest: req.digest });
+      return counted(use, () => holder.sign(req, signal));
     },
     async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-      await check('decrypt', req.keygrip, {});
-      return holder.decrypt(req, signal);
+      const use = await check('decrypt', req.keygrip, {});
+      return counted(use, () => holder.decrypt(req, signal));
     },
   };
 }

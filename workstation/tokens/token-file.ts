@@ -5,6 +5,10 @@
 // checks with one lstat whether the path still names that file unchanged (writers replace it by
 // rename, so a change is a new inode; the file read is kept open, so its inode number cannot be
 // handed to a newer file while we compare against it).
+//
+// Use counts change far more often than tokens do, so they go to an append-only journal
+// (use-journal.ts) that every write of tokens.json folds in; records that expired or were revoked
+// more than PRUNE_AFTER_MS ago are dropped by the same write.
 
 import { constants as fsc, lstatSync, type BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -14,10 +18,13 @@ import { z } from 'zod';
 import { UserError } from '../../cli/errors.js';
 import { TOKEN_ID_RE, TokenPayloadSchema } from '../../protocol/token.js';
 import { readSecretFile, writeSecretFile } from '../home/home.js';
+import { UseJournal } from './use-journal.js';
 
 export const TOKENS_FILE = 'tokens.json';
 const MAX_FILE_BYTES = 16 * 1024 * 1024;
 export const MAX_TOKENS = 10_000;
+/** Expired or revoked tokens are kept this long for `token list`, then dropped on the next write. */
+export const PRUNE_AFTER_MS = 7 * 86_400_000;
 const LOCK_TIMEOUT_MS = 10_000;
 // A lock file whose owner we cannot identify (crashed between create and write) is stale after this.
 const LOCK_STALE_MS = 30_000;
@@ -33,10 +40,39 @@ const RecordSchema = z.strictObject({
 });
 const FileSchema = z.strictObject({
   version: z.literal(1),
+  /** Which journal (use-journal.ts) adds to these counts; absent in files from before it. */
+  gen: z.number().int().min(0).optional(),
   tokens: z.array(RecordSchema).max(MAX_TOKENS),
 });
 
 export type TokenRecord = z.infer<typeof RecordSchema>;
+
+/** One version of tokens.json as read. */
+export interface Snapshot {
+  readonly records: readonly TokenRecord[];
+  readonly gen: number;
+  get(id: string): TokenRecord | undefined;
+}
+
+function snapshot(records: readonly TokenRecord[], gen: number): Snapshot {
+  let byId: Map<string, TokenRecord> | undefined;
+  return {
+    records,
+    gen,
+    get(id) {
+      byId ??= new Map(records.map((r) => [r.id, r]));
+      return byId.get(id);
+    },
+  };
+}
+
+/** When record R stopped being usable (revoked or expired), or undefined while it still is. */
+export function endedAt(r: TokenRecord, now: number): number | undefined {
+  const exp = r.claims.exp * 1000;
+  const revokedAt = r.revoked ? Date.parse(r.revokedAt ?? '') : NaN;
+  const end = Number.isNaN(revokedAt) ? exp : Math.min(revokedAt, exp);
+  return end <= now || r.revoked ? end : undefined;
+}
 
 /** What identifies one version of tokens.json without reading it. */
 interface FileStamp {
@@ -71,7 +107,7 @@ interface View {
   stamp: FileStamp | 'absent';
   /** That version, held open: see the file comment. */
   pin: FileHandle | undefined;
-  records: readonly TokenRecord[];
+  snap: Snapshot;
   /** Logical time the read started; a later read always wins. */
   at: number;
 }
@@ -89,16 +125,22 @@ function processAlive(pid: number): boolean {
 export class TokenFile {
   readonly file: string;
   readonly #lockFile: string;
+  readonly journal: UseJournal;
+  readonly #now: () => number;
   #view: View | undefined;
-  #loading: { at: number; promise: Promise<readonly TokenRecord[]> } | undefined;
+  #loading: { at: number; promise: Promise<Snapshot> } | undefined;
+  /** The generation write() gives tokens.json; set only while this process holds the lock. */
+  #writeGen: number | undefined;
   /** Orders reads against requests (see fresh). */
   #clock = 0;
   /** Serialises this process's own changes, so they queue here instead of on the lock file. */
   #queue: Promise<unknown> = Promise.resolve();
 
-  constructor(home: string) {
+  constructor(home: string, now: () => number = Date.now) {
     this.file = path.join(home, TOKENS_FILE);
     this.#lockFile = path.join(home, `${TOKENS_FILE}.lock`);
+    this.journal = new UseJournal(home);
+    this.#now = now;
   }
 
   /** Lets go of the file. */
@@ -106,13 +148,14 @@ export class TokenFile {
     const pin = this.#view?.pin;
     this.#view = undefined;
     await pin?.close().catch(() => undefined);
+    await this.journal.close();
   }
 
   /**
    * The records as of now: every change to the file that completed before this call is in them.
    * Costs one lstat when the file has not changed.
    */
-  async fresh(): Promise<readonly TokenRecord[]> {
+  async fresh(): Promise<Snapshot> {
     const since = ++this.#clock;
     let now: FileStamp | 'absent';
     try {
@@ -124,14 +167,14 @@ export class TokenFile {
       throw new UserError(`cannot read ${this.file}: ${(e as Error).message}`);
     }
     const view = this.#view;
-    if (view && sameStamp(view.stamp, now)) return view.records;
+    if (view && sameStamp(view.stamp, now)) return view.snap;
     // A read that began after this call did saw every change before it; share it.
     const loading = this.#loading;
     if (loading && loading.at > since) return loading.promise;
     return this.#reload();
   }
 
-  #reload(): Promise<readonly TokenRecord[]> {
+  #reload(): Promise<Snapshot> {
     const at = ++this.#clock;
     const promise = this.#read().then(async (loaded) => {
       const old = this.#view;
@@ -141,7 +184,7 @@ export class TokenFile {
         this.#view = { ...loaded, at };
         await old?.pin?.close().catch(() => undefined);
       }
-      return loaded.records;
+      return loaded.snap;
     });
     this.#loading = { at, promise };
     const done = () => {
@@ -157,7 +200,7 @@ export class TokenFile {
       pin = await fs.open(this.file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        return { stamp: 'absent', pin: undefined, records: [] };
+        return { stamp: 'absent', pin: undefined, snap: snapshot([], 0) };
       }
       throw new UserError(`cannot read ${this.file}: ${(e as Error).message}`);
     }
@@ -183,18 +226,28 @@ export class TokenFile {
           `${this.file} is not a valid token registry; restore it from a backup or remove it (all tokens become unknown)`,
         );
       }
-      return { stamp: stampOf(st), pin, records: parsed.data.tokens };
+      return { stamp: stampOf(st), pin, snap: snapshot(parsed.data.tokens, parsed.data.gen ?? 0) };
     } catch (e) {
       await pin.close().catch(() => undefined);
       throw e;
     }
   }
 
+  /**
+   * Replaces tokens.json with RECORDS (from locked(), so the journal is folded into them) and
+   * starts a new journal. Only inside locked().
+   */
   async write(records: readonly TokenRecord[]): Promise<void> {
+    const gen = this.#writeGen;
+    if (gen === undefined) throw new Error('TokenFile.write outside locked()');
+    const cutoff = this.#now() - PRUNE_AFTER_MS;
+    const kept = records.filter((r) => (endedAt(r, this.#now()) ?? Infinity) > cutoff);
     await writeSecretFile(
       this.file,
-      JSON.stringify({ version: 1, tokens: records }, null, 1) + '\n',
+      JSON.stringify({ version: 1, gen, tokens: kept }, null, 1) + '\n',
     );
+    // Until this lands, the old journal names an older generation and is ignored: folded already.
+    await this.journal.reset(gen);
   }
 
   async #acquireLock(): Promise<void> {
@@ -240,17 +293,12 @@ export class TokenFile {
     }
   }
 
-  /**
-   * Runs FN with the file locked, on a private copy of the records as on disk now; FN changes
-   * the copy and writes it. The shared view is never changed in place, so a failed write leaves
-   * it matching the file.
-   */
-  locked<T>(fn: (records: TokenRecord[]) => Promise<T>): Promise<T> {
+  /** Runs FN with the lock file held: no other process changes tokens.json or the journal. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const run = async () => {
       await this.#acquireLock();
       try {
-        const records = (await this.fresh()).map((r) => ({ ...r }));
-        return await fn(records);
+        return await fn();
       } finally {
         await fs.rm(this.#lockFile, { force: true }).catch(() => undefined);
       }
@@ -258,5 +306,34 @@ export class TokenFile {
     const result = this.#queue.then(run, run);
     this.#queue = result.catch(() => undefined);
     return result;
+  }
+
+  /** The records as on disk now with the journal's counts added. Only inside exclusive(). */
+  async counted(): Promise<{ snap: Snapshot; records: TokenRecord[]; journalGen: number }> {
+    const snap = await this.fresh();
+    const deltas = await this.journal.deltas(snap.gen);
+    const journalGen = (await this.journal.generation()) ?? -1;
+    const records = snap.records.map((r) => {
+      const d = deltas.get(r.id);
+      return d === undefined ? { ...r } : { ...r, uses: Math.max(0, r.uses + d) };
+    });
+    return { snap, records, journalGen };
+  }
+
+  /**
+   * Runs FN with the file locked, on a private copy of the records as on disk now (use counts
+   * included); FN changes the copy and writes it. The shared view is never changed in place, so a
+   * failed write leaves it matching the file.
+   */
+  locked<T>(fn: (records: TokenRecord[]) => Promise<T>): Promise<T> {
+    return this.exclusive(async () => {
+      const { snap, records, journalGen } = await this.counted();
+      this.#writeGen = Math.max(snap.gen, journalGen) + 1;
+      try {
+        return await fn(records);
+      } finally {
+        this.#writeGen = undefined;
+      }
+    });
   }
 }

@@ -1,6 +1,7 @@
-// The holder's token registry ($KEYTETHER_HOME/tokens.json): every token this holder issued, its
-// use count and whether it was revoked. It is the authority for relayed requests — the relay's
-// checks are only a first filter.
+// The holder's token registry ($KEYTETHER_HOME/tokens.json, with use counts since its last write
+// in tokens.uses): every token this holder issued and has not pruned, its use count and whether it
+// was revoked. It is the authority for relayed requests — the relay's checks are only a first
+// filter.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { UserError } from '../../cli/errors.js';
@@ -16,9 +17,11 @@ import {
 } from '../../protocol/token.js';
 import { ensureHome } from '../home/home.js';
 import { loadOrCreateIdentity, type HolderIdentity } from '../home/identity.js';
-import { MAX_TOKENS, TokenFile, type TokenRecord } from './token-file.js';
+import type { TokenUse } from './scoped-holder.js';
+import { MAX_TOKENS, PRUNE_AFTER_MS, TokenFile, endedAt, type TokenRecord } from './token-file.js';
 
-export { TOKENS_FILE, type TokenRecord } from './token-file.js';
+export { PRUNE_AFTER_MS, TOKENS_FILE, type TokenRecord } from './token-file.js';
+export { USES_FILE } from './use-journal.js';
 
 export interface IssueOptions {
   /** 40-hex uppercase fingerprints (primary or subkey). */
@@ -47,7 +50,13 @@ export interface TokenSummary {
 export type DenyReason =
   'unknown' | 'revoked' | 'expired' | 'key' | 'op' | 'uses' | 'signature' | 'holder' | 'registry';
 
-export type AuthorizeResult = { ok: true } | { ok: false; reason: DenyReason; message: string };
+/**
+ * An allowed request holds USE: commit it once the holder produced a result, release it when the
+ * holder threw (a declined confirmation, a cancelled pinentry, a policy refusal), so that only
+ * operations that produced something are counted.
+ */
+export type AuthorizeResult =
+  { ok: true; use: TokenUse } | { ok: false; reason: DenyReason; message: string };
 
 export interface AuthorizeRequest {
   token: ParsedToken;
@@ -70,6 +79,9 @@ const deny = (reason: DenyReason, message: string): AuthorizeResult => ({
   message,
 });
 
+// Past this the journal is folded into tokens.json: about 2,700 uses, one rewrite each.
+const FOLD_JOURNAL_BYTES = 64 * 1024;
+
 function sameHex(a: string, b: string): boolean {
   const x = Buffer.from(a, 'utf8');
   const y = Buffer.from(b, 'utf8');
@@ -90,14 +102,16 @@ export class TokenRegistry {
    * Uses of tokens without a use limit that are not on disk yet. Their count is only shown by
    * `token list`, so it is written at most once a second instead of with an fsync per request
    * (which serialised every relayed signature behind a disk sync). A crash loses at most that
-   * second of counting; tokens with `--max-uses` are still written before the operation runs.
+   * second of counting; tokens with `--max-uses` have a use reserved on disk before the
+   * operation runs.
    */
   #pendingUses = new Map<string, number>();
   #flushTimer: NodeJS.Timeout | undefined;
+  #folding: Promise<void> | undefined;
 
   private constructor(home: string, opts: RegistryOptions) {
     this.home = home;
-    this.#file = new TokenFile(home);
+    this.#file = new TokenFile(home, opts.now);
     this.file = this.#file.file;
     this.#now = opts.now ?? Date.now;
     this.#identity = opts.identity;
@@ -113,6 +127,7 @@ export class TokenRegistry {
   /** Writes pending use counts and lets go of the file. */
   async close(): Promise<void> {
     await this.flushUses();
+    await this.#folding;
     await this.#file.close();
   }
 
@@ -153,9 +168,12 @@ export class TokenRegistry {
         created: new Date(now).toISOString(),
       };
       await this.#file.locked(async (records) => {
-        if (records.length >= MAX_TOKENS) {
+        // Records past the grace period would be dropped by this very write; they do not count.
+        const cutoff = this.#now() - PRUNE_AFTER_MS;
+        const live = records.filter((r) => (endedAt(r, this.#now()) ?? Infinity) > cutoff);
+        if (live.length >= MAX_TOKENS) {
           throw new UserError(
-            `${this.file} already holds ${MAX_TOKENS} tokens; revoke and remove old ones first`,
+            `${this.file} already holds ${MAX_TOKENS} tokens; remove expired and revoked ones with keytether token prune (revoke unused ones first with keytether token revoke)`,
           );
         }
         records.push(record);
@@ -167,9 +185,9 @@ export class TokenRegistry {
     }
   }
 
-  /** Every token issued, as on disk now. */
+  /** Every token kept, with its uses as counted on disk now. */
   async list(): Promise<TokenSummary[]> {
-    const records = await this.#file.fresh();
+    const { records } = await this.#file.exclusive(() => this.#file.counted());
     return records.map((r) => ({
       id: r.id,
       keys: r.claims.keys,
@@ -181,6 +199,33 @@ export class TokenRegistry {
       revoked: r.revoked,
       created: r.created,
     }));
+  }
+
+  /**
+   * Drops the records of tokens that expired or were revoked more than OLDERTHANMS ago (their
+   * ids become unknown, which refuses them just the same); returns how many were dropped.
+   */
+  async prune(olderThanMs = 0): Promise<number> {
+    return this.#file.locked(async (records) => {
+      const cutoff = this.#now() - olderThanMs;
+      const kept = records.filter((r) => (endedAt(r, this.#now()) ?? Infinity) > cutoff);
+      await this.#file.write(kept);
+      return records.length - kept.length;
+    });
+  }
+
+  /**
+   * Whether SECRETHASH is the recorded hash of token TID's secret: lets a wrong secret be turned
+   * away at stream open, before the facade learns even the token's key list. One lstat when
+   * tokens.json has not changed.
+   */
+  async knowsSecret(tid: string, secretHash: string): Promise<boolean> {
+    try {
+      const r = (await this.#file.fresh()).get(tid);
+      return r !== undefined && sameHex(r.secretHash, secretHash);
+    } catch {
+      return false;
+    }
   }
 
   /** Marks token ID revoked; false when there is no such token. */
@@ -198,60 +243,103 @@ export class TokenRegistry {
   }
 
   /**
-   * Decides whether a relayed request under TOKEN may use the key for OP. A token with a use
-   * limit has the use counted on disk (under the lock, synced) before the answer, so a crash can
-   * never hand out an uncounted use; other tokens are decided from memory after one lstat.
-   * Never rejects: a registry that cannot be read is a refusal saying why.
+   * Decides whether a relayed request under TOKEN may use the key for OP, and if so reserves one
+   * use for it (see AuthorizeResult). A token with a use limit has the reservation appended to
+   * the journal and synced under the lock before the answer, so concurrent requests (in any
+   * process) never exceed the limit and a crash can never hand out an uncounted use: a
+   * reservation neither committed nor released stays counted. Other tokens are decided from
+   * memory after one lstat. Never rejects: a registry that cannot be read is a refusal saying why.
    */
   async authorize(req: AuthorizeRequest): Promise<AuthorizeResult> {
     this.#identity ??= await loadOrCreateIdentity(this.home);
     const me = this.#identity;
     const { token } = req;
+    const tid = token.payload.tid;
     if (token.payload.hid !== me.hid || !token.hpk.equals(me.hpk)) {
-      return deny('holder', `token ${token.payload.tid} was issued by another holder`);
+      return deny('holder', `token ${tid} was issued by another holder`);
     }
     // hid and hpk are ours (checked above), so the outcome depends on these two alone.
     const sigKey = `${token.payloadPart}.${token.sig.toString('base64url')}`;
     if (!this.#verified.has(sigKey)) {
       const sig = checkTokenSignature(token);
       if (!sig.ok) {
-        return deny(
-          sig.reason,
-          `token ${token.payload.tid} does not carry this holder's signature`,
-        );
+        return deny(sig.reason, `token ${tid} does not carry this holder's signature`);
       }
       if (this.#verified.size >= VERIFIED_CACHE_MAX) this.#verified.clear();
       this.#verified.add(sigKey);
     }
     try {
-      const records = await this.#file.fresh();
-      const r = records.find((x) => x.id === token.payload.tid);
-      const refusal = r ? this.#judge(r, req) : undefined;
-      if (!r) return deny('unknown', `token ${token.payload.tid} was not issued by this holder`);
+      const r = (await this.#file.fresh()).get(tid);
+      if (!r) return deny('unknown', `token ${tid} was not issued by this holder`);
+      const refusal = this.#judge(r, req, 0);
       if (refusal) return refusal;
-      if (r.claims.max === undefined) {
-        this.#pendingUses.set(r.id, (this.#pendingUses.get(r.id) ?? 0) + 1);
-        this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
-        return { ok: true };
-      }
-      // Limited: decide again on the file as it is under the lock, and count before answering.
-      return await this.#file.locked(async (fresh) => {
-        const cur = fresh.find((x) => x.id === token.payload.tid);
-        if (!cur)
-          return deny('unknown', `token ${token.payload.tid} was not issued by this holder`);
-        const again = this.#judge(cur, req);
+      if (r.claims.max === undefined) return { ok: true, use: this.#unlimitedUse(tid) };
+      // Limited: decide again on the files as they are under the lock, and reserve before answering.
+      const result = await this.#file.exclusive(async () => {
+        const snap = await this.#file.fresh();
+        const cur = snap.get(tid);
+        if (!cur) return deny('unknown', `token ${tid} was not issued by this holder`);
+        const used = cur.uses + ((await this.#file.journal.deltas(snap.gen)).get(tid) ?? 0);
+        const again = this.#judge(cur, req, used);
         if (again) return again;
-        cur.uses += 1;
-        await this.#file.write(fresh);
-        return { ok: true } as const;
+        await this.#file.journal.append(snap.gen, [[tid, 1]], true);
+        return { ok: true, use: this.#limitedUse(tid) } as const;
       });
+      if (this.#file.journal.size > FOLD_JOURNAL_BYTES) this.#foldSoon();
+      return result;
     } catch (e) {
-      return deny('registry', `cannot check token ${token.payload.tid}: ${(e as Error).message}`);
+      return deny('registry', `cannot check token ${tid}: ${(e as Error).message}`);
     }
   }
 
-  /** Why record R does not allow REQ, or undefined when it does (use count included). */
-  #judge(r: TokenRecord, req: AuthorizeRequest): AuthorizeResult | undefined {
+  #unlimitedUse(tid: string): TokenUse {
+    let settled = false;
+    return {
+      commit: () => {
+        if (settled) return;
+        settled = true;
+        this.#pendingUses.set(tid, (this.#pendingUses.get(tid) ?? 0) + 1);
+        this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
+      },
+      release: () => {
+        settled = true;
+      },
+    };
+  }
+
+  /** The reservation is on disk already: committing keeps it, releasing appends its undoing. */
+  #limitedUse(tid: string): TokenUse {
+    let settled = false;
+    return {
+      commit: () => {
+        settled = true;
+      },
+      release: async () => {
+        if (settled) return;
+        settled = true;
+        // Not synced: if a crash loses this line the use stays counted, which only errs safe.
+        await this.#file
+          .exclusive(async () => {
+            const snap = await this.#file.fresh();
+            await this.#file.journal.append(snap.gen, [[tid, -1]], false);
+          })
+          .catch(() => undefined);
+      },
+    };
+  }
+
+  /** Folds the journal into tokens.json in the background, off the request that noticed. */
+  #foldSoon(): void {
+    this.#folding ??= this.#file
+      .locked(async (records) => {
+        if (this.#file.journal.size > FOLD_JOURNAL_BYTES) await this.#file.write(records);
+      })
+      .catch(() => undefined)
+      .finally(() => (this.#folding = undefined));
+  }
+
+  /** Why record R does not allow REQ with USED uses counted, or undefined when it does. */
+  #judge(r: TokenRecord, req: AuthorizeRequest, used: number): AuthorizeResult | undefined {
     if (req.secretHash !== undefined && !sameHex(req.secretHash, r.secretHash)) {
       return deny('signature', `the request does not prove the secret of token ${r.id}`);
     }
@@ -270,13 +358,13 @@ export class TokenRegistry {
     if (!c.ops.includes(req.op)) {
       return deny('op', `token ${r.id} does not allow ${req.op} operations`);
     }
-    if (c.max !== undefined && r.uses >= c.max) {
+    if (c.max !== undefined && used >= c.max) {
       return deny('uses', `token ${r.id} has used all of its ${c.max} operations`);
     }
     return undefined;
   }
 
-  /** Writes the counted uses of unlimited tokens (see #pendingUses), added to the file's. */
+  /** Appends the committed uses of unlimited tokens (see #pendingUses) to the journal. */
   async flushUses(): Promise<void> {
     clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
@@ -284,17 +372,18 @@ export class TokenRegistry {
     const batch = this.#pendingUses;
     this.#pendingUses = new Map();
     try {
-      await this.#file.locked(async (records) => {
-        for (const [id, n] of batch) {
-          const r = records.find((x) => x.id === id);
-          if (r) r.uses += n;
-        }
-        await this.#file.write(records);
+      await this.#file.exclusive(async () => {
+        const snap = await this.#file.fresh();
+        // Uses of tokens dropped meanwhile (pruned) have nothing left to add to.
+        const known = [...batch].filter(([id]) => snap.get(id) !== undefined);
+        if (known.length > 0) await this.#file.journal.append(snap.gen, known, false);
       });
     } catch {
       // Keep the counts for the next flush rather than lose them.
       for (const [id, n] of batch) this.#pendingUses.set(id, (this.#pendingUses.get(id) ?? 0) + n);
       this.#flushTimer ??= setTimeout(() => void this.flushUses(), 1000).unref();
+      return;
     }
+    if (this.#file.journal.size > FOLD_JOURNAL_BYTES) this.#foldSoon();
   }
 }
