@@ -334,6 +334,18 @@ async function makeTempHome(env: NodeJS.ProcessEnv): Promise<TempHome> {
   }
 }
 
+/** Resolves once STREAM has closed, or after MS. */
+function streamClosed(stream: Duplex, ms: number): Promise<void> {
+  if (stream.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    stream.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 function describe(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
@@ -387,10 +399,14 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
       tunnel.closed.then((c) => c.reason),
     ]);
     if (up !== null) {
+      // The holder's reason travels in the relay's close frame, which can arrive just after the
+      // TLS stream inside it ended; it says more than "closed before the handshake".
+      await streamClosed(stream, 2_000);
       const info = stream.closeInfo;
       if (info && info.code !== 1000 && info.code !== 1005)
         throw refusal(info.code, info.reason, url);
-      throw new Error(`the tunnel to the holder did not come up: ${up}`);
+      const why = info?.reason && info.reason !== 'facade done' ? info.reason : up;
+      throw new Error(`the tunnel to the holder did not come up: ${why}`);
     }
     void tunnel.closed.then(({ reason }) => onDrop(tunnel, stream.closeInfo, reason));
     return tunnel;
