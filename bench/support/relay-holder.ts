@@ -12,7 +12,7 @@ import { DEFAULT_CONFIG } from '../../workstation/home/config.js';
 import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
 import { BENCH_UNSEALED, startRelayClient } from '../../workstation/relay/client.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
-import { loadSealCredentials, registryKnowsSecret } from '../../workstation/relay/seal.js';
+import { loadSealCredentials, registryAdmits } from '../../workstation/relay/seal.js';
 import { TokenRegistry } from '../../workstation/tokens/tokens.js';
 import { installWsCounters } from './ws-counters.js';
 
@@ -43,7 +43,7 @@ const client = startRelayClient({
   tokens,
   audit: rt.audit,
   seal: await loadSealCredentials(home),
-  checkSecret: (tid, hash) => registryKnowsSecret(home, tid, hash),
+  checkSecret: (tid, hash) => registryAdmits(home, tid, hash),
   software: 'keytether/bench',
   log: (line) => process.stderr.write(`${line}\n`),
   onConnected: (hid) => process.stdout.write(`ready: ${hid}\n`),

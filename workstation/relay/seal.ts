@@ -116,34 +116,58 @@ function pemBody(text: string): Buffer | undefined {
 }
 
 const TokensFileSchema = z.object({
-  tokens: z.array(z.object({ id: z.string(), secretHash: z.string() }).passthrough()).max(10_000),
+  tokens: z
+    .array(
+      z
+        .object({
+          id: z.string(),
+          secretHash: z.string(),
+          revoked: z.boolean().optional(),
+          claims: z.object({ exp: z.number() }).passthrough().optional(),
+        })
+        .passthrough(),
+    )
+    .max(10_000),
 });
 
+/** Whether a stream may be served at all; `reason` is what the facade is told. */
+export type Admission = { ok: true } | { ok: false; reason: string };
+
+export const WRONG_SECRET = "the facade did not prove the token's secret";
+
 /**
- * Whether SECRETHASH is the recorded hash of token TID's secret, read from the registry file now.
- * The registry (tokens.ts) checks it again on every operation; this lets a wrong secret be turned
- * away before the facade learns even the token's key list.
+ * Whether token TID, proven with SECRETHASH, may be served now, read from the registry file: its
+ * secret, and that it is neither revoked nor expired. A stream the registry would refuse every
+ * operation is not opened, so a revoked token's facade never learns the key list. The registry
+ * (tokens.ts) still decides each operation.
  */
-export async function registryKnowsSecret(
+export async function registryAdmits(
   home: string,
   tid: string,
   secretHash: string,
-): Promise<boolean> {
+  now: number = Date.now(),
+): Promise<Admission> {
+  const refused = (reason: string): Admission => ({ ok: false, reason });
   let parsed;
   try {
     const file = path.join(home, 'tokens.json');
     const st = await fs.stat(file);
-    if (st.size > MAX_TOKENS_FILE_BYTES) return false;
+    if (st.size > MAX_TOKENS_FILE_BYTES) return refused(WRONG_SECRET);
     parsed = TokensFileSchema.safeParse(JSON.parse((await readSecretFile(file)).toString('utf8')));
   } catch {
-    return false;
+    return refused(WRONG_SECRET);
   }
-  if (!parsed.success) return false;
+  if (!parsed.success) return refused(WRONG_SECRET);
   const rec = parsed.data.tokens.find((r) => r.id === tid);
-  if (!rec) return false;
+  if (!rec) return refused(WRONG_SECRET);
   const a = Buffer.from(rec.secretHash, 'utf8');
   const b = Buffer.from(secretHash, 'utf8');
-  return a.length === b.length && timingSafeEqual(a, b);
+  if (a.length !== b.length || !timingSafeEqual(a, b)) return refused(WRONG_SECRET);
+  // Said only to a facade that proved the secret: it holds the token, so its state is no news.
+  if (rec.revoked === true) return refused(`token ${tid} has been revoked`);
+  const exp = rec.claims?.exp;
+  if (exp === undefined || now >= exp * 1000) return refused(`token ${tid} has expired`);
+  return { ok: true };
 }
 
 /**
@@ -169,8 +193,11 @@ export type SealAcceptResult =
 
 export interface SealAcceptOptions {
   credentials: SealCredentials;
-  /** Decides whether the proven secret (as its SHA-256 hex) is the token's. */
-  checkSecret(secretHash: string): Promise<boolean>;
+  /**
+   * Decides whether the proven secret (as its SHA-256 hex) is the token's, and may add why the
+   * token is refused anyway (revoked, expired).
+   */
+  checkSecret(secretHash: string): Promise<boolean | Admission>;
   /** Called with the reason before the stream is destroyed on any failure. */
   refuse?(reason: string): void;
   timeoutMs?: number;
@@ -227,8 +254,14 @@ export function acceptSealedStream(
       proof.secret.fill(0);
       opts.checkSecret(secretHash).then(
         (good) => {
-          if (!good) {
-            finish({ ok: false, reason: "the facade did not prove the token's secret" });
+          const verdict: Admission =
+            typeof good !== 'boolean'
+              ? good
+              : good
+                ? { ok: true }
+                : { ok: false, reason: WRONG_SECRET };
+          if (!verdict.ok) {
+            finish({ ok: false, reason: verdict.reason });
             return;
           }
           if (done) return;
