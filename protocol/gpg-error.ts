@@ -44,6 +44,8 @@ export const ErrorCode = {
   ASS_SYNTAX: 276,
   ASS_CANCELED: 277,
   ASS_PARAMETER: 280,
+  /** GPG_ERR_ENOENT: a system error (0x8000 | errno index), what a missing key file gives. */
+  ENOENT: 32849,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;
@@ -87,6 +89,7 @@ const TEXTS: Record<number, string> = {
   [ErrorCode.ASS_SYNTAX]: 'IPC syntax error',
   [ErrorCode.ASS_CANCELED]: 'IPC call has been cancelled',
   [ErrorCode.ASS_PARAMETER]: 'IPC parameter error',
+  [ErrorCode.ENOENT]: 'No such file or directory',
 };
 
 const SOURCE_NAMES: Record<number, string> = {

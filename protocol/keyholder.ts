@@ -38,6 +38,11 @@ export interface Certificate {
 export interface Inventory {
   keys: KeyEntry[];
   certificates: Certificate[];
+  /**
+   * `GETINFO version` of the real gpg-agent behind the holder, when a back end is one. Facades
+   * report it when it is newer than their own floor, so a gpg as new as that agent never warns.
+   */
+  agentVersion?: string;
 }
 
 /** Who is asking, as far as the front can tell. Shown to the user and written to the audit log. */

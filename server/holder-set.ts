@@ -2,6 +2,7 @@
 // agent-socket path; instead of fighting over it, every session's holder joins one set and each
 // operation goes to a holder that has the key. Ending one session leaves the others working.
 
+import { newestVersion } from '../protocol/agent/version.js';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
 import type {
   Certificate,
@@ -55,7 +56,12 @@ export class HolderSet implements KeyHolder {
       for (const k of inv.keys) if (!keys.has(k.keygrip)) keys.set(k.keygrip, k);
       for (const c of inv.certificates) if (!certs.has(c.fingerprint)) certs.set(c.fingerprint, c);
     }
-    return { keys: [...keys.values()], certificates: [...certs.values()] };
+    const agentVersion = newestVersion(...invs.map(({ inv }) => inv.agentVersion));
+    return {
+      keys: [...keys.values()],
+      certificates: [...certs.values()],
+      ...(agentVersion !== undefined ? { agentVersion } : {}),
+    };
   }
 
   async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {

@@ -335,11 +335,17 @@ t.test('gpg on a server signs through keytether connect, a relay and a holder', 
       file,
     ]);
     t.not(r.code, 0);
-    t.match(r.stderr, new RegExp(`PKSIGN: Forbidden - token ${tid} has been revoked`));
+    // Refused before the tunnel starts: the facade never gets the token's key list.
+    t.match(
+      r.stderr,
+      new RegExp(`the holder refused: sealed channel: token ${tid} has been revoked`),
+    );
+    t.notMatch(r.stderr, /PKSIGN/, 'gpg never got as far as asking for a signature');
     t.notOk(existsSync(sig), 'no signature was written');
     t.match((await auditRecords(home)).at(-1), {
       tokenId: tid,
-      decision: 'denied',
+      op: 'channel',
+      decision: 'failed',
       reason: /revoked/,
     });
   });

@@ -225,7 +225,10 @@ t.test('the sealed channel pins the holder key the token names', async (t) => {
   // An impostor holder (another identity) answers for the token's holder: the facade refuses.
   {
     const [f, h] = pair();
-    const held = acceptSealedStream(h, { credentials: other, checkSecret: async () => true });
+    const held = acceptSealedStream(h, {
+      credentials: other,
+      checkSecret: async () => ({ ok: true }),
+    });
     await t.rejects(
       sealFacadeStream(f, { hpk: real.hpk, secret }),
       /sealed channel: the holder's key is not the one the token names/,
@@ -238,7 +241,7 @@ t.test('the sealed channel pins the holder key the token names', async (t) => {
     let seen = '';
     const held = acceptSealedStream(h, {
       credentials: real,
-      checkSecret: async (hash) => ((seen = hash), true),
+      checkSecret: async (hash) => ((seen = hash), { ok: true }),
     });
     const sock = await sealFacadeStream(f, { hpk: real.hpk, secret });
     const r = await held;

@@ -36,6 +36,8 @@ import {
   type TunnelServerOptions,
 } from '../protocol/tunnel/index.js';
 import { SimpleHolder } from './support/simple-holder.js';
+import { AGENT_VERSION, serveAgent } from '../protocol/agent/index.js';
+import { AssuanClient } from '../protocol/assuan/index.js';
 
 const SOFTWARE = 'keytether/0.1.0';
 const REQUESTER: Requester = {
@@ -902,4 +904,37 @@ t.test('content frames out of order are refused, and the link lives on', async (
   t.match(err, { type: 'error', message: /out of order/ }, 'request 5 was refused with a reason');
   t.equal(replies.filter((m) => 'id' in m && m.id === 5).length, 1, 'and answered once');
   t.equal(holder.signRequests.length, 1, 'only request 6 reached the holder');
+});
+
+t.test("the holder's gpg-agent version reaches gpg through a protocol-3 facade only", async (t) => {
+  // What a Holder with a gpg-agent back end lists: the real agent's version with its keys.
+  class AgentBacked extends SimpleHolder {
+    override async inventory(): Promise<Inventory> {
+      return { ...(await super.inventory()), agentVersion: '2.7.1' };
+    }
+  }
+  const version = async (c: TunnelClient) => {
+    const [agentEnd, gpgEnd] = streamPair();
+    void serveAgent(agentEnd, { holder: c, requester: REQUESTER });
+    const gpg = await AssuanClient.connect(gpgEnd, { timeoutMs: 10_000 });
+    t.teardown(() => gpg.close());
+    return (await gpg.transact('GETINFO version')).data.toString('latin1');
+  };
+
+  const now = await connected(t, { memory: true, holder: new AgentBacked() });
+  await now.client.ready;
+  t.equal((await now.client.inventory()).agentVersion, '2.7.1', 'carried in the inventory');
+  t.equal(await version(now.client), '2.7.1', 'newer than keytether floor: reported as is');
+
+  // A facade from before protocol 3 has a strict inventory schema: the field is left out.
+  const old = await connected(t, {
+    memory: true,
+    holder: new AgentBacked(),
+    client: { protocol: 2 },
+  });
+  await old.client.ready;
+  const inv = await old.client.inventory();
+  t.equal(inv.agentVersion, undefined, 'not sent to a protocol-2 facade');
+  t.ok(inv.keys.length > 0, 'the keys are still served');
+  t.equal(await version(old.client), AGENT_VERSION, "keytether's own floor");
 });

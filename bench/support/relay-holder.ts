@@ -43,7 +43,7 @@ const client = startRelayClient({
   tokens,
   audit: rt.audit,
   seal: await loadSealCredentials(home),
-  checkSecret: (tid, hash) => tokens.knowsSecret(tid, hash),
+  checkSecret: (tid, hash) => tokens.admits(tid, hash),
   software: 'keytether/bench',
   log: (line) => process.stderr.write(`${line}\n`),
   onConnected: (hid) => process.stdout.write(`ready: ${hid}\n`),

@@ -23,12 +23,32 @@ const NOT_SUPPORTED = new Set([
   'ssh_socket_name',
   's2k_count_cal',
   's2k_time',
-  'std_env_names',
   'std_session_env',
   'std_startup_env',
   'getenv',
   'connections',
   'jent_active',
+]);
+
+/**
+ * common/session-env.c stdenvnames of gpg-agent 2.4 (and master): the variables gpg forwards as
+ * OPTIONs. 2.2 lacks the last one; keytether reports a 2.4-or-newer version, so it lists 2.4's.
+ */
+export const STD_ENV_NAMES: readonly string[] = Object.freeze([
+  'GPG_TTY',
+  'TERM',
+  'DISPLAY',
+  'XAUTHORITY',
+  'XMODIFIERS',
+  'WAYLAND_DISPLAY',
+  'XDG_SESSION_TYPE',
+  'QT_QPA_PLATFORM',
+  'GTK_IM_MODULE',
+  'DBUS_SESSION_BUS_ADDRESS',
+  'QT_IM_MODULE',
+  'INSIDE_EMACS',
+  'PINENTRY_USER_DATA',
+  'PINENTRY_GEOM_HINT',
 ]);
 
 export interface GetInfoContext {
@@ -37,8 +57,8 @@ export interface GetInfoContext {
   pid: number;
 }
 
-/** Returns the data to send, or undefined for a plain OK. */
-export function getInfo(args: string, c: GetInfoContext): string | undefined {
+/** Returns the data to send (a list: one D line each), or undefined for a plain OK. */
+export function getInfo(args: string, c: GetInfoContext): string | string[] | undefined {
   const words = parseArgs(args).words;
   const what = words[0] ?? '';
   if (c.session.restricted && !RESTRICTED_ALLOWED.has(what)) {
@@ -61,6 +81,9 @@ export function getInfo(args: string, c: GetInfoContext): string | undefined {
       throw new GpgError(ErrorCode.FALSE);
     case 's2k_count':
       return S2K_COUNT;
+    case 'std_env_names':
+      // Each name NUL-terminated, as the agent sends strlen(name)+1 bytes.
+      return STD_ENV_NAMES.map((n) => `${n}\0`);
     case 'scd_running':
       throw new GpgError(ErrorCode.FALSE);
     default:

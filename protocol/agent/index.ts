@@ -22,15 +22,12 @@ import {
   type OperationContext,
 } from './operations.js';
 import { AgentSession } from './session.js';
+import { AGENT_VERSION, newestVersion } from './version.js';
 
 export { FORBIDDEN_COMMANDS } from './forbidden.js';
 export { CONTENT_COMMAND, CONTENT_TAG, ContentStore, contentNonce } from './content.js';
 
-/**
- * Reported by `GETINFO version`. At least as new as the gpg clients we expect, so gpg 2.4 prints
- * no "server is older than us" warning (§2.1).
- */
-export const AGENT_VERSION = '2.4.9';
+export { AGENT_VERSION, compareVersions, newestVersion } from './version.js';
 
 export interface AgentEvent {
   command: string;
@@ -43,6 +40,10 @@ export interface AgentSessionOptions {
   requester: Requester;
   /** Emulate the extra socket (§3): env OPTIONs → Forbidden, GETINFO restricted → OK. */
   restricted?: boolean;
+  /**
+   * The least `GETINFO version` reports (default AGENT_VERSION); the holder's real gpg-agent
+   * version (Inventory.agentVersion) is reported instead when it is newer.
+   */
   version?: string;
   peerPid?: number;
   /** Allow `HAVEKEY --list` / `KEYINFO --list` (gpg 2.4's fast path). Default true. */
@@ -76,6 +77,16 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
     ...(opts.content ? { content: opts.content } : {}),
   };
   const version = opts.version ?? AGENT_VERSION;
+  // GETINFO version must never fail (gpg aborts), so a holder that cannot answer leaves the floor.
+  const reportedVersion = async (): Promise<string> => {
+    let agent: string | undefined;
+    try {
+      agent = (await opts.holder.inventory()).agentVersion;
+    } catch {
+      agent = undefined;
+    }
+    return newestVersion(version, agent) ?? AGENT_VERSION;
+  };
 
   const report = (e: AgentEvent) => {
     try {
@@ -106,9 +117,12 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
   };
 
   const handlers: Record<string, AssuanHandler> = {
-    GETINFO: (ctx) => {
-      const data = getInfo(ctx.args, { session, version, pid: process.pid });
-      if (data !== undefined) ctx.sendData(data);
+    GETINFO: async (ctx) => {
+      const asksVersion = parseArgs(ctx.args).words[0] === 'version';
+      const v = asksVersion ? await reportedVersion() : version;
+      const data = getInfo(ctx.args, { session, version: v, pid: process.pid });
+      // A list goes out one D line per item, as the agent's assuan_send_data flushes do.
+      for (const item of typeof data === 'string' ? [data] : (data ?? [])) ctx.sendData(item);
     },
     HAVEKEY: (ctx) => haveKey(ctx, keys),
     KEYINFO: (ctx) => keyInfo(ctx, keys),
@@ -125,7 +139,8 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
       if (session.restricted && !RESTRICTED_SCD.includes(sub)) {
         throw new GpgError(ErrorCode.FORBIDDEN);
       }
-      throw new GpgError(ErrorCode.NOT_SUPPORTED);
+      // What gpg-agent 2.2/2.4 answers when it cannot start scdaemon; gpg reads it as "no card".
+      throw new GpgError(ErrorCode.NO_SCDAEMON);
     },
     GETEVENTCOUNTER: (ctx) => {
       if (session.restricted) throw new GpgError(ErrorCode.FORBIDDEN);

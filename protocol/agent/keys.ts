@@ -116,7 +116,8 @@ export async function readKey(ctx: AssuanCommandContext, c: KeyCommandContext): 
   }
   const grip = parseKeygrip(words[0]);
   const key = (await keysByGrip(c.holder)).get(grip);
-  if (key === undefined) throw new GpgError(ErrorCode.NO_SECKEY);
+  // The real agent reads the key file first, so a key it does not have is the file's ENOENT.
+  if (key === undefined) throw new GpgError(ErrorCode.ENOENT);
   if (options.has('no-data')) return;
   ctx.sendData(Buffer.from(key.publicKey));
 }

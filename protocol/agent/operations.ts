@@ -24,9 +24,10 @@ export interface OperationContext {
 }
 
 export function setKey(ctx: AssuanCommandContext, session: AgentSession): void {
-  // `--another` (a second key for KEM/dual operations) is not something gpg's flows use.
+  // gpg-agent 2.4 takes no options here: gpg 2.5's `SETKEY --another <grip>` (the second half of
+  // a Kyber key, #19) gets the hexstring error that agent gives, so gpg 2.5 fails the same way.
   const { options, words } = parseArgs(ctx.args);
-  if (options.has('another')) throw new GpgError(ErrorCode.NOT_SUPPORTED);
+  if (options.size > 0) throw paramError('invalid hexstring');
   session.keygrip = parseKeygrip(words[0]);
 }
 
@@ -86,12 +87,17 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
 
 export async function pkDecrypt(ctx: AssuanCommandContext, c: OperationContext): Promise<void> {
   const { session } = c;
-  const { options } = parseArgs(ctx.args);
-  if (options.has('kem')) throw new GpgError(ErrorCode.NOT_SUPPORTED);
+  // gpg 2.5 sends `--kem=PGP` for every ECDH key and `--kem=PQC-PGP` for Kyber, and then expects
+  // the unwrapped session key, not the shared point. keytether does not do that yet (#19), so it
+  // answers as gpg-agent 2.4 does, which ignores the option: it reads the ciphertext, then fails
+  // on the KEM-form enc-val with Invalid data (measured against 2.4.7). A shared point here would
+  // be taken for the session key and fail later with a worse message.
+  const kem = parseArgs(ctx.args).options.has('kem');
   const description = session.takeDescription();
   // The agent asks for the ciphertext before it looks at the key (same order as gpg-agent).
   ctx.sendStatus('INQUIRE_MAXLEN', String(MAX_CIPHERTEXT));
   const ciphertext = await ctx.inquire('CIPHERTEXT', { maxLength: MAX_CIPHERTEXT });
+  if (kem) throw new GpgError(ErrorCode.INV_DATA);
   if (session.keygrip === undefined) throw new GpgError(ErrorCode.NO_SECKEY);
   if (!isCanonical(ciphertext, 'enc-val', MAX_CIPHERTEXT)) {
     throw new GpgError(ErrorCode.INV_SEXP, 'ciphertext is not a canonical enc-val');

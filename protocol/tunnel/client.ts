@@ -234,6 +234,7 @@ class Client implements TunnelClient {
         const inv: Inventory = {
           keys: m.keys.map((k) => ({ ...k, publicKey: k.publicKey })),
           certificates: m.certificates,
+          ...(m.agentVersion !== undefined ? { agentVersion: m.agentVersion } : {}),
         };
         const first = this.latest === undefined;
         this.latest = inv;

@@ -3,7 +3,8 @@
 // one-sentence explanation from the two hellos, so the user reads the same advice on either side.
 
 // 2: a sign request may carry the payload being signed, in `content` frames before it.
-export const TUNNEL_PROTOCOL = 2;
+// 3: the inventory may name the holder's gpg-agent version (`agentVersion`).
+export const TUNNEL_PROTOCOL = 3;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

@@ -104,6 +104,11 @@ export const InventorySchema = z.strictObject({
   type: z.literal('inventory'),
   keys: z.array(KeyEntrySchema).max(LIMITS.inventoryKeys),
   certificates: z.array(CertificateSchema).max(LIMITS.certificates),
+  /** The holder's real gpg-agent version (tunnel protocol 3). */
+  agentVersion: z
+    .string()
+    .regex(/^[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}[\x21-\x7e]{0,40}$/, 'expected a gpg version')
+    .optional(),
 });
 
 /** What the sign request's preceding `content` frames add up to (tunnel protocol 2). */

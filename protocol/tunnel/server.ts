@@ -122,6 +122,10 @@ export function serveTunnel(
               publicKey: Buffer.from(k.publicKey).toString('base64'),
             })),
             certificates: inv.certificates,
+            // A protocol-2 facade's schema is strict and would refuse the whole inventory.
+            ...(inv.agentVersion !== undefined && (peer?.protocol ?? 1) >= 3
+              ? { agentVersion: inv.agentVersion }
+              : {}),
           };
         } catch (e) {
           // A later failure keeps the facade on the last good inventory; a first one leaves it

@@ -3,6 +3,7 @@
 // back end that has a keygrip, and does policy and audit itself, so every back end is governed
 // the same way.
 
+import { newestVersion } from '../../protocol/agent/version.js';
 import type { DecryptResult, Inventory, KeyEntry, Requester } from '../../protocol/keyholder.js';
 
 /** What a back end hands the holder once a key may be used (after its own unlock step, if any). */
@@ -51,6 +52,8 @@ export function mergeInventories(parts: Inventory[]): Inventory {
       fprs.add(f);
       out.certificates.push(c);
     }
+    const newest = newestVersion(out.agentVersion, inv.agentVersion);
+    if (newest !== undefined) out.agentVersion = newest;
   }
   return out;
 }

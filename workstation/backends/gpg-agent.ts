@@ -8,6 +8,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as openpgp from 'openpgp';
+import { VERSION_RE } from '../../protocol/agent/version.js';
 import { ErrorCode, GpgError, toGpgError } from '../../protocol/gpg-error.js';
 import type { Certificate, DecryptResult, Inventory, KeyEntry } from '../../protocol/keyholder.js';
 import { publicKeySexp } from '../../protocol/keygrip.js';
@@ -277,7 +278,7 @@ export class GpgAgentBackend implements Backend {
         this.#setInventory(inv, stamp);
         return inv;
       }
-      const agentKeys = await this.#agentKeys();
+      const { keys: agentKeys, version } = await this.#agentKeys();
       const from = `${stamp}\n${[...agentKeys.values()]
         .map((k) => JSON.stringify(k))
         .sort()
@@ -288,6 +289,7 @@ export class GpgAgentBackend implements Backend {
         inv = await this.#withCertificates(agentKeys);
         this.#built = { from, inv };
       }
+      if (version !== undefined) inv = { ...inv, agentVersion: version };
     } catch {
       // An agent that is not running (yet) or a keyring gpg cannot read: no keys from here, and
       // the next refresh tries again.
@@ -313,8 +315,11 @@ export class GpgAgentBackend implements Backend {
     }
   }
 
-  /** KEYINFO --list on the normal socket: all keys, card stubs included (works on 2.2 and 2.4). */
-  async #agentKeys(): Promise<Map<string, AgentKeyInfo>> {
+  /**
+   * KEYINFO --list on the normal socket: all keys, card stubs included (works on 2.2 and 2.4);
+   * and the agent's version, which facades report to gpg when it is newer than their own.
+   */
+  async #agentKeys(): Promise<{ keys: Map<string, AgentKeyInfo>; version: string | undefined }> {
     let conn: AgentConnection;
     try {
       conn = await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
@@ -332,7 +337,15 @@ export class GpgAgentBackend implements Backend {
         const info = parseKeyInfoArgs(s.args);
         if (info && info.type !== '-' && !info.flags.includes('D')) out.set(info.keygrip, info);
       }
-      return out;
+      let version: string | undefined;
+      try {
+        const v = await conn.transact('GETINFO version', { timeoutMs: QUERY_TIMEOUT_MS });
+        const text = v.data.toString('latin1').trim();
+        if (VERSION_RE.test(text)) version = text;
+      } catch {
+        // The keys are still served; gpg then hears keytether's own version.
+      }
+      return { keys: out, version };
     } finally {
       conn.close();
     }

@@ -3,8 +3,6 @@
 // never touches a key or a pinentry), then unlock, then an optional confirmation, then the raw
 // operation, and the audit record is on disk before the result leaves.
 
-import { createHash } from 'node:crypto';
-import { watch, type FSWatcher } from 'node:fs';
 import { GpgError, ErrorCode, gpgErr, toGpgError } from '../../protocol/gpg-error.js';
 import type {
   Certificate,
@@ -34,6 +32,7 @@ import type { Backend, KeyOperator } from '../backends/backend.js';
 import { mergeInventories } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
 import { describeRequester } from '../backends/requester-text.js';
+import { InventoryWatch } from './inventory-watch.js';
 
 export interface HolderDeps {
   keystore: Keystore;
@@ -75,6 +74,7 @@ export class Holder implements KeyHolder {
   readonly #backends: Backend[];
   readonly #inventoryListeners = new Set<{ fn: () => void }>();
   #watch: InventoryWatch | undefined;
+  #stopCacheWatch: (() => void) | undefined;
 
   constructor(deps: HolderDeps) {
     this.#d = deps;
@@ -98,6 +98,10 @@ export class Holder implements KeyHolder {
     // A wrapper per subscription: the same function subscribed twice is two subscriptions.
     const sub = { fn: listener };
     this.#inventoryListeners.add(sub);
+    if (!this.#watch) {
+      // An unlock or an expiry changes KEYINFO's CACHED field on every server: look at once.
+      this.#stopCacheWatch = this.#d.cache.onChange(() => this.#watch?.soon());
+    }
     this.#watch ??= new InventoryWatch({
       read: () => this.inventory(),
       changed: () => {
@@ -117,6 +121,8 @@ export class Holder implements KeyHolder {
       if (this.#inventoryListeners.size === 0) {
         this.#watch?.stop();
         this.#watch = undefined;
+        this.#stopCacheWatch?.();
+        this.#stopCacheWatch = undefined;
       }
     };
   }
@@ -344,137 +350,6 @@ export function inventoryWatcher(
   const w = holder as Partial<InventoryWatchable>;
   if (typeof w.onInventoryChange !== 'function') return undefined;
   return (changed) => w.onInventoryChange!(changed);
-}
-
-/**
- * What a facade sees of an inventory: which keys exist (and for what) and their certificates.
- * Unlock state (`cached`) is left out; it changes with every passphrase and is no key change.
- */
-function inventoryDigest(inv: Inventory): string {
-  const keys = inv.keys
-    .map((k) =>
-      [k.keygrip.toUpperCase(), k.fingerprint, k.primaryFingerprint, k.usage.join(',')].join(':'),
-    )
-    .sort();
-  const certs = inv.certificates
-    .map((c) => `${c.fingerprint}:${createHash('sha256').update(c.armored).digest('hex')}`)
-    .sort();
-  return createHash('sha256')
-    .update(JSON.stringify([keys, certs]))
-    .digest('hex');
-}
-
-// How soon after a file event in the key directory the inventory is looked at, and when once
-// more: the keystore re-reads its directory at most once a second, so a look right after an
-// earlier one can miss the change.
-const WATCH_DEBOUNCE_MS = 50;
-const WATCH_RETRY_MS = 1100;
-
-/**
- * Polls an inventory and reports when its digest changes. Polling is what makes it work
- * everywhere (gpg-agent keys, file systems without change events); a watch on the key directory
- * only makes imports show sooner. Timers are unref'd: watching never keeps the process alive.
- */
-class InventoryWatch {
-  readonly #read: () => Promise<Inventory>;
-  readonly #changed: () => void;
-  readonly #intervalMs: number;
-  #digest: string | undefined;
-  /** The first read failed, so a facade may already hold a newer inventory than the baseline. */
-  #missedBaseline = false;
-  #timer: NodeJS.Timeout | undefined;
-  #retry: NodeJS.Timeout | undefined;
-  #checking = false;
-  #checkAgain = false;
-  #stopped = false;
-  #fsWatcher: FSWatcher | undefined;
-
-  constructor(o: {
-    read: () => Promise<Inventory>;
-    changed: () => void;
-    intervalMs: number;
-    dir?: string;
-  }) {
-    this.#read = o.read;
-    this.#changed = o.changed;
-    this.#intervalMs = Math.max(1, o.intervalMs);
-    if (o.dir !== undefined) this.#watchDir(o.dir);
-    void this.#check();
-  }
-
-  stop(): void {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    clearTimeout(this.#retry);
-    this.#fsWatcher?.close();
-    this.#fsWatcher = undefined;
-  }
-
-  #watchDir(dir: string): void {
-    try {
-      const w = watch(dir, { persistent: false }, () => this.#soon());
-      // A watch that breaks (directory removed, inotify limits) leaves polling in charge.
-      w.on('error', () => {
-        w.close();
-        if (this.#fsWatcher === w) this.#fsWatcher = undefined;
-      });
-      this.#fsWatcher = w;
-    } catch {
-      // No change events here; polling alone finds the changes.
-    }
-  }
-
-  #soon(): void {
-    if (this.#stopped) return;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => void this.#check(), WATCH_DEBOUNCE_MS);
-    this.#timer.unref();
-    if (!this.#retry) {
-      this.#retry = setTimeout(() => {
-        this.#retry = undefined;
-        void this.#check();
-      }, WATCH_RETRY_MS);
-      this.#retry.unref();
-    }
-  }
-
-  async #check(): Promise<void> {
-    if (this.#stopped) return;
-    if (this.#checking) {
-      this.#checkAgain = true;
-      return;
-    }
-    this.#checking = true;
-    clearTimeout(this.#timer);
-    try {
-      do {
-        this.#checkAgain = false;
-        let digest: string;
-        try {
-          digest = inventoryDigest(await this.#read());
-        } catch {
-          // A key file half-written or unreadable, an agent restarting: skip this look, keep
-          // the last known inventory, and try again at the next one.
-          if (this.#digest === undefined) this.#missedBaseline = true;
-          continue;
-        }
-        if (this.#stopped) return;
-        const before = this.#digest;
-        this.#digest = digest;
-        if (before === undefined ? this.#missedBaseline : before !== digest) {
-          this.#missedBaseline = false;
-          this.#changed();
-        }
-      } while (this.#checkAgain && !this.#stopped);
-    } finally {
-      this.#checking = false;
-      if (!this.#stopped) {
-        clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => void this.#check(), this.#intervalMs);
-        this.#timer.unref();
-      }
-    }
-  }
 }
 
 export { GpgError };

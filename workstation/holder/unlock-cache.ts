@@ -27,11 +27,32 @@ export class UnlockCache<T extends { destroy(): void }> {
   readonly #slots = new Map<string, Slot<T>>();
   readonly #pins = new Map<T, number>();
   readonly #doomed = new Set<T>();
+  readonly #listeners = new Set<() => void>();
 
   constructor(opts: UnlockCacheOptions) {
     this.#defaultTtlMs = Math.max(0, opts.defaultTtlMs);
     this.#maxTtlMs = Math.max(0, opts.maxTtlMs);
     this.#now = opts.now ?? Date.now;
+  }
+
+  /**
+   * Calls LISTENER after a key enters or leaves the cache (unlock, expiry, replacement, clear):
+   * servers show the unlock state in KEYINFO. Returns the unsubscribe function.
+   */
+  onChange(listener: () => void): () => void {
+    const sub = () => listener();
+    this.#listeners.add(sub);
+    return () => void this.#listeners.delete(sub);
+  }
+
+  #changed(): void {
+    for (const fn of [...this.#listeners]) {
+      try {
+        fn();
+      } catch {
+        // A listener's bug must not break caching.
+      }
+    }
   }
 
   /** The cached value, or undefined; a hit restarts the idle timeout. */
@@ -60,12 +81,14 @@ export class UnlockCache<T extends { destroy(): void }> {
     }
     if (this.#defaultTtlMs === 0 || this.#maxTtlMs === 0) {
       this.#destroy(value);
+      if (old) this.#changed();
       return;
     }
     const now = this.#now();
     const slot: Slot<T> = { value, putAt: now, usedAt: now, timer: undefined };
     this.#slots.set(key, slot);
     this.#arm(key, slot);
+    if (!old) this.#changed();
   }
 
   /**
@@ -145,8 +168,10 @@ export class UnlockCache<T extends { destroy(): void }> {
 
   #evict(key: string, slot: Slot<T>): void {
     clearTimeout(slot.timer);
-    if (this.#slots.get(key) === slot) this.#slots.delete(key);
+    const held = this.#slots.get(key) === slot;
+    if (held) this.#slots.delete(key);
     this.#destroy(slot.value);
+    if (held) this.#changed();
   }
 
   #destroy(value: T): void {

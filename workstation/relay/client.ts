@@ -19,7 +19,7 @@ import { decodeMux, MuxKind } from '../../protocol/relay/mux.js';
 import type { AuditInput } from '../audit/audit.js';
 import { loadOrCreateIdentity } from '../home/identity.js';
 import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './stream.js';
-import { loadSealCredentials, type SealCredentials } from './seal.js';
+import { loadSealCredentials, type Admission, type SealCredentials } from './seal.js';
 import type { TokenAuthority } from '../tokens/scoped-holder.js';
 import { TokenRegistry } from '../tokens/tokens.js';
 
@@ -52,8 +52,11 @@ export interface RelayClientOptions {
    * A symbol, so that no config file, flag or environment variable can ever produce it.
    */
   benchUnsealed?: typeof BENCH_UNSEALED;
-  /** Whether a proven secret (SHA-256 hex) is token TID's; checked before the tunnel starts. */
-  checkSecret(tid: string, secretHash: string): Promise<boolean>;
+  /**
+   * Whether a proven secret (SHA-256 hex) is token TID's and the token is still good (not revoked
+   * or expired); checked before the tunnel starts and before every inventory push.
+   */
+  checkSecret(tid: string, secretHash: string): Promise<Admission>;
   /** `keytether/<version>`. */
   software: string;
   /** Allow ws:// to a host that is not loopback. */
@@ -317,7 +320,7 @@ export async function startRelayClients(
   const identity = await loadOrCreateIdentity(rt.home);
   const tokens = await TokenRegistry.open(rt.home, { identity });
   const seal = await loadSealCredentials(rt.home);
-  const checkSecret = (tid: string, hash: string) => tokens.knowsSecret(tid, hash);
+  const checkSecret = (tid: string, hash: string) => tokens.admits(tid, hash);
   const clients = urls.map((url) =>
     startRelayClient({
       url,

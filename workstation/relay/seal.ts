@@ -111,6 +111,9 @@ function pemBody(text: string): Buffer | undefined {
   return m ? Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64') : undefined;
 }
 
+/** Whether a stream may be served at all; `reason` is what the facade is told. */
+export type Admission = { ok: true } | { ok: false; reason: string };
+
 /**
  * Calls FN once with the first TLS or stream error of SOCKET after the handshake, then destroys
  * the socket. A server-side TLSSocket made without a tls.Server never "releases control", so
@@ -134,8 +137,11 @@ export type SealAcceptResult =
 
 export interface SealAcceptOptions {
   credentials: SealCredentials;
-  /** Decides whether the proven secret (as its SHA-256 hex) is the token's. */
-  checkSecret(secretHash: string): Promise<boolean>;
+  /**
+   * Decides whether the proven secret (as its SHA-256 hex) is the token's, and may add why the
+   * token is refused anyway (revoked, expired).
+   */
+  checkSecret(secretHash: string): Promise<Admission>;
   /** Called with the reason before the stream is destroyed on any failure. */
   refuse?(reason: string): void;
   timeoutMs?: number;
@@ -191,9 +197,9 @@ export function acceptSealedStream(
       const secretHash = tokenSecretHash(proof.secret);
       proof.secret.fill(0);
       opts.checkSecret(secretHash).then(
-        (good) => {
-          if (!good) {
-            finish({ ok: false, reason: "the facade did not prove the token's secret" });
+        (verdict) => {
+          if (!verdict.ok) {
+            finish({ ok: false, reason: verdict.reason });
             return;
           }
           if (done) return;

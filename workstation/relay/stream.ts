@@ -94,6 +94,8 @@ export function serveRelayStream(
       opts.audit,
       peer,
       unsealed ? undefined : sealed.secretHash,
+      // Revoked or expired after the stream opened: the next push lists nothing.
+      unsealed ? undefined : () => opts.checkSecret(tid, sealed.secretHash),
     );
     stream.tunnel = serveTunnel(scoped, socket, {
       software: opts.software,

@@ -45,10 +45,16 @@ function allowedBy(token: ParsedToken, k: { fingerprint: string; primaryFingerpr
   );
 }
 
+/** Whether the token may still see anything (not revoked, not expired), asked before a push. */
+export type TokenStanding = () => Promise<boolean | { ok: boolean }>;
+
+const NOTHING: Inventory = Object.freeze({ keys: [], certificates: [] }) as Inventory;
+
 /**
  * The holder as one token sees it: only the token's keys are listed, and every operation is
  * first authorized by the registry (revocation, expiry, operations, uses). A refusal is recorded
- * in the audit log before gpg hears about it.
+ * in the audit log before gpg hears about it. With STANDING, a token the registry no longer
+ * admits is shown no keys at all: the key list is the token's to see, not the secret's.
  */
 export function tokenScopedHolder(
   holder: KeyHolder,
@@ -57,6 +63,7 @@ export function tokenScopedHolder(
   audit: { append(rec: AuditInput): Promise<void> },
   peer: string | undefined,
   secretHash?: string,
+  standing?: TokenStanding,
 ): KeyHolder {
   const tid = token.payload.tid;
   const check = async (
@@ -112,12 +119,17 @@ export function tokenScopedHolder(
 
   return {
     async inventory(): Promise<Inventory> {
+      if (standing) {
+        const s = await standing();
+        if (s === false || (typeof s === 'object' && !s.ok)) return NOTHING;
+      }
       const inv = await holder.inventory();
       const keys = inv.keys.filter((k) => allowedBy(token, k));
       const primaries = new Set(keys.map((k) => k.primaryFingerprint.toUpperCase()));
       return {
         keys,
         certificates: inv.certificates.filter((c) => primaries.has(c.fingerprint.toUpperCase())),
+        ...(inv.agentVersion !== undefined ? { agentVersion: inv.agentVersion } : {}),
       };
     },
     async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {

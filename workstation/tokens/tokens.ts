@@ -88,6 +88,9 @@ function sameHex(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+/** What a facade hears when its stream is refused for the proof itself. */
+export const WRONG_SECRET = "the facade did not prove the token's secret";
+
 /** Signatures already checked; bounded so presented junk cannot grow it without limit. */
 const VERIFIED_CACHE_MAX = 4096;
 
@@ -220,12 +223,33 @@ export class TokenRegistry {
    * tokens.json has not changed.
    */
   async knowsSecret(tid: string, secretHash: string): Promise<boolean> {
+    return (await this.admits(tid, secretHash)).ok;
+  }
+
+  /**
+   * Whether a relayed stream for token TID, proven with SECRETHASH, may be served at all: the
+   * secret is right and the token is neither revoked nor expired. A stream every operation would
+   * be refused is not opened, so a revoked token's facade never learns the key list; each
+   * operation is still authorized on its own. The state is told only to a facade that proved
+   * the secret: it holds the token, so that is no news to it.
+   */
+  async admits(
+    tid: string,
+    secretHash: string,
+    now: number = this.#now(),
+  ): Promise<{ ok: true } | { ok: false; reason: string }> {
+    let r: TokenRecord | undefined;
     try {
-      const r = (await this.#file.fresh()).get(tid);
-      return r !== undefined && sameHex(r.secretHash, secretHash);
+      r = (await this.#file.fresh()).get(tid);
     } catch {
-      return false;
+      r = undefined;
     }
+    if (r === undefined || !sameHex(r.secretHash, secretHash)) {
+      return { ok: false, reason: WRONG_SECRET };
+    }
+    if (r.revoked) return { ok: false, reason: `token ${tid} has been revoked` };
+    if (now >= r.claims.exp * 1000) return { ok: false, reason: `token ${tid} has expired` };
+    return { ok: true };
   }
 
   /** Marks token ID revoked; false when there is no such token. */
