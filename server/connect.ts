@@ -117,7 +117,7 @@ export function openFacadeSocket(
   url: string,
   publicPart: string,
   trust?: RelayTrust,
-): Promise<RelayStream> {
+): Promise<FacadeWebSocketStream> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
       maxPayload: MAX_MESSAGE_BYTES,
@@ -169,7 +169,7 @@ export function openFacadeSocket(
   });
 }
 
-export type RelayStream = Duplex & {
+export type FacadeWebSocketStream = Duplex & {
   closeInfo?: { code: number; reason: string };
   /** Ends the stream telling the holder (through the relay) why, e.g. a broken sealed record. */
   closeWith?: (reason: string) => void;
@@ -210,8 +210,8 @@ function sendToRelay(ws: WebSocket, chunks: Buffer[], cb: (e?: Error | null) => 
   if (!wait) cb();
 }
 
-export function webSocketStream(ws: WebSocket): RelayStream {
-  const stream: RelayStream = new Duplex({
+export function webSocketStream(ws: WebSocket): FacadeWebSocketStream {
+  const stream: FacadeWebSocketStream = new Duplex({
     read() {},
     write(chunk: Buffer, _enc, cb) {
       sendToRelay(ws, [chunk], cb);

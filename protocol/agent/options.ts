@@ -3,7 +3,7 @@
 // `GETINFO restricted` and stop sending them; any other error on them aborts gpg.
 
 import { ErrorCode, GpgError } from '../gpg-error.js';
-import type { AgentSession, PinentryMode } from './session.js';
+import type { AgentSession } from './session.js';
 
 const ENV_OPTIONS: Readonly<Record<string, string>> = {
   display: 'DISPLAY',
@@ -58,7 +58,8 @@ export function applyOption(session: AgentSession, rawName: string, value: strin
       if (value === undefined || !PINENTRY_MODES.has(value)) {
         throw new GpgError(ErrorCode.INV_VALUE);
       }
-      session.pinentryMode = value as PinentryMode;
+      // Accepted and not kept: passphrases are asked at the holder's pinentry, never taken
+      // from the server (loopback), whatever mode the client wants.
       return;
     case 'pretend-request-origin':
       // Like the real agent: a client may ask to be treated as remote, never the reverse, and a

@@ -3,8 +3,6 @@
 
 import type { HashSetting } from './args.js';
 
-export type PinentryMode = 'ask' | 'default' | 'cancel' | 'error' | 'loopback';
-
 export class AgentSession {
   /** Extra-socket behaviour (§3); can be switched on mid-session by pretend-request-origin. */
   restricted: boolean;
@@ -13,11 +11,10 @@ export class AgentSession {
   /** SETKEYDESC text, decoded; consumed by the next PKSIGN/PKDECRYPT. */
   keyDescription: string | undefined;
   /**
-   * The client's environment (ttyname, display, putenv …). Kept for completeness and for a
-   * future local pinentry; the holder never unlocks with the client's terminal.
+   * The client's environment (ttyname, display, putenv …); PINENTRY_USER_DATA carries the
+   * git-sign shim's content nonce. The holder never unlocks with the client's terminal.
    */
   readonly env = new Map<string, string>();
-  pinentryMode: PinentryMode = 'default';
   ephemeral = false;
 
   constructor(restricted: boolean) {

@@ -22,7 +22,7 @@ import { checkTokenSignature, parseToken } from '../../protocol/token.js';
 import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
 import { TrustedProxies } from './client-address.js';
 import type { RelayMetrics, Role } from './metrics.js';
-import { RelayStreams, type Holder, type Stream } from './streams.js';
+import { StreamRouter, type Holder, type Stream } from './streams.js';
 import {
   CloseCode,
   FacadeTokenSchema,
@@ -45,7 +45,7 @@ export class RelayHub {
   private readonly pending = new Set<WebSocket>();
   private readonly addresses: AddressCounter;
   private readonly rate: RateLimiter;
-  private readonly streams: RelayStreams;
+  private readonly streams: StreamRouter;
   private readonly holderWss: WebSocketServer;
   private readonly facadeWss: WebSocketServer;
   private draining = false;
@@ -58,7 +58,7 @@ export class RelayHub {
   ) {
     this.addresses = new AddressCounter(limits.maxConnectionsPerAddress);
     this.rate = new RateLimiter(limits.tokenRatePerSecond, limits.tokenBurst);
-    this.streams = new RelayStreams(limits, metrics, this.rate);
+    this.streams = new StreamRouter(limits, metrics, this.rate);
     const common = { noServer: true, perMessageDeflate: false, WebSocket: RelaySocket } as const;
     this.holderWss = new WebSocketServer({
       ...common,

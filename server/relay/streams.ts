@@ -40,7 +40,7 @@ export interface Stream {
 }
 
 /** The open streams of every holder, counted so that shutdown can wait for them to end. */
-export class RelayStreams {
+export class StreamRouter {
   count = 0;
   onDrained: (() => void) | undefined;
 

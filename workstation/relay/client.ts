@@ -18,7 +18,7 @@ import { relayAuthMessage } from '../../protocol/relay/identity.js';
 import { decodeMux, MuxKind } from '../../protocol/relay/mux.js';
 import type { AuditInput } from '../audit/audit.js';
 import { loadOrCreateIdentity } from '../home/identity.js';
-import { BENCH_UNSEALED, sendClose, serveRelayStream, type RelayStream } from './stream.js';
+import { BENCH_UNSEALED, sendClose, serveRelayStream, type HolderStream } from './stream.js';
 import { loadSealCredentials, type Admission, type SealCredentials } from './seal.js';
 import type { TokenAuthority } from '../tokens/scoped-holder.js';
 import { TokenRegistry } from '../tokens/tokens.js';
@@ -114,7 +114,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
   const log = opts.log ?? (() => {});
   const minMs = opts.minBackoffMs ?? 500;
   const maxMs = opts.maxBackoffMs ?? 30_000;
-  const streams = new Map<number, RelayStream>();
+  const streams = new Map<number, HolderStream>();
   let ws: WebSocket | undefined;
   let connected = false;
   let lastError: string | undefined;

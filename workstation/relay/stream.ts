@@ -28,7 +28,7 @@ const MAX_DATA_CHUNK = 256 * 1024;
 export function serveRelayStream(
   opts: RelayClientOptions,
   log: (line: string) => void,
-  streams: Map<number, RelayStream>,
+  streams: Map<number, HolderStream>,
   sock: WebSocket,
   streamId: number,
   payload: Buffer,
@@ -52,7 +52,7 @@ export function serveRelayStream(
   // prompt and audit record, and never a policy `host` (SECURITY.md: the relay is untrusted).
   const peer = open.peer ? displayField(open.peer, 256) : undefined;
   const from = `relay stream${peer !== undefined ? ` (relay says from ${peer})` : ''} (token ${tid})`;
-  const stream = new RelayStream(sock, streamId, () => streams.delete(streamId));
+  const stream = new HolderStream(sock, streamId, () => streams.delete(streamId));
   streams.set(streamId, stream);
   const where = { ...(peer !== undefined ? { peer } : {}), tokenId: tid };
   // The facade's word, carried by the relay: worth a record, though the relay could forge it.
@@ -128,7 +128,7 @@ export function sendClose(sock: WebSocket, streamId: number, reason: string): vo
 }
 
 /** One facade's byte stream inside the holder's relay connection. */
-export class RelayStream extends Duplex {
+export class HolderStream extends Duplex {
   tunnel: TunnelServerHandle | undefined;
   /** Called when the facade ended the stream over a sealed-channel failure it saw. */
   onSealReport: ((reason: string) => void) | undefined;
