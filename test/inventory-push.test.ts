@@ -3,11 +3,10 @@
 // tunnel pushes the new inventory (through a relay stream still only the token's keys). Real
 // processes and real gpg for the relay path; a real Holder over a real unix socket for the rest.
 
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, unlink, writeFile } from 'node:fs/promises';
-import { createServer, connect, type Socket } from 'node:net';
 import path from 'node:path';
 import type { Inventory } from '../protocol/keyholder.js';
 import { serveTunnel, tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
@@ -33,6 +32,7 @@ import {
 } from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { ALLOW_BLIND_FLAG, ALLOW_BLIND_RULE } from './support/blind-signing.js';
+import { socketPair } from './support/socket-pair.js';
 
 const SOFTWARE = 'keytether/0.1.0';
 const BUILTIN: Config = {
@@ -85,24 +85,6 @@ function nextInventory(
 }
 
 const grips = (inv: Inventory) => inv.keys.map((k) => k.keygrip);
-
-/** Two connected ends of a real unix socket; destroyed at teardown. */
-async function socketPair(t: Test, dir: string, name = 'tun'): Promise<[Socket, Socket]> {
-  const p = path.join(dir, name);
-  const server = createServer();
-  server.listen(p);
-  await once(server, 'listening');
-  const accepted = once(server, 'connection') as Promise<[Socket]>;
-  const client = connect(p);
-  const [serverEnd] = await accepted;
-  await once(client, 'connect');
-  t.teardown(() => {
-    client.destroy();
-    serverEnd.destroy();
-    server.close();
-  });
-  return [serverEnd, client];
-}
 
 /** An exported secret key file, the way a user feeds `keytether keys import`. */
 async function secretFile(ws: TempGnupg, key: GeneratedKey, dir: string): Promise<string> {
