@@ -48,7 +48,17 @@ export async function run(): Promise<void> {
     );
     const holder = await startDaemon(
       process.execPath,
-      [cli, 'agent', '--socket', path.join(dir, 'S.l'), '--relay', relay.readyText.trim()],
+      // gpg's primary always certifies, so blind signing (the anchor) needs saying so.
+      [
+        cli,
+        'agent',
+        '--policy',
+        'clear-sign=preferred',
+        '--socket',
+        path.join(dir, 'S.l'),
+        '--relay',
+        relay.readyText.trim(),
+      ],
       env,
       'ready: ',
     );
