@@ -8,11 +8,9 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { compareVersions } from '../protocol/agent/index.js';
-import { serveTunnel, tunnelClient } from '../protocol/tunnel/index.js';
 import { startFacade } from '../server/facade.js';
 import { DEFAULT_CONFIG, type Config } from '../workstation/home/config.js';
 import { openHolderRuntime } from '../workstation/holder/runtime.js';
-import { inventoryWatcher } from '../workstation/holder/holder.js';
 import {
   clientHome,
   exportSecretKey,
@@ -22,7 +20,7 @@ import {
 } from './support/gnupg.js';
 import { gpgClients, type GpgClient } from './support/gpg-versions.js';
 import { ALLOW_BLIND_RULE } from './support/blind-signing.js';
-import { socketPair } from './support/socket-pair.js';
+import { tunnelTo } from './support/socket-pair.js';
 
 const SOFTWARE = 'keytether/test';
 const MISSING_GRIP = '0123456789ABCDEF0123456789ABCDEF01234567';
@@ -82,14 +80,7 @@ for (const client of gpgClients().filter((c) => c.gpgconf)) {
     t.teardown(() => rt.close());
     await rt.keystore.importKeys(await exportSecretKey(real, key.fingerprint));
 
-    const [serverEnd, clientEnd] = await socketPair(t, tmp);
-    const watch = inventoryWatcher(rt.holder);
-    serveTunnel(rt.holder, serverEnd, {
-      software: SOFTWARE,
-      ...(watch ? { onInventoryChange: watch } : {}),
-    });
-    const tunnel = tunnelClient(clientEnd, { software: SOFTWARE });
-    t.teardown(() => tunnel.close());
+    const tunnel = await tunnelTo(t, rt.holder, tmp, SOFTWARE);
     await tunnel.ready;
     const facade = await startFacade({ socketPath: path.join(tmp, 'S.facade'), holder: tunnel });
     t.teardown(() => facade.close());

@@ -8,14 +8,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Inventory } from '../protocol/keyholder.js';
-import { serveTunnel, tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
+import type { TunnelClient } from '../protocol/tunnel/index.js';
 import { startFacade } from '../server/facade.js';
 import { DEFAULT_CONFIG, type Config } from '../workstation/home/config.js';
-import { inventoryWatcher } from '../workstation/holder/holder.js';
 import { openHolderRuntime, type HolderRuntime } from '../workstation/holder/runtime.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { ALLOW_BLIND_RULE } from './support/blind-signing.js';
-import { socketPair } from './support/socket-pair.js';
+import { tunnelTo } from './support/socket-pair.js';
 
 const SOFTWARE = 'keytether/test';
 // A bound for a failing run, not a pace: the pushes come from the cache's change events.
@@ -70,14 +69,7 @@ async function setUp(t: Test, cache: Partial<Config>) {
   const rt: HolderRuntime = await openHolderRuntime(path.join(tmp, 'home'), config);
   t.teardown(() => rt.close());
   await rt.keystore.importKeys(await exportSecretKey(ws, key.fingerprint));
-  const [serverEnd, clientEnd] = await socketPair(t, tmp);
-  const watch = inventoryWatcher(rt.holder);
-  serveTunnel(rt.holder, serverEnd, {
-    software: SOFTWARE,
-    ...(watch ? { onInventoryChange: watch } : {}),
-  });
-  const tunnel = tunnelClient(clientEnd, { software: SOFTWARE });
-  t.teardown(() => tunnel.close());
+  const tunnel = await tunnelTo(t, rt.holder, tmp, SOFTWARE);
   const pushes = recordPushes(tunnel);
   await tunnel.ready;
   const facade = await startFacade({ socketPath: path.join(tmp, 'S.facade'), holder: tunnel });
