@@ -395,7 +395,11 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     const tunnel = tunnelClient(sealed, { software: opts.software });
     holder.set(tunnel);
     const up = await Promise.race([
-      tunnel.ready.then(() => null),
+      // A failed handshake rejects `ready` as soon as `closed` resolves: both mean "not up".
+      tunnel.ready.then(
+        () => null,
+        (e: unknown) => describe(e),
+      ),
       tunnel.closed.then((c) => c.reason),
     ]);
     if (up !== null) {
