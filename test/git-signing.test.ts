@@ -1,0 +1,126 @@
+// Every way git signs, through `keytether connect -- CMD` and the shim it sets as gpg.program:
+// merge -S, rebase -S, commit --amend -S, cherry-pick -S and push --signed (a push certificate)
+// each reach the holder with the bytes git signs, the holder recomputes gpg's digest from them
+// and audits the signature as verified, and git verifies what it got. All parts real: the
+// relay, the holder, the key (gpg's default sign+certify primary, so a blind request would be
+// refused and a pass here means every one of them was verified), gpg and git.
+
+import t from 'tap';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
+import { runCli, spawnCli, waitForLine } from './support/cli.js';
+
+interface AuditRec {
+  op: string;
+  decision: string;
+  verification?: string;
+  content?: { kind: string; summary: string };
+}
+
+function track(child: ChildProcess) {
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  return async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+  };
+}
+
+t.test('git signs every kind of object through the shim, each verified', async (t) => {
+  const ws = await makeGnupgHome();
+  t.teardown(() => ws.cleanup());
+  const key = await generateKey(ws, {
+    uid: 'Gil Git <gil@example.org>',
+    algo: 'ed25519',
+    usage: 'sign,cert',
+  });
+  const FPR = key.fingerprint;
+  const tmp = await mkdtemp('/tmp/ktgit-');
+  t.teardown(() => rm(tmp, { recursive: true, force: true }));
+  const home = path.join(tmp, 'home');
+  const env = { KEYTETHER_HOME: home };
+  const secretFile = path.join(tmp, 'secret.gpg');
+  await writeFile(secretFile, await exportSecretKey(ws, FPR), { mode: 0o600 });
+  t.equal((await runCli(['keys', 'import', secretFile], { env })).code, 0);
+  await rm(secretFile);
+
+  const relay = await spawnCli(['relay', '--listen', '127.0.0.1:0']);
+  t.teardown(track(relay));
+  const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
+  const holder = await spawnCli(
+    ['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url],
+    { env },
+  );
+  t.teardown(track(holder));
+  const connected = waitForLine(holder.stderr!, /^relay connected: /, 30_000);
+  connected.catch(() => {});
+  await waitForLine(holder.stdout!, /^ready: /, 30_000);
+  await connected;
+  const made = await runCli(['token', 'create', '--key', FPR, '--relay', url], { env });
+  t.equal(made.code, 0, made.stderr);
+  const token = made.stdout.trim();
+
+  const repo = path.join(tmp, 'repo');
+  const remote = path.join(tmp, 'remote.git');
+  const git = `git -C '${repo}' -c user.name='Gil Git' -c user.email=gil@example.org -c user.signingkey=${FPR}`;
+  const commit = (file: string, msg: string) =>
+    `echo '${msg}' > '${repo}/${file}' && ${git} add '${file}' && ${git} commit -q -S -m '${msg}'`;
+  const script = [
+    `git init -q -b main '${repo}'`,
+    commit('base.txt', 'base'),
+    `${git} checkout -q -b feature`,
+    commit('feature.txt', 'feature work'),
+    `${git} checkout -q main`,
+    commit('main.txt', 'main work'),
+    `${git} merge -q -S --no-edit -m 'Merge feature' feature`,
+    `${git} verify-commit HEAD`,
+    `${git} commit -q --amend -S --no-edit -m 'Merge feature (amended)'`,
+    `${git} verify-commit HEAD`,
+    `${git} checkout -q -b topic main~1`,
+    commit('topic1.txt', 'topic one'),
+    commit('topic2.txt', 'topic two'),
+    `${git} rebase -q -S main`,
+    `${git} verify-commit HEAD && ${git} verify-commit HEAD~1`,
+    `${git} checkout -q main`,
+    `${git} cherry-pick -S topic`,
+    `${git} verify-commit HEAD`,
+    `git init -q --bare '${remote}'`,
+    `git -C '${remote}' config receive.certNonceSeed keytether-test`,
+    `${git} push -q --signed=yes '${remote}' main`,
+  ].join(' && ');
+  const r = await runCli(['connect', '--relay', url, '--', 'sh', '-c', script], {
+    env: { KEYTETHER_TOKEN: token },
+  });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stderr.match(/Good signature from "Gil Git/g)?.length, 5, 'git verified each one');
+
+  const signs = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AuditRec)
+    .filter((rec) => rec.op === 'sign');
+  const summaries = signs.map((s) => s.content?.summary);
+  t.same(
+    summaries,
+    [
+      'commit: base',
+      'commit: feature work',
+      'commit: main work',
+      'commit: Merge feature',
+      'commit: Merge feature (amended)',
+      'commit: topic one',
+      'commit: topic two',
+      'commit: topic one',
+      'commit: topic two',
+      'commit: topic two',
+      `push to ${remote}: 1 ref(s)`,
+    ],
+    'one verified record per object git signed, in order, naming it',
+  );
+  t.ok(
+    signs.every((s) => s.decision === 'allowed' && s.verification === 'verified'),
+    'none of them blind',
+  );
+  t.equal(signs.at(-1)?.content?.kind, 'git-push');
+});
