@@ -3,6 +3,7 @@
 
 import { displayField, displayText } from '../../protocol/display-text.js';
 import type { Requester } from '../../protocol/keyholder.js';
+import { DIALOG_ROWS, fitDialogText } from '../pinentry/dialog-fit.js';
 
 /** One requester field made safe to show on a single line, at most 64 characters. */
 export function cleanField(v: string | number | undefined): string | undefined {
@@ -52,17 +53,23 @@ export function requesterPrefixedText(
 // to decode, so '+' and '%' themselves (and anything not printable ASCII) must be %XX.
 const MAX_ESCAPED = 900;
 
-/** Plus-percent escaping as gpg does it for SETKEYDESC, cut to fit one Assuan line. */
-export function plusPercentEscape(text: string): string {
+function plusPercent(text: string): string {
   let out = '';
   for (const b of Buffer.from(text, 'utf8')) {
-    let piece: string;
-    if (b === 0x20) piece = '+';
+    if (b === 0x20) out += '+';
     else if (b < 0x21 || b > 0x7e || b === 0x25 || b === 0x2b || b === 0x22) {
-      piece = `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
-    } else piece = String.fromCharCode(b);
-    if (out.length + piece.length > MAX_ESCAPED) break;
-    out += piece;
+      out += `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+    } else out += String.fromCharCode(b);
   }
   return out;
+}
+
+/**
+ * Plus-percent escaping as gpg does it for SETKEYDESC, of TEXT fitted (by whole lines, never in
+ * the middle of a character) into one Assuan line and gpg-agent's 80×24 pinentry-curses.
+ */
+export function plusPercentEscape(text: string): string {
+  return plusPercent(
+    fitDialogText(text, MAX_ESCAPED, DIALOG_ROWS.passphrase, (s) => plusPercent(s).length),
+  );
 }

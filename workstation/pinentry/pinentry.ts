@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import { AssuanClient, percentEscapeText } from '../../protocol/assuan/index.js';
 import { displayText } from '../../protocol/display-text.js';
+import { DIALOG_ROWS, fitDialogText } from './dialog-fit.js';
 import { ErrorCode, GpgError, errText } from '../../protocol/gpg-error.js';
 
 export interface PinentryOptions {
@@ -117,6 +118,12 @@ function textCommand(cmd: string, text: string): string {
   return `${cmd} ${percentEscapeText(kept + '…')}`;
 }
 
+/** `SETDESC <escaped text>` that fits both the Assuan line and an 80×24 pinentry-curses. */
+function descriptionCommand(text: string, rows: number): string {
+  const cmd = 'SETDESC';
+  return `${cmd} ${percentEscapeText(fitDialogText(text, MAX_LINE_BYTES - cmd.length - 1, rows))}`;
+}
+
 /** An OPTION value from the environment, or undefined if unusable on an Assuan line. */
 function optionValue(v: string | undefined): string | undefined {
   if (!v || /[\u0000-\u001f\u007f]/.test(v) || v.length > 200) return undefined;
@@ -180,7 +187,7 @@ export class Pinentry implements PassphraseAsker {
           tolerate: [ErrorCode.ASS_UNKNOWN_CMD, ErrorCode.NOT_IMPLEMENTED],
         });
       }
-      await run(textCommand('SETDESC', req.description));
+      await run(descriptionCommand(req.description, DIALOG_ROWS.passphrase));
       await run(textCommand('SETPROMPT', req.prompt ?? 'Passphrase:'));
       if (req.error) await run(textCommand('SETERROR', req.error));
       const reply = await run('GETPIN', { maxDataBytes: MAX_PASSPHRASE_BYTES });
@@ -195,7 +202,7 @@ export class Pinentry implements PassphraseAsker {
   /** CONFIRM: true = OK, false = Cancel / "Not confirmed"; deadline → TIMEOUT. */
   async confirm(req: ConfirmRequest, signal?: AbortSignal): Promise<boolean> {
     return this.session(signal, async (run) => {
-      await run(textCommand('SETDESC', req.description));
+      await run(descriptionCommand(req.description, DIALOG_ROWS.confirm));
       if (req.okLabel) await run(textCommand('SETOK', req.okLabel));
       if (req.cancelLabel) await run(textCommand('SETCANCEL', req.cancelLabel));
       try {
