@@ -48,10 +48,9 @@ t.test('git signs every kind of object through the shim, each verified', async (
   const relay = await spawnCli(['relay', '--listen', '127.0.0.1:0']);
   t.teardown(track(relay));
   const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
-  const holder = await spawnCli(
-    ['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url],
-    { env },
-  );
+  const holder = await spawnCli(['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url], {
+    env,
+  });
   t.teardown(track(holder));
   const connected = waitForLine(holder.stderr!, /^relay connected: /, 30_000);
   connected.catch(() => {});
