@@ -122,4 +122,32 @@ t.test('git signs every kind of object through the shim, each verified', async (
     'none of them blind',
   );
   t.equal(signs.at(-1)?.content?.kind, 'git-push');
+
+  // git's own call is served by the shell half of the shim alone: with its Node fallback
+  // broken, commits still sign and verify.
+  const shellOnly = path.join(tmp, 'shell-only-git-sign');
+  const r2 = await runCli(
+    [
+      'connect',
+      '--relay',
+      url,
+      '--',
+      'sh',
+      '-c',
+      [
+        `sed 's/^exec .*git-sign-main.js.*$/exit 99/' "$KEYTETHER_GIT_SIGN" > '${shellOnly}'`,
+        `chmod 700 '${shellOnly}'`,
+        `${git} -c gpg.program='${shellOnly}' commit -q --allow-empty -S -m 'shell only'`,
+        `${git} verify-commit HEAD`,
+      ].join(' && '),
+    ],
+    { env: { KEYTETHER_TOKEN: token } },
+  );
+  t.equal(r2.code, 0, r2.stderr);
+  const last = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AuditRec)
+    .at(-1);
+  t.match(last, { verification: 'verified', content: { summary: 'commit: shell only' } });
 });
