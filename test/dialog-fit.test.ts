@@ -7,6 +7,8 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { displayText } from '../protocol/display-text.js';
 import {
@@ -17,6 +19,7 @@ import {
 } from '../workstation/pinentry/dialog-fit.js';
 import { plusPercentEscape } from '../workstation/backends/requester-text.js';
 import { Pinentry } from '../workstation/pinentry/pinentry.js';
+import { testNeeding } from './support/ci.js';
 
 const execFileP = promisify(execFile);
 const BUDGET = 1000 - 'SETDESC '.length;
@@ -91,53 +94,71 @@ async function paneShows(session: string, re: RegExp): Promise<string> {
   }
 }
 
-t.test('real pinentry-curses in an 80×24 tmux pane shows the longest prompt', async (t) => {
-  const session = `kt-fit-${process.pid}`;
-  await tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', 'sleep 3600');
-  t.teardown(() => tmux('kill-session', '-t', session).catch(() => {}));
-  const tty = (await tmux('display', '-p', '-t', session, '#{pane_tty}')).trim();
-  const pinentry = new Pinentry({
-    program: 'pinentry-curses',
-    env: { PATH: process.env.PATH, GPG_TTY: tty, TERM: 'xterm', LC_ALL: 'C.UTF-8' },
-    timeoutMs: 60_000,
-  });
-  const description = [
-    `keytether: allow ssh build-${'very-long-host-name-'.repeat(3)}.example.org (claims user=deploy, cmd=git commit -S, pid=4242) to sign with key 3D640B8EC37A93BFC99AB46C7BFEBDF0367F15E4?`,
-    '',
-    'commit (verified): Fix the release script so that it signs tags again',
-    ...Array.from({ length: 30 }, (_, i) => `  M src/module-${i}/${'deep/'.repeat(10)}file.ts`),
-  ].join('\n');
+function lacking(): string | false {
+  for (const [program, pkg] of [
+    ['tmux', 'tmux'],
+    ['pinentry-curses', 'pinentry-curses'],
+  ] as const) {
+    const found = (process.env.PATH ?? '')
+      .split(':')
+      .some((d) => d && existsSync(path.join(d, program)));
+    if (!found) return `needs ${program}: apt-get install ${pkg}`;
+  }
+  return false;
+}
 
-  // Many short lines: under 1000 bytes, but taller than the screen unless fitted.
-  const tall = [
-    'keytether: allow ssh build to sign with key 3D640B8EC37A93BFC99AB46C7BFEBDF0367F15E4?',
-    '',
-    ...Array.from({ length: 40 }, (_, i) => `  A f${i}.ts`),
-  ].join('\n');
-  const tallAnswer = pinentry.confirm({ description: tall });
-  const tallScreen = await paneShows(session, /<OK>/);
-  t.match(tallScreen, /A f0\.ts[^]*more lines not shown\)/, 'a tall prompt is shown, shortened');
-  await tmux('send-keys', '-t', session, 'Enter');
-  t.equal(await tallAnswer, true);
+testNeeding(
+  t,
+  'real pinentry-curses in an 80×24 tmux pane shows the longest prompt',
+  lacking(),
+  async (t) => {
+    const session = `kt-fit-${process.pid}`;
+    await tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', 'sleep 3600');
+    t.teardown(() => tmux('kill-session', '-t', session).catch(() => {}));
+    const tty = (await tmux('display', '-p', '-t', session, '#{pane_tty}')).trim();
+    const pinentry = new Pinentry({
+      program: 'pinentry-curses',
+      env: { PATH: process.env.PATH, GPG_TTY: tty, TERM: 'xterm', LC_ALL: 'C.UTF-8' },
+      timeoutMs: 60_000,
+    });
+    const description = [
+      `keytether: allow ssh build-${'very-long-host-name-'.repeat(3)}.example.org (claims user=deploy, cmd=git commit -S, pid=4242) to sign with key 3D640B8EC37A93BFC99AB46C7BFEBDF0367F15E4?`,
+      '',
+      'commit (verified): Fix the release script so that it signs tags again',
+      ...Array.from({ length: 30 }, (_, i) => `  M src/module-${i}/${'deep/'.repeat(10)}file.ts`),
+    ].join('\n');
 
-  const answer = pinentry.confirm({ description });
-  const screen = await paneShows(session, /<OK>/);
-  t.match(
-    screen,
-    /keytether: allow ssh[^]*to sign with key[^]*3D640B8E/,
-    'the question is on screen',
-  );
-  t.match(screen, /more lines not shown\)/, 'what did not fit is said');
-  t.match(screen, /<OK>.*<Cancel>/, 'with both buttons');
-  await tmux('send-keys', '-t', session, 'Enter');
-  t.equal(await answer, true, 'Enter on OK confirms');
+    // Many short lines: under 1000 bytes, but taller than the screen unless fitted.
+    const tall = [
+      'keytether: allow ssh build to sign with key 3D640B8EC37A93BFC99AB46C7BFEBDF0367F15E4?',
+      '',
+      ...Array.from({ length: 40 }, (_, i) => `  A f${i}.ts`),
+    ].join('\n');
+    const tallAnswer = pinentry.confirm({ description: tall });
+    const tallScreen = await paneShows(session, /<OK>/);
+    t.match(tallScreen, /A f0\.ts[^]*more lines not shown\)/, 'a tall prompt is shown, shortened');
+    await tmux('send-keys', '-t', session, 'Enter');
+    t.equal(await tallAnswer, true);
 
-  const pass = pinentry.getPassphrase({ keygrip: 'A'.repeat(40), description });
-  const entry = await paneShows(session, /Passphrase:/);
-  t.match(entry, /keytether: allow ssh/);
-  await tmux('send-keys', '-t', session, '-l', 'typed secret');
-  await tmux('send-keys', '-t', session, 'Enter');
-  const got = await pass;
-  t.equal(got.toString(), 'typed secret', 'the passphrase typed in the pane comes back');
-  got.fill(0);
-});
+    const answer = pinentry.confirm({ description });
+    const screen = await paneShows(session, /<OK>/);
+    t.match(
+      screen,
+      /keytether: allow ssh[^]*to sign with key[^]*3D640B8E/,
+      'the question is on screen',
+    );
+    t.match(screen, /more lines not shown\)/, 'what did not fit is said');
+    t.match(screen, /<OK>.*<Cancel>/, 'with both buttons');
+    await tmux('send-keys', '-t', session, 'Enter');
+    t.equal(await answer, true, 'Enter on OK confirms');
+
+    const pass = pinentry.getPassphrase({ keygrip: 'A'.repeat(40), description });
+    const entry = await paneShows(session, /Passphrase:/);
+    t.match(entry, /keytether: allow ssh/);
+    await tmux('send-keys', '-t', session, '-l', 'typed secret');
+    await tmux('send-keys', '-t', session, 'Enter');
+    const got = await pass;
+    t.equal(got.toString(), 'typed secret', 'the passphrase typed in the pane comes back');
+    got.fill(0);
+  },
+);

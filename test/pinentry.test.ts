@@ -5,6 +5,7 @@ import t, { type Test } from 'tap';
 import { ErrorCode, GpgError, gpgErr } from '../protocol/gpg-error.js';
 import { Pinentry, askUntilUnlocked } from '../workstation/pinentry/pinentry.js';
 import { makePinentryScript, type PinentryScriptSpec } from './support/pinentry-script.js';
+import { testNeeding } from './support/ci.js';
 
 const GRIP = '0123456789ABCDEF0123456789ABCDEF01234567';
 
@@ -314,9 +315,11 @@ const realPinentry = (() => {
   }
 })();
 
-t.test(
+testNeeding(
+  t,
   'real pinentry-curses without a terminal fails cleanly',
-  { skip: realPinentry.endsWith('pinentry-curses') ? false : 'needs /usr/bin/pinentry → curses' },
+  !realPinentry.endsWith('pinentry-curses') &&
+    'needs /usr/bin/pinentry to be pinentry-curses: apt-get install pinentry-curses, then update-alternatives --set pinentry /usr/bin/pinentry-curses',
   async (t) => {
     // No GPG_TTY/DISPLAY: pinentry-curses talks Assuan on pipes and finds no terminal for GETPIN.
     const pe = new Pinentry({ program: '/usr/bin/pinentry', env: baseEnv(), timeoutMs: 20_000 });

@@ -17,6 +17,7 @@ import {
   parseRelayFingerprint,
 } from '../protocol/relay/endpoint.js';
 import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
+import { testNeeding } from './support/ci.js';
 
 const execFileP = promisify(execFile);
 
@@ -151,9 +152,10 @@ const hasOpenssl = await execFileP('openssl', ['version']).then(
   () => false,
 );
 
-t.test(
+testNeeding(
+  t,
   'a wss:// relay with a private CA, end to end',
-  { skip: !hasOpenssl && 'no openssl command' },
+  !hasOpenssl && 'needs the openssl command: apt-get install openssl',
   async (t) => {
     const tmp = await mkdtemp('/tmp/kttls-');
     t.teardown(() => rm(tmp, { recursive: true, force: true }));

@@ -1,11 +1,13 @@
 // The stock gpg clients integration tests run against: the system's gpg (2.2 on Debian 12)
-// always, and gpg 2.4 when scripts/fetch-gpg24.sh has put it in its cache (or KEYTETHER_GPG24
-// names one). Loop over gpgClients() so both versions meet the facade.
+// always, and gpg 2.4 when scripts/fetch-gpg24.sh has put it in its cache (npm test's pretest
+// does) or KEYTETHER_GPG24 names one; under CI=true gpg 2.4 is required. Loop over gpgClients()
+// so both versions meet the facade, and derive expected counts from its length.
 
 import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { ciRunsEverything } from './ci.js';
 
 export interface GpgClient {
   /** e.g. '2.2.40' */
@@ -90,6 +92,11 @@ export function gpgClients(): GpgClient[] {
     }
   } else if (explicit) {
     throw new Error(`KEYTETHER_GPG24=${explicit} does not exist; run scripts/fetch-gpg24.sh`);
+  }
+  if (ciRunsEverything && !clients.some((c) => c.version.startsWith('2.4.'))) {
+    throw new Error(
+      `CI runs every test against gpg 2.4 too, and there is none at ${candidate}: run scripts/fetch-gpg24.sh (npm test's pretest does)`,
+    );
   }
   cached = clients;
   return clients;
