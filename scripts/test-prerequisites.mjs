@@ -40,7 +40,7 @@ const PIECES = [
   {
     at: '/usr/bin/pinentry-curses',
     pkg: 'pinentry-curses',
-    optional: 'the real-pinentry tests are skipped',
+    optional: 'the real-pinentry test is skipped',
   },
   // dialog-fit.test.ts draws pinentry-curses in an 80×24 tmux pane and presses its keys.
   { program: 'tmux', pkg: 'tmux', optional: 'the 80×24 pinentry-curses test is skipped' },

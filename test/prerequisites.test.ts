@@ -21,7 +21,7 @@ const FIXED = [
   '/usr/sbin/sshd',
   '/usr/bin/pinentry-curses',
 ];
-const ON_PATH = ['git', 'ssh', 'ssh-keygen', 'python3', 'openssl'];
+const ON_PATH = ['git', 'ssh', 'ssh-keygen', 'python3', 'openssl', 'tmux'];
 // Real tools scripts/fetch-gpg24.sh needs to get as far as its cache check or its dpkg check.
 const BASICS = ['bash', 'sh', 'head', 'grep', 'dirname', 'mktemp', 'rm', 'mkdir', 'cat', 'chmod'];
 
