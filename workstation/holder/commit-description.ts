@@ -75,7 +75,11 @@ export function describeCommit(
       ? 'parents: none (a root commit)'
       : v(
           `parents: ${parents.map((p) => p.slice(0, 12)).join(', ')}` +
-            (parentSubject !== undefined ? ` "${parentSubject}"` : ''),
+            (parentSubject === undefined
+              ? ''
+              : parents.length > 1
+                ? ` (first: "${parentSubject}")`
+                : ` "${parentSubject}"`),
         ),
   );
   facts.push(`tree: ${v(get('tree')[0] ?? '?', 16)}`);
