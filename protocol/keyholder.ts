@@ -91,6 +91,11 @@ export interface SignContent {
   time: number;
   /** A file name, for `file` (reported, never bound by a v4 signature). */
   name?: string;
+  /**
+   * For `git-commit`: the tree and parent objects that prove which files the commit changes
+   * (protocol/git/object-bundle.ts). Claims too: the holder hashes every one itself.
+   */
+  objects?: Uint8Array;
 }
 
 /** The largest payload a server may hand over for one signature. */

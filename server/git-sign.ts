@@ -14,6 +14,7 @@ import path from 'node:path';
 import { AssuanClient } from '../protocol/assuan/index.js';
 import { CONTENT_COMMAND, CONTENT_TAG } from '../protocol/agent/index.js';
 import { MAX_CONTENT_BYTES, type ContentKind, type SignContent } from '../protocol/keyholder.js';
+import { commitObjects } from './commit-objects.js';
 import { gnupgDirs } from './gnupg-dirs.js';
 
 export interface SignInvocation {
@@ -130,9 +131,14 @@ export async function handOver(
     const client = await AssuanClient.connect(sock, { timeoutMs: 10_000 });
     try {
       const name = content.name !== undefined ? ` --name=${encodeURIComponent(content.name)}` : '';
+      const objects = content.objects?.length ? ` --objects=${content.objects.length}` : '';
       const r = await client.transact(
-        `${CONTENT_COMMAND} --kind=${content.kind} --mode=${content.mode} --time=${content.time}${name}`,
-        { onInquire: (kw) => (kw === 'CONTENT' ? content.data : null), timeoutMs: 60_000 },
+        `${CONTENT_COMMAND} --kind=${content.kind} --mode=${content.mode} --time=${content.time}${name}${objects}`,
+        {
+          onInquire: (kw) =>
+            kw === 'CONTENT' ? content.data : kw === 'OBJECTS' ? (content.objects ?? null) : null,
+          timeoutMs: 60_000,
+        },
       );
       const nonce = r.data.toString('latin1');
       return /^[A-Za-z0-9_-]{22}$/.test(nonce) ? nonce : undefined;
@@ -233,12 +239,16 @@ export async function runGitSign(args: string[], opts: GitSignOptions = {}): Pro
       }
     }
     if (data && data.length <= MAX_CONTENT_BYTES) {
+      const kind = contentKind(data, fromStdin);
+      // The proof of a commit's changed files; without it the holder still verifies the text.
+      const objects = kind === 'git-commit' ? await commitObjects(data, env) : undefined;
       const content: SignContent = {
-        kind: contentKind(data, fromStdin),
+        kind,
         mode: inv.mode,
         time: Math.floor((opts.now ?? Date.now)() / 1000),
         data,
         ...(fromStdin ? {} : { name: path.basename(inv.files[0]!) }),
+        ...(objects ? { objects } : {}),
       };
       const nonce = await handOver(content, env);
       if (nonce !== undefined) {

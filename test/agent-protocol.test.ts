@@ -28,6 +28,7 @@ import {
 import { AssuanClient, unescapeData } from '../protocol/assuan/index.js';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
 import type { KeyEntry, Requester } from '../protocol/keyholder.js';
+import { ContentStore } from '../protocol/agent/index.js';
 import { findList, parseSexp } from '../protocol/sexp.js';
 import { SimpleHolder } from './support/simple-holder.js';
 import { gpgClients } from './support/gpg-versions.js';
@@ -620,3 +621,44 @@ t.test('a client that disconnects mid-PKSIGN aborts the holder request', async (
   t.type(await pending, Error, 'client side fails');
   t.pass('holder saw the abort');
 });
+
+t.test(
+  "KEYTETHER_CONTENT takes a commit's git objects with --objects, and only then",
+  async (t) => {
+    const store = new ContentStore();
+    const agent = await startAgent(t, { content: store });
+    const sock = connect(agent.path);
+    await once(sock, 'connect');
+    const client = await AssuanClient.connect(sock, { timeoutMs: 10_000 });
+    t.teardown(() => client.close());
+    const payload = Buffer.from('tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmsg\n');
+    const register = async (args: string, objects: Buffer) => {
+      const asked: string[] = [];
+      const r = await client.transact(`KEYTETHER_CONTENT --mode=binary --time=1 ${args}`, {
+        onInquire: (kw) => {
+          asked.push(kw);
+          return kw === 'CONTENT' ? payload : kw === 'OBJECTS' ? objects : null;
+        },
+      });
+      return { asked, content: store.take(r.data.toString('latin1')) };
+    };
+    const withObjects = await register('--kind=git-commit --objects=5', Buffer.from('KTGO1'));
+    t.same(withObjects.asked, ['CONTENT', 'OBJECTS']);
+    t.equal(Buffer.from(withObjects.content!.objects!).toString(), 'KTGO1');
+    const without = await register('--kind=git-commit', Buffer.from('unused'));
+    t.same(without.asked, ['CONTENT'], 'an old shim is asked for the payload only');
+    t.equal(without.content?.objects, undefined);
+    await t.rejects(
+      register('--kind=file --objects=5', Buffer.from('KTGO1')),
+      /only for a git-commit/,
+    );
+    await t.rejects(register('--kind=git-commit --objects=99999999', Buffer.alloc(1)), /too large/);
+    await t.rejects(register('--kind=git-commit --objects=x', Buffer.alloc(1)), /bad --objects/);
+    await t.rejects(
+      register('--kind=git-commit --objects=4', Buffer.from('longer than four')),
+      'more bytes than announced are refused',
+    );
+    const after = await register('--kind=git-commit', Buffer.alloc(0));
+    t.ok(after.content, 'the connection still works');
+  },
+);

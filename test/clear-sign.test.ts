@@ -17,7 +17,13 @@ interface AuditRec {
   decision: string;
   reason?: string;
   verification?: string;
-  content?: { kind: string; bytes: number; sha256: string; summary: string };
+  content?: {
+    kind: string;
+    bytes: number;
+    sha256: string;
+    summary: string;
+    files?: { proven: boolean; count?: number; first?: string[]; why?: string };
+  };
 }
 
 function track(child: ChildProcess) {
@@ -178,6 +184,38 @@ t.test('clear signing through the relay', async (t) => {
       });
     },
   );
+
+  await t.test('git commit -S: the audit shows the changed files, proven', async (t) => {
+    const repo = path.join(tmp, 'repo-files');
+    const git = `git -C '${repo}' -c user.name='Cora Clear' -c user.email=cora@example.org -c user.signingkey=${FPR}`;
+    const r = await connect(
+      'sh',
+      '-c',
+      [
+        `git init -q '${repo}'`,
+        `mkdir -p '${repo}/src/lib' && echo one > '${repo}/README' && echo old > '${repo}/src/old.ts'`,
+        `${git} add -A && ${git} commit -q -S -m 'First'`,
+        `echo two > '${repo}/README' && echo deep > '${repo}/src/lib/deep.ts' && rm '${repo}/src/old.ts'`,
+        `${git} add -A && ${git} commit -q -S -m 'Second'`,
+        `${git} verify-commit HEAD`,
+      ].join(' && '),
+    );
+    t.equal(r.code, 0, r.stderr);
+    const [first, second] = (await audit()).slice(-2);
+    t.match(first, {
+      verification: 'verified',
+      content: { summary: 'commit: First', files: { proven: true, count: 2 } },
+    });
+    t.match(second, {
+      decision: 'allowed',
+      verification: 'verified',
+      content: {
+        kind: 'git-commit',
+        summary: 'commit: Second',
+        files: { proven: true, count: 3, first: ['M README', 'A src/lib/deep.ts', 'D src/old.ts'] },
+      },
+    });
+  });
 
   await t.test(
     'control and bidi characters in a commit message never reach the record',

@@ -841,6 +841,30 @@ t.test('a sign request carries its payload in content frames (protocol 2)', asyn
   t.equal(holder.signRequests.at(-1)?.content, undefined, 'nothing left over for the next one');
 });
 
+t.test("a commit's git objects cross in their own content part", async (t) => {
+  const { holder, client } = await connected(t);
+  await client.ready;
+  const data = Buffer.from('tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmsg\n');
+  const objects = randomBytes(300 * 1024 + 5); // two frames
+  const digest = randomBytes(32);
+  const content = { kind: 'git-commit' as const, mode: 'binary' as const, time: 1, data, objects };
+  t.ok(verifies(holder, digest, await client.sign({ ...signRequest(holder, digest), content })));
+  const got = holder.signRequests.at(-1)?.content;
+  t.ok(got && Buffer.from(got.data).equals(data), 'the payload as sent');
+  t.ok(got?.objects && Buffer.from(got.objects).equals(objects), 'the objects as sent');
+
+  // A protocol-3 holder's strict schema knows no objects: they are left out, the payload is not.
+  const old = await connected(t, { server: { protocol: 3 } });
+  await old.client.ready;
+  const d2 = randomBytes(32);
+  t.ok(
+    verifies(old.holder, d2, await old.client.sign({ ...signRequest(old.holder, d2), content })),
+  );
+  const got3 = old.holder.signRequests.at(-1)?.content;
+  t.ok(got3 && Buffer.from(got3.data).equals(data), 'payload still there');
+  t.equal(got3?.objects, undefined, 'objects not sent');
+});
+
 t.test('a protocol-1 holder gets the request without the payload', async (t) => {
   const { holder, client } = await connected(t, { server: { protocol: 1 } });
   await client.ready;

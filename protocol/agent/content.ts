@@ -6,16 +6,21 @@
 // after recomputing SETHASH's digest from it.
 //
 //   KEYTETHER_CONTENT --kind=git-commit --mode=binary --time=1733500000 [--name=<%-escaped>]
+//                     [--objects=<bytes>]
 //   S INQUIRE_MAXLEN 67108864
 //   INQUIRE CONTENT          → D …  END
+//   INQUIRE OBJECTS          → D …  END      (only with --objects: a commit's git objects)
 //   D <nonce>                  OK
 //
-// A stock gpg-agent answers "Unknown IPC command", and the shim then runs gpg as it is.
+// A stock gpg-agent answers "Unknown IPC command", and the shim then runs gpg as it is. A facade
+// from before --objects ignores the option and never asks for OBJECTS: the shim's payload still
+// counts, its file list is just not proven.
 
 import { randomBytes } from 'node:crypto';
 import type { AssuanCommandContext } from '../assuan/index.js';
 import { percentDecode } from '../assuan/index.js';
 import { displayField } from '../display-text.js';
+import { GIT_OBJECT_LIMITS } from '../git/object-bundle.js';
 import { ErrorCode, GpgError } from '../gpg-error.js';
 import { MAX_CONTENT_BYTES, type ContentKind, type SignContent } from '../keyholder.js';
 import { parseArgs, paramError } from './args.js';
@@ -99,14 +104,28 @@ export async function registerContent(
     if (decoded.length > MAX_NAME_CHARS) throw paramError('--name too long');
     name = displayField(decoded, MAX_NAME_CHARS);
   }
+  const rawObjects = options.get('objects');
+  let objectBytes: number | undefined;
+  if (rawObjects !== undefined) {
+    objectBytes = Number(rawObjects);
+    if (kind !== 'git-commit') throw paramError('--objects is only for a git-commit');
+    if (!Number.isSafeInteger(objectBytes) || objectBytes < 1) throw paramError('bad --objects');
+    if (objectBytes > GIT_OBJECT_LIMITS.bundleBytes) throw paramError('--objects too large');
+  }
   ctx.sendStatus('INQUIRE_MAXLEN', String(MAX_CONTENT_BYTES));
   const data = await ctx.inquire('CONTENT', { maxLength: MAX_CONTENT_BYTES });
+  let objects: Buffer | undefined;
+  if (objectBytes !== undefined) {
+    ctx.sendStatus('INQUIRE_MAXLEN', String(objectBytes));
+    objects = await ctx.inquire('OBJECTS', { maxLength: objectBytes });
+  }
   const nonce = store.put({
     kind: kind as ContentKind,
     mode: mode as SignContent['mode'],
     time,
     data,
     ...(name !== undefined ? { name } : {}),
+    ...(objects !== undefined && objects.length > 0 ? { objects } : {}),
   });
   ctx.sendData(Buffer.from(nonce, 'latin1'));
 }

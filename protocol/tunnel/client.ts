@@ -144,20 +144,30 @@ class Client implements TunnelClient {
     if (!content || (this.peer?.protocol ?? 1) < 2) {
       return this.request('sign', signal, (id) => this.link.send({ ...header, id }, req.digest));
     }
+    // The git objects need protocol 4: an older holder's strict schema would refuse the request.
+    const objects =
+      (this.peer?.protocol ?? 1) >= 4 && (content.objects?.length ?? 0) <= LIMITS.gitObjectBytes
+        ? content.objects
+        : undefined;
     return this.request('sign', signal, async (id) => {
-      const data = content.data;
-      for (let offset = 0; offset < data.length; offset += LIMITS.contentChunkBytes) {
-        const piece = data.subarray(offset, offset + LIMITS.contentChunkBytes);
-        if (!this.link.send({ type: 'content', id, offset }, piece)) return false;
-        await this.link.drained();
-        if (signal?.aborted) return true;
+      const parts: ['data' | 'objects', Uint8Array][] = [['data', content.data]];
+      if (objects && objects.length > 0) parts.push(['objects', objects]);
+      for (const [part, bytes] of parts) {
+        for (let offset = 0; offset < bytes.length; offset += LIMITS.contentChunkBytes) {
+          const piece = bytes.subarray(offset, offset + LIMITS.contentChunkBytes);
+          const frame = part === 'data' ? { offset } : { offset, part };
+          if (!this.link.send({ type: 'content', id, ...frame }, piece)) return false;
+          await this.link.drained();
+          if (signal?.aborted) return true;
+        }
       }
       const meta = {
         kind: content.kind,
         mode: content.mode,
         time: content.time,
-        bytes: data.length,
+        bytes: content.data.length,
         ...(content.name !== undefined ? { name: content.name } : {}),
+        ...(objects && objects.length > 0 ? { objectBytes: objects.length } : {}),
       };
       return this.link.send({ ...header, id, content: meta }, req.digest);
     });

@@ -13,6 +13,7 @@
 // versions can always read each other's hello and explain a version mismatch.
 
 import { z } from 'zod';
+import { GIT_OBJECT_LIMITS } from '../git/object-bundle.js';
 import { MAX_CONTENT_BYTES } from '../keyholder.js';
 
 export const FRAME_FORMAT_JSON = 1;
@@ -36,6 +37,8 @@ export const LIMITS = {
   contentChunkBytes: 256 * 1024,
   contentBytes: MAX_CONTENT_BYTES,
   contentNameChars: 1024,
+  /** A commit's git objects, on top of its payload (same `content` frames, part `objects`). */
+  gitObjectBytes: GIT_OBJECT_LIMITS.bundleBytes,
 } as const;
 
 const MAX_ID = 0xffffffff;
@@ -118,6 +121,8 @@ export const SignContentSchema = z.strictObject({
   time: z.int().min(0).max(0xffffffff),
   name: shortText(LIMITS.contentNameChars).optional(),
   bytes: z.int().min(0).max(LIMITS.contentBytes),
+  /** Length of the `objects` part (tunnel protocol 4). */
+  objectBytes: z.int().min(1).max(LIMITS.gitObjectBytes).optional(),
 });
 
 export const SignSchema = z.strictObject({
@@ -130,11 +135,15 @@ export const SignSchema = z.strictObject({
   content: SignContentSchema.optional(),
 });
 
-/** A piece of the payload of the sign request with the same id, in order from offset 0. */
+/**
+ * A piece of the payload of the sign request with the same id, in order from offset 0. `part`
+ * (protocol 4) says which byte string it belongs to; without it, the payload itself.
+ */
 export const ContentSchema = z.strictObject({
   type: z.literal('content'),
   id: requestId,
   offset: z.int().min(0).max(LIMITS.contentBytes),
+  part: z.enum(['data', 'objects']).optional(),
 });
 
 export const DecryptSchema = z.strictObject({

@@ -56,16 +56,23 @@ export function serveTunnel(
   ready.catch(() => {});
   let peer: PeerInfo | undefined;
   // Payloads arriving in `content` frames ahead of their sign request, by request id. One link
-  // buffers at most one maximal payload in all, so a facade cannot make the holder hoard memory.
-  const contents = new Map<number, { parts: Buffer[]; bytes: number }>();
+  // buffers at most one maximal payload (and its git objects) in all, so a facade cannot make the
+  // holder hoard memory.
+  interface Pending {
+    data: Buffer[];
+    dataBytes: number;
+    objects: Buffer[];
+    objectBytes: number;
+  }
+  const contents = new Map<number, Pending>();
   const refusedContent = new Set<number>();
   let bufferedContent = 0;
-  const dropContent = (id: number): Buffer[] | undefined => {
+  const dropContent = (id: number): Pending | undefined => {
     const c = contents.get(id);
     if (!c) return undefined;
     contents.delete(id);
-    bufferedContent -= c.bytes;
-    return c.parts;
+    bufferedContent -= c.dataBytes + c.objectBytes;
+    return c;
   };
   const takeContent = (msg: MessageOf<'content'>): void => {
     if (refusedContent.has(msg.id)) return;
@@ -73,18 +80,31 @@ export function serveTunnel(
       link.close(`bad data from the ${link.peerPlace}: content for request ${msg.id} after it`);
       return;
     }
-    const c = contents.get(msg.id) ?? { parts: [], bytes: 0 };
+    const c = contents.get(msg.id) ?? { data: [], dataBytes: 0, objects: [], objectBytes: 0 };
     const refuse = (why: string) => {
       dropContent(msg.id);
       refusedContent.add(msg.id);
       replyError(msg.id, new GpgError(ErrorCode.INV_DATA, why));
     };
-    if (msg.offset !== c.bytes) return refuse('the payload arrived out of order');
-    if (bufferedContent + msg.body.length > LIMITS.contentBytes) {
+    const isObjects = msg.part === 'objects';
+    const have = isObjects ? c.objectBytes : c.dataBytes;
+    if (msg.offset !== have) return refuse('the payload arrived out of order');
+    if (isObjects && have + msg.body.length > LIMITS.gitObjectBytes) {
+      return refuse(`the git objects are larger than ${LIMITS.gitObjectBytes >> 20} MiB`);
+    }
+    if (!isObjects && bufferedContent + msg.body.length > LIMITS.contentBytes) {
       return refuse(`the payload is larger than ${LIMITS.contentBytes >> 20} MiB`);
     }
-    c.parts.push(Buffer.from(msg.body));
-    c.bytes += msg.body.length;
+    if (bufferedContent + msg.body.length > LIMITS.contentBytes + LIMITS.gitObjectBytes) {
+      return refuse('more payload than one request may bring');
+    }
+    if (isObjects) {
+      c.objects.push(Buffer.from(msg.body));
+      c.objectBytes += msg.body.length;
+    } else {
+      c.data.push(Buffer.from(msg.body));
+      c.dataBytes += msg.body.length;
+    }
     bufferedContent += msg.body.length;
     contents.set(msg.id, c);
   };
@@ -188,12 +208,13 @@ export function serveTunnel(
         ...(msg.description !== undefined ? { description: msg.description } : {}),
       };
       if (msg.type === 'sign') {
-        const parts = dropContent(msg.id);
+        const pending = dropContent(msg.id);
         const meta = msg.content;
         let content: SignContent | undefined;
         if (meta) {
-          const data = Buffer.concat(parts ?? []);
-          if (data.length !== meta.bytes) {
+          const data = Buffer.concat(pending?.data ?? []);
+          const objects = Buffer.concat(pending?.objects ?? []);
+          if (data.length !== meta.bytes || objects.length !== (meta.objectBytes ?? 0)) {
             throw new GpgError(ErrorCode.INV_DATA, 'the payload is incomplete');
           }
           content = {
@@ -202,6 +223,7 @@ export function serveTunnel(
             time: meta.time,
             data,
             ...(meta.name !== undefined ? { name: meta.name } : {}),
+            ...(objects.length > 0 ? { objects } : {}),
           };
         }
         const sig = await holder.sign(

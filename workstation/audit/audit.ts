@@ -45,7 +45,14 @@ export interface AuditInput {
   /** Defaults to `blind` for remote signatures: the holder saw only a digest. */
   verification?: AuditVerification;
   /** For `verified` signatures: what was signed (the payload itself is never recorded). */
-  content?: { kind: string; bytes: number; sha256: string; summary: string };
+  content?: {
+    kind: string;
+    bytes: number;
+    sha256: string;
+    summary: string;
+    /** A commit's changed files: proven from git objects, or why not (first paths only). */
+    files?: { proven: boolean; count?: number; first?: string[]; why?: string };
+  };
   requester?: { pid?: number; uid?: number; command?: string; user?: string };
 }
 
@@ -133,6 +140,14 @@ function recordBody(rec: AuditInput): { [k: string]: Json | undefined } {
           bytes: intOrUndefined(rec.content.bytes),
           sha256: clip(rec.content.sha256, 64),
           summary: clip(rec.content.summary, 300),
+          files: rec.content.files
+            ? {
+                proven: rec.content.files.proven === true,
+                count: intOrUndefined(rec.content.files.count),
+                first: rec.content.files.first?.slice(0, 8).map((p) => clip(p, 200) ?? ''),
+                why: clip(rec.content.files.why, 200),
+              }
+            : undefined,
         }
       : undefined,
     requester: r

@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { displayField } from '../../protocol/display-text.js';
 import type { Certificate, KeyEntry, SignContent, SignRequest } from '../../protocol/keyholder.js';
+import { describeCommit, type FilesSummary } from './commit-description.js';
 import { findDataSignature, isWeakHash, type DataMode } from '../../protocol/openpgp/v4-digest.js';
 
 export type ClearSignClass = 'verified' | 'blind';
@@ -24,6 +25,8 @@ export interface ClearSignResult {
     /** Labelled lines for the confirmation prompt. */
     lines: string[];
     created?: number;
+    /** For a commit: whether its changed-file list is proven, and the list's start. */
+    files?: FilesSummary;
   };
 }
 
@@ -65,44 +68,21 @@ function gitObject(data: Uint8Array): { headers: [string, string][]; message: st
 
 const ident = (v: string) => v.replace(/ \d+ [+-]\d{4}$/, '');
 
-function describe(
-  content: SignContent,
-  sha256: string,
-  uids: readonly string[],
-): { summary: string; lines: string[] } {
+interface Description {
+  summary: string;
+  lines: string[];
+  files?: FilesSummary;
+}
+
+function describe(content: SignContent, sha256: string, uids: readonly string[]): Description {
   const v = (s: string, max = 72) => displayField(s, max);
   if (content.kind === 'git-commit' || content.kind === 'git-tag') {
     const { headers, message } = gitObject(content.data);
     const get = (k: string) => headers.filter(([n]) => n === k).map(([, val]) => val);
     const body = message.split('\n');
     const subject = body[0] ?? '';
+    if (content.kind === 'git-commit') return describeCommit(content, headers, message, uids);
     const lines: string[] = [];
-    if (content.kind === 'git-commit') {
-      const author = get('author')[0] ?? '';
-      lines.push(`commit (verified): ${v(subject)}`);
-      for (const l of body
-        .slice(1)
-        .filter((x) => x.trim())
-        .slice(0, 3))
-        lines.push(`  ${v(l)}`);
-      lines.push(`author: ${v(ident(author))}`);
-      const committer = get('committer')[0];
-      if (committer !== undefined && ident(committer) !== ident(author)) {
-        lines.push(`committer: ${v(ident(committer))}`);
-      }
-      const mail = /<([^>]*)>/.exec(author)?.[1];
-      if (mail && !uids.some((u) => u.toLowerCase() === mail.toLowerCase())) {
-        lines.push(`note: the author's address is not on this key`);
-      }
-      const parents = get('parent');
-      lines.push(
-        parents.length === 0
-          ? 'parents: none (a root commit)'
-          : `parents: ${parents.map((p) => p.slice(0, 12)).join(', ')}`,
-      );
-      lines.push(`tree: ${v(get('tree')[0] ?? '?', 16)}`);
-      return { summary: `commit: ${v(subject, 100)}`, lines };
-    }
     const tag = get('tag')[0] ?? '?';
     lines.push(
       `tag (verified): ${v(tag)} → ${v(get('type')[0] ?? '?', 10)} ${v(get('object')[0] ?? '?', 12)}`,
@@ -186,6 +166,7 @@ export function classifySign(
       summary: d.summary,
       lines: d.lines,
       created: match.created,
+      ...(d.files ? { files: d.files } : {}),
     },
   };
 }

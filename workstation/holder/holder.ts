@@ -208,6 +208,7 @@ export class Holder implements KeyHolder {
               bytes: clear.content.bytes,
               sha256: clear.content.sha256,
               summary: clear.content.summary,
+              ...(clear.content.files ? { files: clear.content.files } : {}),
             },
           }
         : {}),
