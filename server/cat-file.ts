@@ -29,8 +29,8 @@ export class CatFile {
   }[] = [];
   #failed: Error | undefined;
 
-  /** git runs gpg.program in the repository, so cwd and GIT_DIR in ENV find the same one. */
-  constructor(env: NodeJS.ProcessEnv, opts: { maxObjectBytes: number }) {
+  /** In CWD (default: ours) with ENV, so that git finds the repository the shim's git uses. */
+  constructor(env: NodeJS.ProcessEnv, opts: { maxObjectBytes: number; cwd?: string }) {
     this.#maxObjectBytes = opts.maxObjectBytes;
     this.#child = spawn('git', ['cat-file', '--batch'], {
       env: {
@@ -41,6 +41,7 @@ export class CatFile {
         GIT_NO_LAZY_FETCH: '1',
       },
       stdio: ['pipe', 'pipe', 'ignore'],
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     });
     this.#child.on('error', (e) => this.#fail(e));
     this.#child.stdin.on('error', (e) => this.#fail(e));

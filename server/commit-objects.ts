@@ -20,6 +20,7 @@ import {
   type TreeEntry,
 } from '../protocol/git/objects.js';
 import { diffTrees } from '../protocol/git/tree-diff.js';
+import type { ObjectCollector } from '../protocol/agent/index.js';
 
 class OverLimit extends Error {}
 
@@ -31,7 +32,7 @@ class OverLimit extends Error {}
 export async function commitObjects(
   payload: Uint8Array,
   env: NodeJS.ProcessEnv,
-  opts: { timeoutMs?: number } = {},
+  opts: { timeoutMs?: number; cwd?: string } = {},
 ): Promise<Buffer | undefined> {
   const head = Buffer.from(payload.subarray(0, 80)).toString('latin1');
   const treeId = /^tree ([0-9a-f]+)\n/.exec(head)?.[1];
@@ -48,7 +49,10 @@ export async function commitObjects(
   const trees = new Map<string, TreeEntry[]>();
   let bytes = BUNDLE_HEAD_BYTES;
   let truncated = false;
-  const cat = new CatFile(env, { maxObjectBytes: GIT_OBJECT_LIMITS.bundleBytes });
+  const cat = new CatFile(env, {
+    maxObjectBytes: GIT_OBJECT_LIMITS.bundleBytes,
+    ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+  });
   const timer = setTimeout(() => cat.close(), opts.timeoutMs ?? 10_000);
   const keep = (id: string, o: CatFileObject): void => {
     const l = looseObject(o.type, o.body);
@@ -97,3 +101,13 @@ export async function commitObjects(
     return loose.size > 0 ? encodeBundle(hash!, loose, truncated) : undefined;
   }
 }
+
+/**
+ * The facade's object reader for a commit the shim signs in REPO: git runs there with our
+ * environment minus any git variables of our own, plus those the shim's git had.
+ */
+export const collectCommitObjects: ObjectCollector = (payload, repo) => {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('GIT_')) env[k] = v;
+  return commitObjects(payload, { ...env, ...repo.env }, { cwd: repo.cwd });
+};

@@ -8,6 +8,7 @@ import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
+import { collectCommitObjects } from './commit-objects.js';
 
 export interface FacadeOptions {
   /** A free path (absent, or a stale socket already removed). */
@@ -49,7 +50,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   const requester = localRequester(opts.front ?? 'ssh');
   let closing: Promise<void> | undefined;
   // `keytether git-sign` hands the payload over on one connection, gpg signs on another.
-  const content = new ContentStore();
+  const content = new ContentStore({ collectObjects: collectCommitObjects });
 
   const server = await listenAt(opts.socketPath, (sock) => {
     if (closing) {

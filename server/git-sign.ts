@@ -14,7 +14,6 @@ import path from 'node:path';
 import { AssuanClient } from '../protocol/assuan/index.js';
 import { CONTENT_COMMAND, CONTENT_TAG } from '../protocol/agent/index.js';
 import { MAX_CONTENT_BYTES, type ContentKind, type SignContent } from '../protocol/keyholder.js';
-import { commitObjects } from './commit-objects.js';
 import { gnupgDirs } from './gnupg-dirs.js';
 
 export interface SignInvocation {
@@ -116,6 +115,21 @@ async function agentSocketPath(env: NodeJS.ProcessEnv): Promise<string> {
   return p;
 }
 
+/** INQUIRE REPO's answer: where this process runs git, and the variables that locate the repo. */
+function repoLocation(env: NodeJS.ProcessEnv): string {
+  const lines = [`cwd=${process.cwd()}`];
+  for (const k of [
+    'GIT_DIR',
+    'GIT_COMMON_DIR',
+    'GIT_OBJECT_DIRECTORY',
+    'GIT_ALTERNATE_OBJECT_DIRECTORIES',
+  ]) {
+    const v = env[k];
+    if (v && !v.includes('\n')) lines.push(`${k}=${v}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** Hands CONTENT to the facade; the nonce, or undefined when no keytether facade takes it. */
 export async function handOver(
   content: SignContent,
@@ -131,12 +145,13 @@ export async function handOver(
     const client = await AssuanClient.connect(sock, { timeoutMs: 10_000 });
     try {
       const name = content.name !== undefined ? ` --name=${encodeURIComponent(content.name)}` : '';
-      const objects = content.objects?.length ? ` --objects=${content.objects.length}` : '';
+      // A commit: the facade reads the objects that prove its changed files where git runs.
+      const repo = content.kind === 'git-commit' ? repoLocation(env) : undefined;
       const r = await client.transact(
-        `${CONTENT_COMMAND} --kind=${content.kind} --mode=${content.mode} --time=${content.time}${name}${objects}`,
+        `${CONTENT_COMMAND} --kind=${content.kind} --mode=${content.mode} --time=${content.time}${name}${repo ? ' --repo' : ''}`,
         {
           onInquire: (kw) =>
-            kw === 'CONTENT' ? content.data : kw === 'OBJECTS' ? (content.objects ?? null) : null,
+            kw === 'CONTENT' ? content.data : kw === 'REPO' && repo ? Buffer.from(repo) : null,
           timeoutMs: 60_000,
         },
       );
@@ -186,8 +201,16 @@ if [ -n "\${tmp:-}" ]; then
     'certificate version '*) kind=git-push ;;
     *) kind=file ;;
   esac
+  repo=
+  if [ "$kind" = git-commit ]; then
+    repo=' --repo'
+    KEYTETHER_REPO=$(printf 'cwd=%s\\nGIT_DIR=%s\\nGIT_COMMON_DIR=%s\\nGIT_OBJECT_DIRECTORY=%s\\nGIT_ALTERNATE_OBJECT_DIRECTORIES=%s\\n' \\
+      "$(pwd -P)" "\${GIT_DIR-}" "\${GIT_COMMON_DIR-}" "\${GIT_OBJECT_DIRECTORY-}" "\${GIT_ALTERNATE_OBJECT_DIRECTORIES-}")
+    export KEYTETHER_REPO
+  fi
   nonce=$(gpg-connect-agent --no-autostart --quiet "/definqfile CONTENT $tmp" \\
-    "${CONTENT_COMMAND} --kind=$kind --mode=binary --time=$(date +%s)" /bye 2>/dev/null |
+    "/definq REPO KEYTETHER_REPO" \\
+    "${CONTENT_COMMAND} --kind=$kind --mode=binary --time=$(date +%s)$repo" /bye 2>/dev/null |
     sed -n 's/^D \\([A-Za-z0-9_-]\\{22\\}\\)$/\\1/p')
   rm -f "$tmp"
   if [ -n "$nonce" ]; then
@@ -239,16 +262,12 @@ export async function runGitSign(args: string[], opts: GitSignOptions = {}): Pro
       }
     }
     if (data && data.length <= MAX_CONTENT_BYTES) {
-      const kind = contentKind(data, fromStdin);
-      // The proof of a commit's changed files; without it the holder still verifies the text.
-      const objects = kind === 'git-commit' ? await commitObjects(data, env) : undefined;
       const content: SignContent = {
-        kind,
+        kind: contentKind(data, fromStdin),
         mode: inv.mode,
         time: Math.floor((opts.now ?? Date.now)() / 1000),
         data,
         ...(fromStdin ? {} : { name: path.basename(inv.files[0]!) }),
-        ...(objects ? { objects } : {}),
       };
       const nonce = await handOver(content, env);
       if (nonce !== undefined) {

@@ -623,42 +623,52 @@ t.test('a client that disconnects mid-PKSIGN aborts the holder request', async (
 });
 
 t.test(
-  "KEYTETHER_CONTENT takes a commit's git objects with --objects, and only then",
+  "KEYTETHER_CONTENT --repo: the facade reads a commit's objects where the shim runs git",
   async (t) => {
-    const store = new ContentStore();
+    const seen: { payload: string; repo: unknown }[] = [];
+    const store = new ContentStore({
+      collectObjects: async (payload, repo) => {
+        seen.push({ payload: Buffer.from(payload).toString(), repo });
+        return Buffer.from('KTGO1');
+      },
+    });
     const agent = await startAgent(t, { content: store });
     const sock = connect(agent.path);
     await once(sock, 'connect');
     const client = await AssuanClient.connect(sock, { timeoutMs: 10_000 });
     t.teardown(() => client.close());
     const payload = Buffer.from('tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmsg\n');
-    const register = async (args: string, objects: Buffer) => {
+    const register = async (args: string, repo: string) => {
       const asked: string[] = [];
       const r = await client.transact(`KEYTETHER_CONTENT --mode=binary --time=1 ${args}`, {
         onInquire: (kw) => {
           asked.push(kw);
-          return kw === 'CONTENT' ? payload : kw === 'OBJECTS' ? objects : null;
+          return kw === 'CONTENT' ? payload : kw === 'REPO' ? Buffer.from(repo) : null;
         },
       });
-      return { asked, content: store.take(r.data.toString('latin1')) };
+      return { asked, content: await store.take(r.data.toString('latin1')) };
     };
-    const withObjects = await register('--kind=git-commit --objects=5', Buffer.from('KTGO1'));
-    t.same(withObjects.asked, ['CONTENT', 'OBJECTS']);
-    t.equal(Buffer.from(withObjects.content!.objects!).toString(), 'KTGO1');
-    const without = await register('--kind=git-commit', Buffer.from('unused'));
-    t.same(without.asked, ['CONTENT'], 'an old shim is asked for the payload only');
+    const withRepo = await register(
+      '--kind=git-commit --repo',
+      'cwd=/srv/repo\nGIT_DIR=.git\nGIT_OBJECT_DIRECTORY=\nHOME=/ignored\n',
+    );
+    t.same(withRepo.asked, ['CONTENT', 'REPO']);
+    t.same(seen.at(-1)?.repo, { cwd: '/srv/repo', env: { GIT_DIR: '.git' } }, 'git variables only');
+    t.equal(Buffer.from(withRepo.content!.objects!).toString(), 'KTGO1');
+    const without = await register('--kind=git-commit', 'unused');
+    t.same(without.asked, ['CONTENT'], 'a shim without --repo is asked for the payload only');
     t.equal(without.content?.objects, undefined);
+    t.equal(seen.length, 1, 'and nothing is read for it');
+    await t.rejects(register('--kind=file --repo', 'cwd=/x'), /for a git-commit/);
+    await t.rejects(register('--kind=git-commit --repo=/x', 'cwd=/x'), /is a flag/);
+    await t.rejects(register('--kind=git-commit --repo', 'GIT_DIR=/x\n'), /without cwd/);
+    await t.rejects(register('--kind=git-commit --repo', 'cwd=relative\n'), /bad cwd/);
+    await t.rejects(register('--kind=git-commit --repo', 'no equals sign\n'), /bad REPO line/);
     await t.rejects(
-      register('--kind=file --objects=5', Buffer.from('KTGO1')),
-      /only for a git-commit/,
+      register('--kind=git-commit --repo', `cwd=/${'x'.repeat(20_000)}`),
+      'a REPO answer over 16 KiB is refused',
     );
-    await t.rejects(register('--kind=git-commit --objects=99999999', Buffer.alloc(1)), /too large/);
-    await t.rejects(register('--kind=git-commit --objects=x', Buffer.alloc(1)), /bad --objects/);
-    await t.rejects(
-      register('--kind=git-commit --objects=4', Buffer.from('longer than four')),
-      'more bytes than announced are refused',
-    );
-    const after = await register('--kind=git-commit', Buffer.alloc(0));
+    const after = await register('--kind=git-commit', '');
     t.ok(after.content, 'the connection still works');
   },
 );

@@ -16,7 +16,7 @@ interface AuditRec {
   op: string;
   decision: string;
   verification?: string;
-  content?: { kind: string; summary: string };
+  content?: { kind: string; summary: string; files?: unknown };
 }
 
 function track(child: ChildProcess) {
@@ -122,6 +122,24 @@ t.test('git signs every kind of object through the shim, each verified', async (
     'none of them blind',
   );
   t.equal(signs.at(-1)?.content?.kind, 'git-push');
+  t.same(
+    signs
+      .filter((s) => s.content?.kind === 'git-commit')
+      .map((s) => (s.content?.files as { first?: string[] } | undefined)?.first),
+    [
+      ['A base.txt'],
+      ['A feature.txt'],
+      ['A main.txt'],
+      ['A feature.txt'],
+      ['A feature.txt'],
+      ['A topic1.txt'],
+      ['A topic2.txt'],
+      ['A topic1.txt'],
+      ['A topic2.txt'],
+      ['A topic2.txt'],
+    ],
+    "each commit's changed files, proven at the holder (a merge against its first parent)",
+  );
 
   // git's own call is served by the shell half of the shim alone: with its Node fallback
   // broken, commits still sign and verify.
@@ -137,7 +155,8 @@ t.test('git signs every kind of object through the shim, each verified', async (
       [
         `sed 's/^exec .*git-sign-main.js.*$/exit 99/' "$KEYTETHER_GIT_SIGN" > '${shellOnly}'`,
         `chmod 700 '${shellOnly}'`,
-        `${git} -c gpg.program='${shellOnly}' commit -q --allow-empty -S -m 'shell only'`,
+        `echo shell > '${repo}/shell.txt' && ${git} add shell.txt`,
+        `${git} -c gpg.program='${shellOnly}' commit -q -S -m 'shell only'`,
         `${git} verify-commit HEAD`,
       ].join(' && '),
     ],
@@ -149,5 +168,12 @@ t.test('git signs every kind of object through the shim, each verified', async (
     .filter(Boolean)
     .map((l) => JSON.parse(l) as AuditRec)
     .at(-1);
-  t.match(last, { verification: 'verified', content: { summary: 'commit: shell only' } });
+  t.match(last, {
+    verification: 'verified',
+    content: {
+      summary: 'commit: shell only',
+      // The facade read the objects itself, where the shell shim ran git.
+      files: { proven: true, count: 1, first: ['A shell.txt'] },
+    },
+  });
 });

@@ -6,21 +6,23 @@
 // after recomputing SETHASH's digest from it.
 //
 //   KEYTETHER_CONTENT --kind=git-commit --mode=binary --time=1733500000 [--name=<%-escaped>]
-//                     [--objects=<bytes>]
+//                     [--repo]
 //   S INQUIRE_MAXLEN 67108864
 //   INQUIRE CONTENT          → D …  END
-//   INQUIRE OBJECTS          → D …  END      (only with --objects: a commit's git objects)
+//   INQUIRE REPO             → D cwd=/path%0AGIT_DIR=…  END   (only with --repo, for a commit)
 //   D <nonce>                  OK
 //
-// A stock gpg-agent answers "Unknown IPC command", and the shim then runs gpg as it is. A facade
-// from before --objects ignores the option and never asks for OBJECTS: the shim's payload still
-// counts, its file list is just not proven.
+// With --repo the facade itself reads the git objects that prove a commit's changed files, in the
+// repository the shim names (the shim is the user's own process: the socket admits no one else),
+// while gpg starts; the signature request waits for them. Reading them here rather than in the
+// shim keeps the shim a few lines of shell that need no Node (server/git-sign.ts).
+//
+// A stock gpg-agent answers "Unknown IPC command", and the shim then runs gpg as it is.
 
 import { randomBytes } from 'node:crypto';
 import type { AssuanCommandContext } from '../assuan/index.js';
 import { percentDecode } from '../assuan/index.js';
 import { displayField } from '../display-text.js';
-import { GIT_OBJECT_LIMITS } from '../git/object-bundle.js';
 import { ErrorCode, GpgError } from '../gpg-error.js';
 import { MAX_CONTENT_BYTES, type ContentKind, type SignContent } from '../keyholder.js';
 import { parseArgs, paramError } from './args.js';
@@ -32,38 +34,106 @@ const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
 const KINDS: ReadonlySet<string> = new Set(['git-commit', 'git-tag', 'git-push', 'file']);
 const MODES: ReadonlySet<string> = new Set(['binary', 'text', 'clearsign']);
 const MAX_NAME_CHARS = 1024;
+const MAX_REPO_BYTES = 16 * 1024;
+/** What of the shim's environment locates a repository's objects (worktrees, quarantines). */
+const REPO_VARIABLES: ReadonlySet<string> = new Set([
+  'GIT_DIR',
+  'GIT_COMMON_DIR',
+  'GIT_OBJECT_DIRECTORY',
+  'GIT_ALTERNATE_OBJECT_DIRECTORIES',
+]);
+
+/** Where the shim's git runs: its directory and the variables that locate the repository. */
+export interface RepoLocation {
+  cwd: string;
+  env: Record<string, string>;
+}
+
+/** Reads the objects that prove a commit's changed files (server side: it runs git). */
+export type ObjectCollector = (
+  payload: Uint8Array,
+  repo: RepoLocation,
+) => Promise<Uint8Array | undefined>;
+
+/** `cwd=…` and `GIT_…=…` lines; absolute paths only, unknown names ignored, bad lines refused. */
+export function parseRepoLocation(text: Buffer): RepoLocation {
+  let cwd: string | undefined;
+  const env: Record<string, string> = {};
+  for (const line of text.toString('utf8').split('\n')) {
+    if (line === '') continue;
+    const eq = line.indexOf('=');
+    if (eq <= 0) throw paramError('bad REPO line');
+    const name = line.slice(0, eq);
+    const value = line.slice(eq + 1);
+    if (value === '') continue;
+    // NUL never reaches a path; every path is absolute, except GIT_DIR, which is relative to cwd.
+    const paths = name === 'GIT_ALTERNATE_OBJECT_DIRECTORIES' ? value.split(':') : [value];
+    if (value.includes('\0') || !paths.every((p) => p.startsWith('/') || name === 'GIT_DIR')) {
+      throw paramError(`bad ${name} in REPO`);
+    }
+    if (name === 'cwd') cwd = value;
+    else if (REPO_VARIABLES.has(name)) env[name] = value;
+  }
+  if (cwd === undefined) throw paramError('REPO without cwd');
+  return { cwd, env };
+}
 
 /** Payloads waiting for the gpg that will sign them; shared by a facade's connections. */
 export class ContentStore {
-  readonly #entries = new Map<string, { content: SignContent; expires: number }>();
+  readonly #entries = new Map<
+    string,
+    { content: SignContent; objects?: Promise<Uint8Array | undefined>; expires: number }
+  >();
   readonly #maxEntries: number;
   readonly #ttlMs: number;
   readonly #now: () => number;
+  readonly #collect: ObjectCollector | undefined;
 
-  constructor(opts: { maxEntries?: number; ttlMs?: number; now?: () => number } = {}) {
+  constructor(
+    opts: {
+      maxEntries?: number;
+      ttlMs?: number;
+      now?: () => number;
+      collectObjects?: ObjectCollector;
+    } = {},
+  ) {
     this.#maxEntries = opts.maxEntries ?? 8;
     this.#ttlMs = opts.ttlMs ?? 120_000;
     this.#now = opts.now ?? Date.now;
+    this.#collect = opts.collectObjects;
   }
 
-  /** Keeps CONTENT for one signature; the oldest entry goes when the store is full. */
-  put(content: SignContent): string {
+  /**
+   * Keeps CONTENT for one signature; the oldest entry goes when the store is full. For a commit
+   * in REPO the objects are read from now on, while gpg starts.
+   */
+  put(content: SignContent, repo?: RepoLocation): string {
     this.#expire();
     while (this.#entries.size >= this.#maxEntries) {
       const oldest = this.#entries.keys().next().value as string;
       this.#entries.delete(oldest);
     }
     const nonce = randomBytes(16).toString('base64url');
-    this.#entries.set(nonce, { content, expires: this.#now() + this.#ttlMs });
+    const objects =
+      repo && this.#collect && content.kind === 'git-commit'
+        ? this.#collect(content.data, repo).catch(() => undefined)
+        : undefined;
+    this.#entries.set(nonce, {
+      content,
+      ...(objects ? { objects } : {}),
+      expires: this.#now() + this.#ttlMs,
+    });
     return nonce;
   }
 
   /** The payload for NONCE, once: a second signature never reuses it. */
-  take(nonce: string): SignContent | undefined {
+  async take(nonce: string): Promise<SignContent | undefined> {
     this.#expire();
     const e = this.#entries.get(nonce);
     this.#entries.delete(nonce);
-    return e?.content;
+    if (!e) return undefined;
+    const objects = await e.objects;
+    return objects && objects.length > 0 ? { ...e.content, objects } : e.content;
   }
 
   #expire(): void {
@@ -104,28 +174,26 @@ export async function registerContent(
     if (decoded.length > MAX_NAME_CHARS) throw paramError('--name too long');
     name = displayField(decoded, MAX_NAME_CHARS);
   }
-  const rawObjects = options.get('objects');
-  let objectBytes: number | undefined;
-  if (rawObjects !== undefined) {
-    objectBytes = Number(rawObjects);
-    if (kind !== 'git-commit') throw paramError('--objects is only for a git-commit');
-    if (!Number.isSafeInteger(objectBytes) || objectBytes < 1) throw paramError('bad --objects');
-    if (objectBytes > GIT_OBJECT_LIMITS.bundleBytes) throw paramError('--objects too large');
+  const withRepo = options.has('repo');
+  if (withRepo && (options.get('repo') !== undefined || kind !== 'git-commit')) {
+    throw paramError('--repo is a flag, for a git-commit');
   }
   ctx.sendStatus('INQUIRE_MAXLEN', String(MAX_CONTENT_BYTES));
   const data = await ctx.inquire('CONTENT', { maxLength: MAX_CONTENT_BYTES });
-  let objects: Buffer | undefined;
-  if (objectBytes !== undefined) {
-    ctx.sendStatus('INQUIRE_MAXLEN', String(objectBytes));
-    objects = await ctx.inquire('OBJECTS', { maxLength: objectBytes });
+  let repo: RepoLocation | undefined;
+  if (withRepo) {
+    ctx.sendStatus('INQUIRE_MAXLEN', String(MAX_REPO_BYTES));
+    repo = parseRepoLocation(await ctx.inquire('REPO', { maxLength: MAX_REPO_BYTES }));
   }
-  const nonce = store.put({
-    kind: kind as ContentKind,
-    mode: mode as SignContent['mode'],
-    time,
-    data,
-    ...(name !== undefined ? { name } : {}),
-    ...(objects !== undefined && objects.length > 0 ? { objects } : {}),
-  });
+  const nonce = store.put(
+    {
+      kind: kind as ContentKind,
+      mode: mode as SignContent['mode'],
+      time,
+      data,
+      ...(name !== undefined ? { name } : {}),
+    },
+    repo,
+  );
   ctx.sendData(Buffer.from(nonce, 'latin1'));
 }

@@ -26,6 +26,7 @@ import { AGENT_VERSION, newestVersion } from './version.js';
 
 export { FORBIDDEN_COMMANDS } from './forbidden.js';
 export { CONTENT_COMMAND, CONTENT_TAG, ContentStore, contentNonce } from './content.js';
+export type { ObjectCollector, RepoLocation } from './content.js';
 
 export { AGENT_VERSION, compareVersions, newestVersion } from './version.js';
 

@@ -67,7 +67,7 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
   if (session.keygrip === undefined) throw new GpgError(ErrorCode.NO_SECKEY);
   if (session.hash === undefined) throw new GpgError(ErrorCode.MISSING_VALUE, 'no hash set');
   const nonce = contentNonce(session.env.get('PINENTRY_USER_DATA'));
-  const content = nonce !== undefined ? c.content?.take(nonce) : undefined;
+  const content = nonce !== undefined ? await c.content?.take(nonce) : undefined;
   const sig = await c.holder.sign(
     {
       keygrip: session.keygrip,
