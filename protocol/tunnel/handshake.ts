@@ -4,7 +4,8 @@
 
 // 2: a sign request may carry the payload being signed, in `content` frames before it.
 // 3: the inventory may name the holder's gpg-agent version (`agentVersion`).
-export const TUNNEL_PROTOCOL = 3;
+// 4: the requester may name its process (`name`) and that process's parents (`parents`).
+export const TUNNEL_PROTOCOL = 4;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';
