@@ -58,11 +58,30 @@ export interface Requester {
    */
   relayPeer?: string;
   user?: string;
+  /**
+   * The process on the server that connected to the agent socket (normally gpg), and below what
+   * started it, as that machine reports them: any of it can be faked there, so it is shown as
+   * the server's claim and a policy rule can only let it narrow what it allows.
+   */
   pid?: number;
   uid?: number;
   command?: string;
+  /** The process's own name (its `comm`: `gpg`, `git`). */
+  name?: string;
+  /** Parent first, up to the login shell and what started it (`git`, `bash`, `sshd`). */
+  parents?: ProcessClaim[];
   tokenId?: string;
 }
+
+/** One process in a requester's parent chain, as the server reports it. */
+export interface ProcessClaim {
+  pid: number;
+  name: string;
+  command?: string;
+}
+
+/** The most parents a requester carries. */
+export const MAX_PARENTS = 8;
 
 export interface SignRequest {
   keygrip: string;
@@ -143,9 +162,21 @@ export function claimedRequester(claimed: Partial<Requester>): Omit<Requester, '
   const command = text(claimed.command);
   const pid = num(claimed.pid);
   const uid = num(claimed.uid);
+  const name = text(claimed.name);
   if (user !== undefined) out.user = user;
   if (command !== undefined) out.command = command;
   if (pid !== undefined) out.pid = pid;
   if (uid !== undefined) out.uid = uid;
+  if (name !== undefined) out.name = name;
+  const parents = (Array.isArray(claimed.parents) ? claimed.parents : [])
+    .slice(0, MAX_PARENTS)
+    .flatMap((p): ProcessClaim[] => {
+      const ppid = num(p?.pid);
+      const pname = text(p?.name);
+      if (ppid === undefined || pname === undefined) return [];
+      const pcommand = text(p.command);
+      return [{ pid: ppid, name: pname, ...(pcommand !== undefined ? { command: pcommand } : {}) }];
+    });
+  if (parents.length > 0) out.parents = parents;
   return out;
 }

@@ -7,6 +7,7 @@ import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
+import { findPeerProcess, type PeerLookupOptions } from '../system/peer-process.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
 import { collectCommitObjects } from './commit-objects.js';
 
@@ -17,6 +18,8 @@ export interface FacadeOptions {
   /** Which front the requests arrive through; default `ssh`. */
   front?: Requester['front'];
   onEvent?: (e: AgentEvent) => void;
+  /** How the process behind each connection is found; `false` skips the lookup. */
+  peerLookup?: PeerLookupOptions | false;
 }
 
 export interface Facade {
@@ -45,6 +48,32 @@ function localRequester(front: Requester['front']): Requester {
   return r;
 }
 
+/**
+ * BASE plus the process that connected SOCK (gpg, and what started it), as this machine reports
+ * it: the holder shows it as the server's claim. Never rejects; without an answer it is BASE.
+ */
+function connectionRequester(
+  base: Requester,
+  sock: net.Socket,
+  lookup: PeerLookupOptions | false | undefined,
+): Promise<Requester> {
+  if (lookup === false) return Promise.resolve({ ...base });
+  return findPeerProcess(sock, lookup).then(
+    (peer) => {
+      if (!peer) return { ...base };
+      const r: Requester = { ...base, pid: peer.pid, name: peer.name, parents: peer.parents };
+      if (peer.uid !== undefined && peer.uid !== base.uid) {
+        // Root on our 0600 socket: the facade's user name would be the wrong one.
+        delete r.user;
+        r.uid = peer.uid;
+      }
+      if (peer.command !== undefined) r.command = peer.command;
+      return r;
+    },
+    () => ({ ...base }),
+  );
+}
+
 export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   const open = new Set<net.Socket>();
   const requester = localRequester(opts.front ?? 'ssh');
@@ -63,7 +92,8 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
     sock.on('error', () => sock.destroy());
     serveAgent(sock, {
       holder: opts.holder,
-      requester: { ...requester },
+      // Looked up from accept on, awaited only when a request goes out to the holder.
+      requester: connectionRequester(requester, sock, opts.peerLookup),
       content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     })

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuditLog, GENESIS_PREV, verifyAuditLog } from '../workstation/audit/audit.js';
 import type { AuditInput } from '../workstation/audit/audit.js';
+import { operationLine } from '../workstation/audit/operation-line.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'kt-audit-'));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -301,4 +302,34 @@ t.test('keytether audit verify', async (t) => {
   t.equal(missing.code, 1);
   t.match(missing.err, /there is no audit log at .*nope\.jsonl/);
   t.notMatch(missing.err, /\n.+/, 'one line, no stack trace');
+});
+
+t.test('the requesting process and its parents are recorded, bounded', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'kt-audit-proc-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'audit.jsonl');
+  const log = await AuditLog.open(file);
+  const parents = Array.from({ length: 12 }, (_, i) => ({
+    pid: 10 + i,
+    name: i === 0 ? 'git' : 'sh',
+    command: 'x'.repeat(400),
+  }));
+  const rec: AuditInput = {
+    front: 'ssh',
+    host: 'srv',
+    op: 'sign',
+    decision: 'allowed',
+    requester: { pid: 9, name: 'gpg', command: 'gpg -bsau K', parents },
+  };
+  await log.append(rec);
+  await log.close();
+  const line = JSON.parse((await readFile(file, 'utf8')).trim()) as {
+    requester: { name: string; parents: { pid: number; name: string; command: string }[] };
+  };
+  t.equal(line.requester.name, 'gpg');
+  t.equal(line.requester.parents.length, 8, 'at most 8 parents');
+  t.equal(line.requester.parents[0]?.name, 'git');
+  t.ok(line.requester.parents[0]!.command.length <= 257, 'commands clipped');
+  t.match(operationLine(rec), / by gpg ← git ← sh .*\(server says\): sign/);
+  t.same(await verifyAuditLog(file), { ok: true, records: 1 });
 });

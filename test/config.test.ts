@@ -7,7 +7,9 @@ import {
   DEFAULT_CONFIG,
   loadConfig,
   mergeFlags,
+  parseConfig,
   parseDuration,
+  parsePolicyFlag,
 } from '../workstation/home/config.js';
 
 const home = await mkdtemp(join(tmpdir(), 'kt-config-'));
@@ -221,4 +223,24 @@ t.test('parseDuration', async (t) => {
   for (const bad of ['', 'm', '15x', '-1', '1.5h', '9'.repeat(40), '99999999999d', -5, 1.5]) {
     t.throws(() => parseDuration(bad), ConfigError, `rejects ${String(bad)}`);
   }
+});
+
+t.test('process: only on allow rules, a program name or glob', async (t) => {
+  const ok = parseConfig(
+    '[[policy]]\nfront = "ssh"\nprocess = "git"\naction = "allow"\n',
+    '/x/config.toml',
+  );
+  t.equal(ok.policy[0]?.process, 'git');
+  for (const [rule, why] of [
+    ['process = "git"\naction = "deny"', /only an "allow" rule/],
+    ['process = "git"\naction = "confirm"', /only an "allow" rule/],
+    ['process = "git"\naction = "allow"\nclear-sign = "off"', /without "clear-sign"/],
+    ['process = "/usr/bin/git"\naction = "allow"', /program name/],
+    ['process = ""\naction = "allow"', /process/],
+  ] as const) {
+    const file = await writeConfig(`[[policy]]\n${rule}\n`);
+    t.match(await configError(loadConfig(home, file)), why, rule.replace(/\n/g, ', '));
+  }
+  t.equal(parsePolicyFlag('process=git,action=allow').process, 'git', 'as a --policy flag too');
+  t.throws(() => parsePolicyFlag('process=git,action=deny'), /--policy: "process": only an/);
 });

@@ -1,7 +1,13 @@
 import t from 'tap';
 import { ApprovalMemory } from '../workstation/policy/approvals.js';
 import { parseConfig } from '../workstation/home/config.js';
-import { approvalScope, decide, globMatch, keyMatches } from '../workstation/policy/policy.js';
+import {
+  approvalScope,
+  decide,
+  globMatch,
+  keyMatches,
+  processNames,
+} from '../workstation/policy/policy.js';
 import type { PolicyRequest } from '../workstation/policy/policy.js';
 
 const FPR = 'AAAABBBBCCCCDDDDEEEEFFFF0000111122223333';
@@ -195,4 +201,44 @@ t.test('approval memory is bounded', async (t) => {
     memory.isGranted({ front: 'ssh', host: 'h0', keygrip: GRIP, op: 'sign' }, 1),
     'oldest went',
   );
+});
+
+t.test('process: an allow rule matches only a named process or parent', async (t) => {
+  const rules = rulesFrom(`
+[[policy]]
+front = "ssh"
+op = "sign"
+process = "git"
+action = "allow"
+
+[[policy]]
+front = "ssh"
+op = "sign"
+action = "confirm"
+`);
+  const chain = processNames({
+    name: 'gpg',
+    command: '/usr/bin/gpg -bsau K',
+    parents: [
+      { pid: 3, name: 'git', command: 'git commit -S' },
+      { pid: 2, name: 'bash', command: '-bash' },
+    ],
+  });
+  t.same(chain, ['gpg', 'git', 'bash']);
+  t.equal(decide(rules, req({ processes: chain })).action, 'allow', 'git is a parent');
+  t.equal(decide(rules, req({ processes: ['gpg', 'bash'] })).action, 'confirm', 'no git');
+  t.equal(decide(rules, req()).action, 'confirm', 'no process reported: the rule never matches');
+  t.equal(decide(rules, req({ processes: ['GIT'] })).action, 'allow', 'case-insensitive glob');
+  t.match(decide(rules, req({ processes: ['git'] })).rule, /process=git/);
+  t.same(
+    processNames({ command: '/opt/bin/git-remote-x --y' }),
+    ['git-remote-x'],
+    'the program a command line names',
+  );
+  const glob = rulesFrom(`
+[[policy]]
+process = "git*"
+action = "allow"
+`);
+  t.equal(decide(glob, req({ processes: ['git-remote-http'] })).action, 'allow');
 });

@@ -35,6 +35,7 @@ import {
   type TunnelServerHandle,
   type TunnelServerOptions,
 } from '../protocol/tunnel/index.js';
+import { RequesterSchema } from '../protocol/tunnel/messages.js';
 import { SimpleHolder } from './support/simple-holder.js';
 import { AGENT_VERSION, serveAgent } from '../protocol/agent/index.js';
 import { AssuanClient } from '../protocol/assuan/index.js';
@@ -872,6 +873,45 @@ t.test('a protocol-1 holder gets the request without the payload', async (t) => 
   const content = { kind: 'file' as const, mode: 'binary' as const, time: 1, data: randomBytes(9) };
   t.ok(verifies(holder, digest, await client.sign({ ...signRequest(holder, digest), content })));
   t.equal(holder.signRequests.at(-1)?.content, undefined, 'signed blind, as protocol 1 does');
+});
+
+const PROCESS = {
+  pid: 4242,
+  name: 'gpg',
+  command: 'gpg -bsau K',
+  parents: [
+    { pid: 4241, name: 'git', command: 'git commit -S' },
+    { pid: 4000, name: 'bash' },
+  ],
+};
+
+t.test('the requester process and its parents cross protocol 4', async (t) => {
+  const { holder, client } = await connected(t);
+  await client.ready;
+  const req = signRequest(holder, randomBytes(32));
+  await client.sign({ ...req, requester: { ...req.requester, ...PROCESS } });
+  t.match(holder.signRequests.at(-1)?.requester, PROCESS);
+});
+
+t.test('a protocol-3 holder gets the requester without name and parents', async (t) => {
+  const { holder, client } = await connected(t, { server: { protocol: 3 } });
+  await client.ready;
+  const req = signRequest(holder, randomBytes(32));
+  await client.sign({ ...req, requester: { ...req.requester, ...PROCESS } });
+  const got = holder.signRequests.at(-1)?.requester;
+  t.equal(got?.pid, 4242, 'the fields protocol 3 knows are kept');
+  t.equal(got?.name, undefined);
+  t.equal(got?.parents, undefined, 'its strict schema would have refused them');
+});
+
+t.test('more than 8 parents are refused by the schema', async (t) => {
+  const parents = Array.from({ length: 9 }, (_, i) => ({ pid: i + 2, name: 'sh' }));
+  t.notOk(RequesterSchema.safeParse({ front: 'ssh', parents }).success);
+  t.ok(RequesterSchema.safeParse({ front: 'ssh', parents: parents.slice(1) }).success);
+  t.notOk(
+    RequesterSchema.safeParse({ front: 'ssh', parents: [{ pid: 2, name: 'x'.repeat(65) }] })
+      .success,
+  );
 });
 
 t.test('content frames out of order are refused, and the link lives on', async (t) => {

@@ -69,7 +69,11 @@ export function formatStatus(doc: StatusDocument): string {
         ? ` ${safe(r.verification)}`
         : '';
     const said = r.summary !== undefined ? ` (${safe(r.summary)})` : '';
-    out.push(`  ${safe(r.time)} ${what}${how} for ${who}: ${safe(r.decision)}${said}`);
+    const by =
+      r.requestedBy !== undefined
+        ? ` by ${safe(r.requestedBy)}${r.front === 'local' ? '' : ' (server says)'}`
+        : '';
+    out.push(`  ${safe(r.time)} ${what}${how} for ${who}${by}: ${safe(r.decision)}${said}`);
   }
   return `${out.join('\n')}\n`;
 }

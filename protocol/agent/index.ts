@@ -37,8 +37,12 @@ export interface AgentEvent {
 
 export interface AgentSessionOptions {
   holder: KeyHolder;
-  /** Who is on the other end of this connection; copied into every sign/decrypt request. */
-  requester: Requester;
+  /**
+   * Who is on the other end of this connection; copied into every sign/decrypt request. A
+   * promise when finding out takes time (the facade's process lookup): it is awaited only by the
+   * first PKSIGN/PKDECRYPT, so gpg's greeting and chatter never wait for it. It must not reject.
+   */
+  requester: Requester | Promise<Requester>;
   /** Emulate the extra socket (§3): env OPTIONs → Forbidden, GETINFO restricted → OK. */
   restricted?: boolean;
   /**

@@ -19,7 +19,7 @@ const MAX_SIGNATURE = 8192;
 export interface OperationContext {
   holder: KeyHolder;
   session: AgentSession;
-  requester: Requester;
+  requester: Requester | Promise<Requester>;
   content?: ContentStore;
 }
 
@@ -68,13 +68,14 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
   if (session.hash === undefined) throw new GpgError(ErrorCode.MISSING_VALUE, 'no hash set');
   const nonce = contentNonce(session.env.get('PINENTRY_USER_DATA'));
   const content = nonce !== undefined ? await c.content?.take(nonce) : undefined;
+  const requester = await c.requester;
   const sig = await c.holder.sign(
     {
       keygrip: session.keygrip,
       hashAlgo: session.hash.algo,
       digest: Buffer.from(session.hash.digest),
       description,
-      requester: { ...c.requester },
+      requester: { ...requester },
       ...(content ? { content } : {}),
     },
     ctx.signal,
@@ -102,8 +103,9 @@ export async function pkDecrypt(ctx: AssuanCommandContext, c: OperationContext):
   if (!isCanonical(ciphertext, 'enc-val', MAX_CIPHERTEXT)) {
     throw new GpgError(ErrorCode.INV_SEXP, 'ciphertext is not a canonical enc-val');
   }
+  const requester = await c.requester;
   const result = await c.holder.decrypt(
-    { keygrip: session.keygrip, ciphertext, description, requester: { ...c.requester } },
+    { keygrip: session.keygrip, ciphertext, description, requester: { ...requester } },
     ctx.signal,
   );
   // The value is the session key (or the shared point it derives from): send and wipe.

@@ -9,6 +9,7 @@ import type {
   DecryptResult,
   Inventory,
   KeyHolder,
+  Requester,
   SignRequest,
 } from '../keyholder.js';
 import { Link, type PeerInfo, type TunnelOptions } from './link.js';
@@ -131,18 +132,26 @@ class Client implements TunnelClient {
     return this.latest;
   }
 
+  /** What of REQUESTER the holder's schema takes: before protocol 4 it refuses `parents`. */
+  private requesterFor(requester: Requester): Requester {
+    if ((this.peer?.protocol ?? 1) >= 4) return requester;
+    const { name: _name, parents: _parents, ...older } = requester;
+    return older;
+  }
+
   sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-    const header = {
+    // Built when sent: what the holder accepts is known only after the handshake.
+    const header = () => ({
       type: 'sign' as const,
       keygrip: req.keygrip,
       hashAlgo: req.hashAlgo,
       ...(req.description !== undefined ? { description: req.description } : {}),
-      requester: req.requester,
-    };
+      requester: this.requesterFor(req.requester),
+    });
     // A holder on protocol 1 cannot take the payload; it then signs blind, as it always did.
     const content = req.content;
     if (!content || (this.peer?.protocol ?? 1) < 2) {
-      return this.request('sign', signal, (id) => this.link.send({ ...header, id }, req.digest));
+      return this.request('sign', signal, (id) => this.link.send({ ...header(), id }, req.digest));
     }
     // The git objects need protocol 4: an older holder's strict schema would refuse the request.
     const objects =
@@ -169,7 +178,7 @@ class Client implements TunnelClient {
         ...(content.name !== undefined ? { name: content.name } : {}),
         ...(objects && objects.length > 0 ? { objectBytes: objects.length } : {}),
       };
-      return this.link.send({ ...header, id, content: meta }, req.digest);
+      return this.link.send({ ...header(), id, content: meta }, req.digest);
     });
   }
 
@@ -181,7 +190,7 @@ class Client implements TunnelClient {
           id,
           keygrip: req.keygrip,
           ...(req.description !== undefined ? { description: req.description } : {}),
-          requester: req.requester,
+          requester: this.requesterFor(req.requester),
         },
         req.ciphertext,
       ),

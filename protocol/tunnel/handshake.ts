@@ -4,7 +4,8 @@
 
 // 2: a sign request may carry the payload being signed, in `content` frames before it.
 // 3: the inventory may name the holder's gpg-agent version (`agentVersion`).
-// 4: a commit's payload may bring the git objects that prove its changed files (`objects` part).
+// 4: a commit's payload may bring the git objects that prove its changed files (`objects` part),
+//    and the requester may name its process (`name`) and that process's parents (`parents`).
 export const TUNNEL_PROTOCOL = 4;
 export const MIN_TUNNEL_PROTOCOL = 1;
 

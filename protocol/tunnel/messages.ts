@@ -14,7 +14,7 @@
 
 import { z } from 'zod';
 import { GIT_OBJECT_LIMITS } from '../git/object-bundle.js';
-import { MAX_CONTENT_BYTES } from '../keyholder.js';
+import { MAX_CONTENT_BYTES, MAX_PARENTS } from '../keyholder.js';
 
 export const FRAME_FORMAT_JSON = 1;
 const PAYLOAD_HEAD_BYTES = 5;
@@ -71,13 +71,24 @@ export const HelloSchema = z.looseObject({
   maxFrameBytes: z.int().min(64).max(0xffffffff).optional(),
 });
 
+const pid = z.int().min(0).max(0x7fffffff);
+
+/** One process of the requester's parent chain (tunnel protocol 4). */
+export const ProcessClaimSchema = z.strictObject({
+  pid,
+  name: shortText(64),
+  command: shortText(256).optional(),
+});
+
 export const RequesterSchema = z.strictObject({
   front: z.enum(['local', 'ssh', 'relay']),
   host: shortText(255).optional(),
   user: shortText(255).optional(),
-  pid: z.int().min(0).max(0x7fffffff).optional(),
+  pid: pid.optional(),
   uid: z.int().min(0).max(0xffffffff).optional(),
   command: shortText(1024).optional(),
+  name: shortText(64).optional(),
+  parents: z.array(ProcessClaimSchema).max(MAX_PARENTS).optional(),
   tokenId: shortText(128).optional(),
 });
 

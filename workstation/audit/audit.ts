@@ -53,8 +53,18 @@ export interface AuditInput {
     /** A commit's changed files: proven from git objects, or why not (first paths only). */
     files?: { proven: boolean; count?: number; first?: string[]; why?: string };
   };
-  requester?: { pid?: number; uid?: number; command?: string; user?: string };
+  requester?: {
+    pid?: number;
+    uid?: number;
+    command?: string;
+    user?: string;
+    /** The requesting process's name and its parent chain, as its machine reported them. */
+    name?: string;
+    parents?: { pid: number; name: string; command?: string }[];
+  };
 }
+
+const MAX_AUDITED_PARENTS = 8;
 
 export class AuditError extends Error {
   constructor(message: string) {
@@ -156,6 +166,12 @@ function recordBody(rec: AuditInput): { [k: string]: Json | undefined } {
           uid: intOrUndefined(r.uid),
           command: clip(r.command, 1024),
           user: clip(r.user, 256),
+          name: clip(r.name, 64),
+          parents: r.parents?.slice(0, MAX_AUDITED_PARENTS).map((p) => ({
+            pid: intOrUndefined(p.pid),
+            name: clip(p.name, 64),
+            command: clip(p.command, 256),
+          })),
         }
       : undefined,
   };

@@ -3,6 +3,7 @@
 // terminal is set, "clear-sign required") that were otherwise only in audit.jsonl.
 
 import { displayField } from '../../protocol/display-text.js';
+import { shortProcessChain } from '../backends/requester-text.js';
 import type { AuditInput } from './audit.js';
 
 /** `12:04:05 relay (token ktt_…) sign key 0123…CDEF: denied — clear-sign required: …`. */
@@ -26,5 +27,8 @@ export function operationLine(rec: AuditInput, now: Date = new Date()): string {
     .join(' ');
   const reason = rec.reason !== undefined ? ` — ${displayField(rec.reason, 200)}` : '';
   const summary = rec.content ? `; ${displayField(rec.content.summary, 120)}` : '';
-  return `${time} ${who}: ${what}: ${rec.decision}${reason}${summary}`;
+  const chain = rec.requester ? shortProcessChain(rec.requester) : undefined;
+  const by =
+    chain === undefined ? '' : ` by ${chain}${rec.front === 'local' ? '' : ' (server says)'}`;
+  return `${time} ${who}${by}: ${what}: ${rec.decision}${reason}${summary}`;
 }

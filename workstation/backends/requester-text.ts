@@ -36,6 +36,44 @@ export function describeRequester(r: Requester): string {
   return said.length ? `${who} (${said.join('; ')})` : who;
 }
 
+/** Characters each process of a chain keeps, and the whole chain. */
+const CHAIN_PEER_CHARS = 60;
+const CHAIN_PARENT_CHARS = 40;
+const CHAIN_CHARS = 150;
+
+/**
+ * The requesting process and what started it, newest first: `gpg -bsau … ← git commit -S ← bash
+ * ← sshd`; undefined when the front named no process.
+ */
+export function describeProcessChain(
+  r: Pick<Requester, 'command' | 'name' | 'parents'>,
+): string | undefined {
+  const self = r.command ?? r.name;
+  const parents = (r.parents ?? []).map((p) =>
+    displayField(p.command ?? p.name, CHAIN_PARENT_CHARS),
+  );
+  if (self === undefined && parents.length === 0) return undefined;
+  const chain = [self !== undefined ? displayField(self, CHAIN_PEER_CHARS) : '?', ...parents];
+  return displayField(chain.join(' ← '), CHAIN_CHARS);
+}
+
+/** The chain by process names only (`gpg ← git ← bash ← sshd`), for one-line listings. */
+export function shortProcessChain(r: Pick<Requester, 'name' | 'parents'>): string | undefined {
+  const names = [r.name, ...(r.parents ?? []).map((p) => p.name)];
+  if (names.every((n) => n === undefined)) return undefined;
+  return displayField(names.map((n) => displayField(n ?? '?', 16)).join(' ← '), 120);
+}
+
+/**
+ * `requested by: … (reported by the server)`, the line prompts and dialogs show the chain in;
+ * undefined without one. From a server every word of it is that server's say-so.
+ */
+export function requestedByLine(r: Requester): string | undefined {
+  const chain = describeProcessChain(r);
+  if (chain === undefined) return undefined;
+  return `requested by: ${chain}${r.front === 'local' ? '' : ' (reported by the server)'}`;
+}
+
 /**
  * gpg's own text (or FALLBACK) with the requester named in front of it, made safe for any
  * pinentry: the gpg-agent back end hands this to gpg-agent, which leaves %XX escapes for its
@@ -46,7 +84,9 @@ export function requesterPrefixedText(
   gpgText: string | undefined,
   fallback: string,
 ): string {
-  return displayText(`keytether: request from ${describeRequester(r)}\n\n${gpgText ?? fallback}`);
+  const by = requestedByLine(r);
+  const head = `keytether: request from ${describeRequester(r)}${by ? `\n${by}` : ''}`;
+  return displayText(`${head}\n\n${gpgText ?? fallback}`);
 }
 
 // SETKEYDESC arguments are one word: blanks become '+', and gpg-agent leaves %XX for the pinentry

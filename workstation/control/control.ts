@@ -13,6 +13,7 @@
 import net from 'node:net';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { AuditInput, AuditLog } from '../audit/audit.js';
+import { shortProcessChain } from '../backends/requester-text.js';
 import { listenUnix, probeSocket } from '../holder/local-socket.js';
 import { UserError } from '../../cli/errors.js';
 import { inventoryWatcher } from '../holder/holder.js';
@@ -103,6 +104,7 @@ export async function startControlServer(
   // shows an operation the audit log does not hold.
   const restoreAudit = rt.audit.onRecorded((rec: AuditInput) => {
     counts[rec.front] = (counts[rec.front] ?? 0) + 1;
+    const requestedBy = rec.requester ? shortProcessChain(rec.requester) : undefined;
     recent.push({
       time: (rec.time ?? new Date()).toISOString(),
       front: rec.front,
@@ -112,6 +114,7 @@ export async function startControlServer(
       op: rec.op,
       ...(rec.verification !== undefined ? { verification: rec.verification } : {}),
       ...(rec.content !== undefined ? { summary: rec.content.summary } : {}),
+      ...(requestedBy !== undefined ? { requestedBy } : {}),
       ...(rec.keygrip !== undefined ? { keygrip: rec.keygrip } : {}),
       ...(rec.fingerprint !== undefined ? { fingerprint: rec.fingerprint } : {}),
       decision: rec.decision,

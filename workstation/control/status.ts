@@ -49,6 +49,8 @@ export interface RecentOperation {
   verification?: string;
   /** What a verified signature covered (a commit's subject, a file's name and hash). */
   summary?: string;
+  /** The requesting process and its parents by name (`gpg ← git ← bash`), as the server says. */
+  requestedBy?: string;
   keygrip?: string;
   fingerprint?: string;
   decision: string;
@@ -140,6 +142,7 @@ const StatusSchema = z.object({
         op: z.enum(['sign', 'decrypt', 'channel']),
         verification: z.string().max(32).optional(),
         summary: z.string().max(400).optional(),
+        requestedBy: z.string().max(200).optional(),
         keygrip: z.string().max(128).optional(),
         fingerprint: z.string().max(128).optional(),
         decision: z.string().max(32),

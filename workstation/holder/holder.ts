@@ -19,6 +19,7 @@ import type { ApprovalMemory } from '../policy/approvals.js';
 import {
   approvalScope,
   decide,
+  processNames,
   type ClearSignSetting,
   type PolicyRequest,
   type PolicyRule,
@@ -31,7 +32,7 @@ import type { PassphraseAsker } from '../pinentry/pinentry.js';
 import type { Backend, KeyOperator } from '../backends/backend.js';
 import { mergeInventories } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
-import { describeRequester } from '../backends/requester-text.js';
+import { describeRequester, requestedByLine } from '../backends/requester-text.js';
 import { InventoryWatch } from './inventory-watch.js';
 
 export interface HolderDeps {
@@ -190,6 +191,8 @@ export class Holder implements KeyHolder {
         uid: requester.uid,
         user: requester.user,
         command: requester.command,
+        name: requester.name,
+        parents: requester.parents,
       },
       fingerprint: entry?.fingerprint,
       keygrip: keygrip.toUpperCase(),
@@ -241,6 +244,8 @@ export class Holder implements KeyHolder {
       op,
       certifyCapable: entry.usage.includes('certify'),
     };
+    const processes = processNames(requester);
+    if (processes.length > 0) asked.processes = processes;
     const verdict = decide(this.#d.policy, asked, this.#d.approvals, this.#now());
     if (verdict.action === 'deny') {
       await record('denied', `policy: ${verdict.rule}`);
@@ -311,16 +316,22 @@ function confirmText(
   digest: string | undefined,
   shown?: string[],
 ): string {
+  const by = requestedByLine(r);
+  const byLines = by !== undefined ? [by] : [];
   if (op === 'sign' && shown) {
     return [
       `keytether: allow ${describeRequester(r)} to sign with key ${entry.fingerprint}?`,
+      ...byLines,
       '',
       ...shown,
     ].join('\n');
   }
   const what =
     op === 'sign' ? `sign blind${digest ? ` (digest ${digest.slice(0, 16)}…)` : ''}` : 'decrypt';
-  return `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`;
+  return [
+    `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`,
+    ...byLines,
+  ].join('\n');
 }
 
 /**

@@ -33,6 +33,12 @@ export interface PolicyRule {
   op?: 'sign' | 'decrypt' | '*';
   /** true: only certify-capable keys; false: only keys that cannot certify. */
   certify?: boolean;
+  /**
+   * Glob over the program names of the requesting process and its parents (`git` matches a gpg
+   * that git started). The server reports them, so only `allow` rules may have it: it can keep
+   * such a rule from matching, never make a refusal or a confirmation go away.
+   */
+  process?: string;
   /** Absent only on rules that set `clear-sign` alone; those never decide the action. */
   action?: PolicyAction;
   /**
@@ -151,6 +157,12 @@ const ruleSchema = z
     key: keySpec.optional(),
     op: z.enum(['sign', 'decrypt', '*']).optional(),
     certify: z.boolean().optional(),
+    process: z
+      .string()
+      .min(1)
+      .max(64)
+      .regex(/^[^\s/]+$/, 'must be a program name or a glob over one, like "git"')
+      .optional(),
     action: z.enum(['allow', 'confirm', 'deny']).optional(),
     'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
     remember: duration.optional(),
@@ -158,7 +170,17 @@ const ruleSchema = z
   .refine((r) => r.action !== undefined || r['clear-sign'] !== undefined, {
     message: 'a rule needs an action (allow, confirm, deny) or a clear-sign setting',
     path: ['action'],
-  });
+  })
+  // A faked process chain dodges any deny/confirm/clear-sign rule that depends on it, so such a
+  // rule would look like protection and be none; on an allow rule it can only narrow.
+  .refine(
+    (r) => r.process === undefined || (r.action === 'allow' && r['clear-sign'] === undefined),
+    {
+      message:
+        'only an "allow" rule without "clear-sign" may have "process": the server reports its processes and could lie to dodge a deny or confirm; put the allow rule with "process" before a deny or confirm rule without it',
+      path: ['process'],
+    },
+  );
 
 const fileSchema = z.strictObject({
   'pinentry-program': z.string().min(1).max(4096).optional(),
@@ -184,6 +206,7 @@ function toRule(r: RuleInput, origin: string): PolicyRule {
   if (r.key !== undefined) rule.key = r.key === '*' ? '*' : normaliseKeySpec(r.key);
   if (r.op !== undefined) rule.op = r.op;
   if (r.certify !== undefined) rule.certify = r.certify;
+  if (r.process !== undefined) rule.process = r.process;
   if (r.remember !== undefined) rule.rememberMs = r.remember;
   if (r['clear-sign'] !== undefined) rule.clearSign = r['clear-sign'];
   return rule;

@@ -1,6 +1,7 @@
 // Per-operation policy: parse, check constraints, then act (ssh-agent.c's order). The user's rules
 // come first in file order; the built-in defaults below only decide what no rule matched.
 
+import type { Requester } from '../../protocol/keyholder.js';
 import type { ApprovalMemory, ApprovalScope } from './approvals.js';
 import type { Front, PolicyAction, PolicyRule } from '../home/config.js';
 
@@ -15,6 +16,33 @@ export interface PolicyRequest {
   keygrip: string;
   op: 'sign' | 'decrypt';
   certifyCapable: boolean;
+  /**
+   * Program names of the requesting process and of every parent (processNames), as the server
+   * reports them; absent when it reported none.
+   */
+  processes?: string[];
+}
+
+/** `/usr/bin/git` → `git`, `-bash` (a login shell) → `bash`. */
+function programOf(command: string | undefined): string | undefined {
+  const argv0 = command?.split(' ')[0];
+  if (!argv0) return undefined;
+  const base = argv0.slice(argv0.lastIndexOf('/') + 1).replace(/^-/, '');
+  return base || undefined;
+}
+
+/**
+ * What a rule's `process` is matched against: each process's kernel name and the program its
+ * command line names, the requesting process first. All of it is the server's claim.
+ */
+export function processNames(r: Pick<Requester, 'name' | 'command' | 'parents'>): string[] {
+  const names: string[] = [];
+  for (const p of [{ name: r.name, command: r.command }, ...(r.parents ?? [])]) {
+    for (const n of [p.name, programOf(p.command)]) {
+      if (n !== undefined && n.length > 0 && !names.includes(n)) names.push(n);
+    }
+  }
+  return names;
 }
 
 export type ClearSignSetting = NonNullable<PolicyRule['clearSign']>;
@@ -92,6 +120,12 @@ export function ruleMatches(rule: PolicyRule, req: PolicyRequest): boolean {
   if (!optionalGlob(rule.host, req.host)) return false;
   if (!optionalGlob(rule.token, req.tokenId)) return false;
   if (rule.key !== undefined && !keyMatches(rule.key, req)) return false;
+  // Only ever narrows an allow rule (config.ts refuses it elsewhere): a server that lies about
+  // its processes gets at most what the same rule without `process` would give it.
+  if (rule.process !== undefined) {
+    const pattern = rule.process;
+    if (!(req.processes ?? []).some((name) => globMatch(pattern, name))) return false;
+  }
   return true;
 }
 
@@ -104,6 +138,7 @@ export function describeRule(rule: PolicyRule): string {
     'key',
     'op',
     'certify',
+    'process',
     'action',
     'clearSign',
   ] as const) {
