@@ -7,7 +7,7 @@
 // socket, a failure here) runs gpg unchanged: the shim never stands between git and a signature.
 
 import { spawn } from 'node:child_process';
-import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import path from 'node:path';
@@ -232,8 +232,11 @@ export async function writeGitSignProgram(dir: string): Promise<string> {
   const script =
     `#!/bin/sh\n# keytether git-sign (gpg.program), written by keytether for this build\n` +
     `${fastPath()}exec ${shellQuote(process.execPath)} ${shellQuote(main)} "$@"\n`;
-  await writeFile(file, script, { mode: 0o700 });
-  await chmod(file, 0o700);
+  // Written aside and renamed: a git of another session may be running the old one right now.
+  const aside = `${file}.${process.pid}.tmp`;
+  await writeFile(aside, script, { mode: 0o700 });
+  await chmod(aside, 0o700);
+  await rename(aside, file);
   return file;
 }
 

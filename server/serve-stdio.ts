@@ -25,6 +25,7 @@ import {
 import { startFacade, type Facade } from './facade.js';
 import { gnupgDirs, succeeds, type GnupgDirs } from './gnupg-dirs.js';
 import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
+import { writeGitSignProgram } from './git-sign.js';
 import { HolderSet } from './holder-set.js';
 
 export interface ServeStdioOptions {
@@ -261,6 +262,15 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
         log(
           `added 'no-autostart' to ${path.join(dirs.homedir, 'gpg.conf')} so gpg never starts ` +
             `a local gpg-agent over this socket`,
+        );
+      }
+      // git on this server clear-signs through the shim once the user points gpg.program at it;
+      // keytether never edits their git config, so it says how.
+      const gitSign = await writeGitSignProgram(dirs.homedir).catch(() => undefined);
+      if (gitSign) {
+        log(
+          `git: to clear-sign commits here, run 'git config --global gpg.program ${gitSign}' ` +
+            `(or pass -c gpg.program=${gitSign})`,
         );
       }
       if (opts.importKeys) {

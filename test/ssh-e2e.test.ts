@@ -227,6 +227,52 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
     });
   }
 
+  await t.test('git through the shim the session wrote is clear-signed', async (t) => {
+    const said =
+      /: git: to clear-sign commits here, run 'git config --global gpg\.program (\S+)'/.exec(
+        stderr,
+      );
+    t.ok(said, 'the session says how to point git at the shim');
+    const program = said![1]!;
+    t.equal(program, path.join(server.home, 'keytether-git-sign'));
+    const repo = await mkdtemp(path.join(tmp, 'shim-repo-'));
+    const git = (args: string[]) =>
+      run(
+        'git',
+        [
+          '-c',
+          `gpg.program=${program}`,
+          '-c',
+          `user.signingkey=${key.fingerprint}`,
+          '-c',
+          'user.name=Sid Shell',
+          '-c',
+          'user.email=sid@example.org',
+          ...args,
+        ],
+        { env: { ...server.env, GIT_CONFIG_NOSYSTEM: '1', HOME: userHome }, cwd: repo },
+      );
+    t.equal((await git(['init', '-q'])).code, 0);
+    await writeFile(path.join(repo, 'notes.txt'), 'clear\n');
+    t.equal((await git(['add', 'notes.txt'])).code, 0);
+    const c = await git(['commit', '-q', '-S', '-m', 'clear over ssh']);
+    t.equal(c.code, 0, c.stderr);
+    t.match((await git(['verify-commit', 'HEAD'])).stderr, /Good signature from "Sid Shell/);
+    const last = (await readFile(path.join(ktHome, 'audit.jsonl'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((r) => r.op === 'sign')
+      .at(-1);
+    t.match(last, {
+      verification: 'verified',
+      content: {
+        summary: 'commit: clear over ssh',
+        files: { proven: true, first: ['A notes.txt'] },
+      },
+    });
+  });
+
   await t.test('the server holds no secret key material', async (t) => {
     const dir = path.join(server.home, 'private-keys-v1.d');
     t.same(existsSync(dir) ? await readdir(dir) : [], []);
