@@ -92,8 +92,8 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
     sock.on('error', () => sock.destroy());
     serveAgent(sock, {
       holder: opts.holder,
-      // Looked up from accept on, awaited only when a request goes out to the holder.
-      requester: connectionRequester(requester, sock, opts.peerLookup),
+      // Looked up once the connection names a key, awaited only when a request goes out.
+      requester: () => connectionRequester(requester, sock, opts.peerLookup),
       content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     })

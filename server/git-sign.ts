@@ -181,39 +181,56 @@ const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
  * (`--status-fd=2 -bsau KEY`, the payload on stdin), which would otherwise pay Node's start-up
  * (~40 ms) on every commit, rebase step and tag. gpg-connect-agent (in gpgconf, so wherever gpg
  * is) carries the payload to the facade with the same KEYTETHER_CONTENT exchange as
- * handOver(); the payload's first line names the kind as contentKind() does. Any other call, or
- * any step that fails, goes to the Node shim or straight to gpg: never a lost signature.
+ * handOver(); the payload's first line names the kind as contentKind() does. It starts two
+ * programs (cat, gpg-connect-agent) besides gpg: each costs milliseconds, so the rest is shell
+ * built-ins, the payload is kept in the shim's own private directory, and the facade takes the
+ * time itself. Any other call, or any step that fails, goes to the Node shim or straight to gpg:
+ * never a lost signature.
  */
 function fastPath(): string {
   return `tmp=
 if [ "$#" = 3 ] && [ "$1" = --status-fd=2 ] && [ "$2" = -bsau ] &&
-  command -v gpg-connect-agent >/dev/null 2>&1 &&
-  tmp=$(mktemp "\${TMPDIR:-/tmp}/keytether-sign.XXXXXXXX" 2>/dev/null); then
-  case "$tmp" in *[!A-Za-z0-9/._-]*) rm -f "$tmp"; tmp= ;; esac
+  command -v gpg-connect-agent >/dev/null 2>&1; then
+  tmp="\${0%/*}/.payload.$$"
+  case "$tmp" in /*[!A-Za-z0-9/._-]* | [!/]*) tmp= ;; esac
 fi
-if [ -n "\${tmp:-}" ]; then
-  cat > "$tmp"
+if [ -n "$tmp" ]; then
+  # Created afresh or not at all (noclobber: O_EXCL), with a regular built-in, whose failed
+  # redirection does not end the shell.
+  set -C
+  { true > "$tmp"; } 2>/dev/null || tmp=
+  set +C
+fi
+if [ -n "$tmp" ]; then
+  cat >> "$tmp"
   exec 3< "$tmp"
-  first=$(head -c 64 "$tmp")
+  IFS= read -r first < "$tmp" || :
+  repo=
   case "$first" in
-    'tree '*) kind=git-commit ;;
+    'tree '*) kind=git-commit repo=' --repo' ;;
     'object '*) kind=git-tag ;;
     'certificate version '*) kind=git-push ;;
     *) kind=file ;;
   esac
-  repo=
-  if [ "$kind" = git-commit ]; then
-    repo=' --repo'
-    KEYTETHER_REPO=$(printf 'cwd=%s\\nGIT_DIR=%s\\nGIT_COMMON_DIR=%s\\nGIT_OBJECT_DIRECTORY=%s\\nGIT_ALTERNATE_OBJECT_DIRECTORIES=%s\\n' \\
-      "$(pwd -P)" "\${GIT_DIR-}" "\${GIT_COMMON_DIR-}" "\${GIT_OBJECT_DIRECTORY-}" "\${GIT_ALTERNATE_OBJECT_DIRECTORIES-}")
-    export KEYTETHER_REPO
-  fi
-  nonce=$(gpg-connect-agent --no-autostart --quiet "/definqfile CONTENT $tmp" \\
-    "/definq REPO KEYTETHER_REPO" \\
-    "${CONTENT_COMMAND} --kind=$kind --mode=binary --time=$(date +%s)$repo" /bye 2>/dev/null |
-    sed -n 's/^D \\([A-Za-z0-9_-]\\{22\\}\\)$/\\1/p')
+  KEYTETHER_REPO="cwd=$PWD
+GIT_DIR=\${GIT_DIR-}
+GIT_COMMON_DIR=\${GIT_COMMON_DIR-}
+GIT_OBJECT_DIRECTORY=\${GIT_OBJECT_DIRECTORY-}
+GIT_ALTERNATE_OBJECT_DIRECTORIES=\${GIT_ALTERNATE_OBJECT_DIRECTORIES-}"
+  export KEYTETHER_REPO
+  out=$(gpg-connect-agent --no-autostart --quiet "/definqfile CONTENT $tmp" \\
+    "/definq REPO KEYTETHER_REPO" "${CONTENT_COMMAND} --kind=$kind --mode=binary$repo" /bye 2>/dev/null)
   rm -f "$tmp"
-  if [ -n "$nonce" ]; then
+  # The nonce is the one data line; status lines (S INQUIRE_MAXLEN) may come before it.
+  nl='
+'
+  nonce=
+  case "$out" in
+    'D '*) nonce=\${out#D } ;;
+    *"\${nl}D "*) nonce=\${out#*"\${nl}D "} ;;
+  esac
+  nonce=\${nonce%%[!A-Za-z0-9_-]*}
+  if [ "\${#nonce}" = 22 ]; then
     PINENTRY_USER_DATA="\${PINENTRY_USER_DATA:+$PINENTRY_USER_DATA }${CONTENT_TAG}$nonce"
     export PINENTRY_USER_DATA
   fi

@@ -5,7 +5,7 @@
 // unless a pinentry uses it). The payload stays a claim: the holder shows it as verified only
 // after recomputing SETHASH's digest from it.
 //
-//   KEYTETHER_CONTENT --kind=git-commit --mode=binary --time=1733500000 [--name=<%-escaped>]
+//   KEYTETHER_CONTENT --kind=git-commit --mode=binary [--time=1733500000] [--name=<%-escaped>]
 //                     [--repo]
 //   S INQUIRE_MAXLEN 67108864
 //   INQUIRE CONTENT          → D …  END
@@ -163,7 +163,9 @@ export async function registerContent(
   if (words.length > 0) throw paramError('unexpected argument');
   const kind = options.get('kind');
   const mode = options.get('mode');
-  const time = Number(options.get('time'));
+  // Without --time the shim is on this machine, and our clock is its clock.
+  const rawTime = options.get('time');
+  const time = rawTime === undefined ? Math.floor(Date.now() / 1000) : Number(rawTime);
   if (kind === undefined || !KINDS.has(kind)) throw paramError('bad --kind');
   if (mode === undefined || !MODES.has(mode)) throw paramError('bad --mode');
   if (!Number.isSafeInteger(time) || time < 0 || time > 0xffffffff) throw paramError('bad --time');

@@ -40,9 +40,11 @@ export interface AgentSessionOptions {
   /**
    * Who is on the other end of this connection; copied into every sign/decrypt request. A
    * promise when finding out takes time (the facade's process lookup): it is awaited only by the
-   * first PKSIGN/PKDECRYPT, so gpg's greeting and chatter never wait for it. It must not reject.
+   * first PKSIGN/PKDECRYPT, so gpg's greeting and chatter never wait for it. A function starts
+   * the finding out only when the connection first names a key: a connection that never does
+   * (the shim's KEYTETHER_CONTENT, a GETINFO probe) costs nothing. It must not reject.
    */
-  requester: Requester | Promise<Requester>;
+  requester: Requester | Promise<Requester> | (() => Promise<Requester>);
   /** Emulate the extra socket (§3): env OPTIONs → Forbidden, GETINFO restricted → OK. */
   restricted?: boolean;
   /**
@@ -75,12 +77,25 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
     session,
     allowKeyList: opts.allowKeyList ?? true,
   };
+  let requester: Promise<Requester> | undefined;
+  const requesterNow = (): Promise<Requester> =>
+    (requester ??=
+      typeof opts.requester === 'function' ? opts.requester() : Promise.resolve(opts.requester));
   const ops: OperationContext = {
     holder: opts.holder,
     session,
-    requester: opts.requester,
+    get requester() {
+      return requesterNow();
+    },
     ...(opts.content ? { content: opts.content } : {}),
   };
+  /** A key is named: what will sign or decrypt is near, so who asks is looked up from now on. */
+  const naming =
+    (handler: AssuanHandler): AssuanHandler =>
+    (ctx) => {
+      void requesterNow();
+      return handler(ctx);
+    };
   const version = opts.version ?? AGENT_VERSION;
   // GETINFO version must never fail (gpg aborts), so a holder that cannot answer leaves the floor.
   const reportedVersion = async (): Promise<string> => {
@@ -129,11 +144,11 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
       // A list goes out one D line per item, as the agent's assuan_send_data flushes do.
       for (const item of typeof data === 'string' ? [data] : (data ?? [])) ctx.sendData(item);
     },
-    HAVEKEY: (ctx) => haveKey(ctx, keys),
-    KEYINFO: (ctx) => keyInfo(ctx, keys),
-    READKEY: (ctx) => readKey(ctx, keys),
-    SIGKEY: (ctx) => setKey(ctx, session),
-    SETKEY: (ctx) => setKey(ctx, session),
+    HAVEKEY: naming((ctx) => haveKey(ctx, keys)),
+    KEYINFO: naming((ctx) => keyInfo(ctx, keys)),
+    READKEY: naming((ctx) => readKey(ctx, keys)),
+    SIGKEY: naming((ctx) => setKey(ctx, session)),
+    SETKEY: naming((ctx) => setKey(ctx, session)),
     SETKEYDESC: (ctx) => setKeyDescription(ctx, session),
     SETHASH: (ctx) => setHash(ctx, session),
     PKSIGN: (ctx) => pkSign(ctx, ops),

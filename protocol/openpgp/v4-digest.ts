@@ -163,6 +163,28 @@ export interface DigestMatch {
   tried: number;
 }
 
+/** A header whose creation time can be set without rebuilding it. */
+function headerTemplate(fields: HeaderFields): {
+  fields: HeaderFields;
+  at: (created: number) => Buffer;
+} {
+  const probe = 0x01020304;
+  const suffix = v4HashedSuffix({ ...fields, created: probe });
+  // Subpacket 2's body: after the version/type/algorithms/length (6 bytes), the fingerprint
+  // subpacket when it comes first (23), and subpacket 2's own length and type (2).
+  const offset = 6 + (fields.order === 'time-first' ? 0 : 23) + 2;
+  if (suffix.readUInt32BE(offset) !== probe) {
+    return { fields, at: (created) => v4HashedSuffix({ ...fields, created }) };
+  }
+  return {
+    fields,
+    at: (created) => {
+      suffix.writeUInt32BE(created >>> 0, offset);
+      return suffix;
+    },
+  };
+}
+
 // Nearest times first: a signature made a moment before the request is the common case.
 function timesAround(around: number, before: number, after: number): number[] {
   const out: number[] = [];
@@ -188,28 +210,32 @@ export function findDataSignature(s: DigestSearch): DigestMatch | undefined {
   for (const mode of s.modes ?? (['binary', 'text', 'clearsign'] as const)) {
     const sigType = mode === 'binary' ? 0x00 : 0x01;
     const base: Hash = createHash(name).update(canonicalData(s.data, mode));
+    // One header per user id and layout, its creation time rewritten in place for each second
+    // searched: the search is hashing, not building buffers (clear-signing bench: p99 ≤ 2 ms).
+    const templates = uids.flatMap((signerUid) =>
+      (['fpr-first', 'time-first'] as const).map((order) =>
+        headerTemplate({
+          sigType,
+          pubkeyAlgo: s.pubkeyAlgo,
+          hashAlgo: s.hashAlgo,
+          issuerFingerprint: s.issuerFingerprint,
+          created: 0,
+          ...(signerUid !== undefined ? { signerUid } : {}),
+          order,
+        }),
+      ),
+    );
     for (const created of times) {
-      for (const signerUid of uids) {
-        for (const order of ['fpr-first', 'time-first'] as const) {
-          tried++;
-          const suffix = v4HashedSuffix({
+      for (const t of templates) {
+        tried++;
+        if (base.copy().update(t.at(created)).digest().equals(want)) {
+          return {
+            mode,
             sigType,
-            pubkeyAlgo: s.pubkeyAlgo,
-            hashAlgo: s.hashAlgo,
-            issuerFingerprint: s.issuerFingerprint,
             created,
-            ...(signerUid !== undefined ? { signerUid } : {}),
-            order,
-          });
-          if (base.copy().update(suffix).digest().equals(want)) {
-            return {
-              mode,
-              sigType,
-              created,
-              ...(signerUid !== undefined ? { signerUid } : {}),
-              tried,
-            };
-          }
+            ...(t.fields.signerUid !== undefined ? { signerUid: t.fields.signerUid } : {}),
+            tried,
+          };
         }
       }
     }
