@@ -28,7 +28,8 @@ export function describeRequester(r: Requester): string {
       : `relay token ${cleanField(r.tokenId) ?? '?'}`;
   const claims: string[] = [];
   if (user) claims.push(`user=${user}`);
-  if (command) claims.push(`cmd=${command}`);
+  // With a process chain the command leads the "requested by" line that follows this one.
+  if (command && describeProcessChain(r) === undefined) claims.push(`cmd=${command}`);
   if (pid) claims.push(`pid=${pid}`);
   const said = claims.length ? [`claims ${claims.join(', ')}`] : [];
   const relayPeer = cleanField(r.relayPeer);
