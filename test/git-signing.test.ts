@@ -9,6 +9,8 @@ import t from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { v4HashedSuffix } from '../protocol/openpgp/v4-digest.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 
@@ -16,6 +18,7 @@ interface AuditRec {
   op: string;
   decision: string;
   verification?: string;
+  reason?: string;
   content?: { kind: string; summary: string; files?: unknown };
 }
 
@@ -176,4 +179,59 @@ t.test('git signs every kind of object through the shim, each verified', async (
       files: { proven: true, count: 1, first: ['A shell.txt'] },
     },
   });
+  // The attack of clear-signing.md §1.4, by hand: a payload handed over as the shim would, then
+  // a raw PKSIGN whose digest covers that payload as a certification, binding or revocation.
+  // The holder must never take the shown payload for what it signs: refused, audited blind.
+  const grip = /Keygrip = ([0-9A-F]{40})/.exec(
+    (await ws.gpg(['--with-keygrip', '-K', FPR])).stdout.toString(),
+  )![1]!;
+  const payload = path.join(tmp, 'payload.txt');
+  await writeFile(payload, 'looks like release notes\n');
+  const now = Math.floor(Date.now() / 1000);
+  for (const type of [0x13, 0x18, 0x20]) {
+    const suffix = Buffer.from(
+      v4HashedSuffix({
+        sigType: 0,
+        pubkeyAlgo: 22,
+        hashAlgo: 8,
+        issuerFingerprint: Buffer.from(FPR, 'hex'),
+        created: now,
+      }),
+    );
+    suffix[1] = type;
+    const digest = createHash('sha256')
+      .update(await readFile(payload))
+      .update(suffix)
+      .digest('hex')
+      .toUpperCase();
+    const raw = await runCli(
+      [
+        'connect',
+        '--relay',
+        url,
+        '--',
+        'sh',
+        '-c',
+        [
+          `out=$(gpg-connect-agent --no-autostart "/definqfile CONTENT ${payload}" 'KEYTETHER_CONTENT --kind=file --mode=binary' /bye)`,
+          `nonce=$(printf '%s\\n' "$out" | sed -n 's/^D //p')`,
+          `gpg-connect-agent --no-autostart "OPTION pinentry-user-data=keytether-req=$nonce" 'SIGKEY ${grip}' 'SETHASH 8 ${digest}' PKSIGN /bye`,
+        ].join('; '),
+      ],
+      { env: { KEYTETHER_TOKEN: token } },
+    );
+    t.match(raw.stdout, /ERR \d+ Forbidden/, `type 0x${type.toString(16)}: PKSIGN is refused`);
+    t.notMatch(raw.stdout, /D \(7:sig-val/, 'and no signature comes back');
+    const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as AuditRec)
+      .at(-1);
+    t.match(rec, {
+      op: 'sign',
+      decision: 'denied',
+      verification: 'blind',
+      reason: /not a data signature over the payload/,
+    });
+  }
 });

@@ -193,3 +193,48 @@ t.test('a key certification digest is never a data signature', async (t) => {
     }).length === 32,
   );
 });
+
+t.test('what a server could pass off as a data signature over a shown payload', async (t) => {
+  // The same payload and key each time; only what the digest really covers changes.
+  const fpr = randomBytes(20);
+  const foreign = randomBytes(20);
+  const now = Math.floor(Date.now() / 1000);
+  const data = randomBytes(200);
+  const search = (digest: Buffer) =>
+    findDataSignature({
+      data,
+      digest,
+      hashAlgo: 8,
+      pubkeyAlgo: 22,
+      issuerFingerprint: fpr,
+      mailboxes: ['a@example.org'],
+      around: now,
+      before: 2,
+      after: 60,
+    });
+  const header = (over: Partial<Parameters<typeof v4HashedSuffix>[0]>, sigType?: number) => {
+    const suffix = Buffer.from(
+      v4HashedSuffix({
+        sigType: 0,
+        pubkeyAlgo: 22,
+        hashAlgo: 8,
+        issuerFingerprint: fpr,
+        created: now + 5,
+        ...over,
+      }),
+    );
+    if (sigType !== undefined) suffix[1] = sigType;
+    return createHash('sha256').update(data).update(suffix).digest();
+  };
+  t.ok(search(header({})), 'the honest data signature is found');
+  // Certifications (0x10–0x13), subkey and primary bindings (0x18, 0x19), direct-key (0x1F),
+  // revocations (0x20, 0x28, 0x30), timestamp and third-party (0x40, 0x50).
+  for (const type of [0x10, 0x11, 0x12, 0x13, 0x18, 0x19, 0x1f, 0x20, 0x28, 0x30, 0x40, 0x50]) {
+    t.equal(search(header({}, type)), undefined, `type 0x${type.toString(16)} is not found`);
+  }
+  t.equal(search(header({ issuerFingerprint: foreign })), undefined, 'a foreign issuer');
+  t.equal(search(header({ created: now - 600 })), undefined, 'a time 10 min before');
+  t.equal(search(header({ created: now + 600 })), undefined, 'a time 10 min after');
+  t.equal(search(header({ signerUid: 'mallory@example.org' })), undefined, 'a uid not on the key');
+  t.ok(search(header({ signerUid: 'a@example.org' })), "the key's own uid is");
+});
