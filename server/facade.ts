@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
-import { findPeerProcess, type PeerLookupOptions } from '../system/peer-process.js';
+import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
 import { collectCommitObjects } from './commit-objects.js';
 
@@ -48,32 +48,6 @@ function localRequester(front: Requester['front']): Requester {
   return r;
 }
 
-/**
- * BASE plus the process that connected SOCK (gpg, and what started it), as this machine reports
- * it: the holder shows it as the server's claim. Never rejects; without an answer it is BASE.
- */
-function connectionRequester(
-  base: Requester,
-  sock: net.Socket,
-  lookup: PeerLookupOptions | false | undefined,
-): Promise<Requester> {
-  if (lookup === false) return Promise.resolve({ ...base });
-  return findPeerProcess(sock, lookup).then(
-    (peer) => {
-      if (!peer) return { ...base };
-      const r: Requester = { ...base, pid: peer.pid, name: peer.name, parents: peer.parents };
-      if (peer.uid !== undefined && peer.uid !== base.uid) {
-        // Root on our 0600 socket: the facade's user name would be the wrong one.
-        delete r.user;
-        r.uid = peer.uid;
-      }
-      if (peer.command !== undefined) r.command = peer.command;
-      return r;
-    },
-    () => ({ ...base }),
-  );
-}
-
 export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   const open = new Set<net.Socket>();
   const requester = localRequester(opts.front ?? 'ssh');
@@ -93,7 +67,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
     serveAgent(sock, {
       holder: opts.holder,
       // Looked up once the connection names a key, awaited only when a request goes out.
-      requester: () => connectionRequester(requester, sock, opts.peerLookup),
+      requester: () => requesterWithPeer(requester, sock, opts.peerLookup),
       content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     })

@@ -12,6 +12,7 @@ import { execFile, spawn } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import type net from 'node:net';
+import type { Requester } from '../protocol/keyholder.js';
 
 export interface ProcessInfo {
   pid: number;
@@ -357,4 +358,31 @@ export function findPeerProcess(
     clearTimeout(timer);
     inFlight--;
   });
+}
+
+/**
+ * BASE plus the process that connected SOCK (gpg, and what started it), as this machine reports
+ * it (from a server, the holder shows it as that server's claim). Never rejects; without an answer
+ * it is BASE.
+ */
+export function requesterWithPeer(
+  base: Requester,
+  sock: net.Socket,
+  lookup: PeerLookupOptions | false | undefined,
+): Promise<Requester> {
+  if (lookup === false) return Promise.resolve({ ...base });
+  return findPeerProcess(sock, lookup).then(
+    (peer) => {
+      if (!peer) return { ...base };
+      const r: Requester = { ...base, pid: peer.pid, name: peer.name, parents: peer.parents };
+      if (peer.uid !== undefined && peer.uid !== base.uid) {
+        // Root on our 0600 socket: the facade's user name would be the wrong one.
+        delete r.user;
+        r.uid = peer.uid;
+      }
+      if (peer.command !== undefined) r.command = peer.command;
+      return r;
+    },
+    () => ({ ...base }),
+  );
 }

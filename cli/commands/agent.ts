@@ -9,6 +9,7 @@ import { ConfigError, loadConfig, mergeFlags } from '../../workstation/home/conf
 import type { Config, ConfigFlags } from '../../workstation/home/config.js';
 import { operationLine } from '../../workstation/audit/operation-line.js';
 import { listenUnix } from '../../workstation/holder/local-socket.js';
+import { requesterWithPeer } from '../../system/peer-process.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { startControlServer } from '../../workstation/control/control.js';
 import { RelayUrlError, startRelayClients } from '../../workstation/relay/client.js';
@@ -112,7 +113,12 @@ export function register(program: Command): void {
             open.add(sock);
             sock.on('close', () => open.delete(sock));
             sock.on('error', () => sock.destroy());
-            void serveAgent(sock, { holder: rt.holder, requester: { front: 'local' }, content });
+            void serveAgent(sock, {
+              holder: rt.holder,
+              // The workstation's own gpg, named by the kernel: pid, command and parents.
+              requester: () => requesterWithPeer({ front: 'local' }, sock, undefined),
+              content,
+            });
           });
         } catch (e) {
           await rt.close();
