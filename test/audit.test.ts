@@ -333,3 +333,20 @@ t.test('the requesting process and its parents are recorded, bounded', async (t)
   t.match(operationLine(rec), / by gpg ← git ← sh .*\(server says\): sign/);
   t.same(await verifyAuditLog(file), { ok: true, records: 1 });
 });
+
+t.test("the operation line says whether a commit's changed files were proven", async (t) => {
+  const base: AuditInput = {
+    front: 'ssh',
+    host: 'srv',
+    op: 'sign',
+    decision: 'allowed',
+    verification: 'verified',
+    content: { kind: 'git-commit', bytes: 200, sha256: 'ab'.repeat(32), summary: 'commit: Fix' },
+  };
+  const files = (f: NonNullable<AuditInput['content']>['files']) =>
+    operationLine({ ...base, content: { ...base.content!, files: f } });
+  t.match(files({ proven: true, count: 3 }), /: allowed; commit: Fix \(3 files changed, proven\)$/);
+  t.match(files({ proven: true, count: 1 }), /\(1 file changed, proven\)$/);
+  t.match(files({ proven: false, why: 'no objects' }), /\(changed files not proven\)$/);
+  t.match(operationLine(base), /; commit: Fix$/, 'a file or tag says nothing of files');
+});

@@ -26,7 +26,14 @@ export function operationLine(rec: AuditInput, now: Date = new Date()): string {
     .filter((s) => s !== undefined)
     .join(' ');
   const reason = rec.reason !== undefined ? ` — ${displayField(rec.reason, 200)}` : '';
-  const summary = rec.content ? `; ${displayField(rec.content.summary, 120)}` : '';
+  const files = rec.content?.files;
+  const proof =
+    files === undefined
+      ? ''
+      : files.proven
+        ? ` (${files.count ?? 0} file${files.count === 1 ? '' : 's'} changed, proven)`
+        : ' (changed files not proven)';
+  const summary = rec.content ? `; ${displayField(rec.content.summary, 120)}${proof}` : '';
   const chain = rec.requester ? shortProcessChain(rec.requester) : undefined;
   const by =
     chain === undefined ? '' : ` by ${chain}${rec.front === 'local' ? '' : ' (server says)'}`;
