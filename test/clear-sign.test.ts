@@ -5,81 +5,17 @@
 // audits what was signed; gpg --verify and git verify-commit pass through the shim to gpg.
 
 import t from 'tap';
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
-import { runCli, spawnCli, waitForLine } from './support/cli.js';
-
-interface AuditRec {
-  op: string;
-  decision: string;
-  reason?: string;
-  verification?: string;
-  content?: {
-    kind: string;
-    bytes: number;
-    sha256: string;
-    summary: string;
-    files?: { proven: boolean; count?: number; first?: string[]; why?: string };
-  };
-}
-
-function track(child: ChildProcess) {
-  let err = '';
-  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<void>((r) => child.on('exit', () => r()));
-  return {
-    child,
-    stderr: () => err,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
+import { clearSignRig } from './support/clear-sign-rig.js';
 
 t.test('clear signing through the relay', async (t) => {
-  const ws = await makeGnupgHome();
-  t.teardown(() => ws.cleanup());
-  const key = await generateKey(ws, {
-    uid: 'Cora Clear <cora@example.org>',
-    algo: 'ed25519',
-    usage: 'sign,cert',
-  });
-  const FPR = key.fingerprint;
-  const tmp = await mkdtemp('/tmp/ktclear-');
-  t.teardown(() => rm(tmp, { recursive: true, force: true }));
-  const home = path.join(tmp, 'home');
-  const env = { KEYTETHER_HOME: home };
-  const secretFile = path.join(tmp, 'secret.gpg');
-  await writeFile(secretFile, await exportSecretKey(ws, FPR), { mode: 0o600 });
-  t.equal((await runCli(['keys', 'import', secretFile], { env })).code, 0);
-  await rm(secretFile);
-  const audit = async (): Promise<AuditRec[]> =>
-    (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditRec)
-      .filter((r) => r.op === 'sign');
-
-  const relay = track(await spawnCli(['relay', '--listen', '127.0.0.1:0']));
-  t.teardown(() => relay.stop());
-  const url = (await waitForLine(relay.child.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
-  const holder = track(
-    await spawnCli(['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url], { env }),
-  );
-  t.teardown(() => holder.stop());
-  const connected = waitForLine(holder.child.stderr!, /^relay connected: /, 30_000);
-  connected.catch(() => {});
-  await waitForLine(holder.child.stdout!, /^ready: /, 30_000);
-  await connected;
-  const made = await runCli(['token', 'create', '--key', FPR, '--relay', url], { env });
-  t.equal(made.code, 0, made.stderr);
-  const token = made.stdout.trim();
-  const connect = (...cmd: string[]) =>
-    runCli(['connect', '--relay', url, '--', ...cmd], { env: { KEYTETHER_TOKEN: token } });
+  const rig = await clearSignRig(t, 'Cora Clear <cora@example.org>');
+  const { tmp, connect } = rig;
+  const FPR = rig.fingerprint;
+  const audit = rig.signs;
+  const holder = { stderr: rig.holderStderr };
 
   const file = path.join(tmp, 'release.tar');
   await writeFile(file, 'release 1.0 contents\n');

@@ -6,62 +6,16 @@
 // refused and a pass here means every one of them was verified), gpg and git.
 
 import t from 'tap';
-import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { v4HashedSuffix } from '../protocol/openpgp/v4-digest.js';
-import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
-import { runCli, spawnCli, waitForLine } from './support/cli.js';
-
-interface AuditRec {
-  op: string;
-  decision: string;
-  verification?: string;
-  reason?: string;
-  content?: { kind: string; summary: string; files?: unknown };
-}
-
-function track(child: ChildProcess) {
-  const exited = new Promise<void>((r) => child.on('exit', () => r()));
-  return async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
-  };
-}
+import { clearSignRig, type SignRecord as AuditRec } from './support/clear-sign-rig.js';
 
 t.test('git signs every kind of object through the shim, each verified', async (t) => {
-  const ws = await makeGnupgHome();
-  t.teardown(() => ws.cleanup());
-  const key = await generateKey(ws, {
-    uid: 'Gil Git <gil@example.org>',
-    algo: 'ed25519',
-    usage: 'sign,cert',
-  });
-  const FPR = key.fingerprint;
-  const tmp = await mkdtemp('/tmp/ktgit-');
-  t.teardown(() => rm(tmp, { recursive: true, force: true }));
-  const home = path.join(tmp, 'home');
-  const env = { KEYTETHER_HOME: home };
-  const secretFile = path.join(tmp, 'secret.gpg');
-  await writeFile(secretFile, await exportSecretKey(ws, FPR), { mode: 0o600 });
-  t.equal((await runCli(['keys', 'import', secretFile], { env })).code, 0);
-  await rm(secretFile);
-
-  const relay = await spawnCli(['relay', '--listen', '127.0.0.1:0']);
-  t.teardown(track(relay));
-  const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
-  const holder = await spawnCli(['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url], {
-    env,
-  });
-  t.teardown(track(holder));
-  const connected = waitForLine(holder.stderr!, /^relay connected: /, 30_000);
-  connected.catch(() => {});
-  await waitForLine(holder.stdout!, /^ready: /, 30_000);
-  await connected;
-  const made = await runCli(['token', 'create', '--key', FPR, '--relay', url], { env });
-  t.equal(made.code, 0, made.stderr);
-  const token = made.stdout.trim();
+  const rig = await clearSignRig(t, 'Gil Git <gil@example.org>');
+  const { ws, tmp } = rig;
+  const FPR = rig.fingerprint;
 
   const repo = path.join(tmp, 'repo');
   const remote = path.join(tmp, 'remote.git');
@@ -91,17 +45,11 @@ t.test('git signs every kind of object through the shim, each verified', async (
     `git -C '${remote}' config receive.certNonceSeed keytether-test`,
     `${git} push -q --signed=yes '${remote}' main`,
   ].join(' && ');
-  const r = await runCli(['connect', '--relay', url, '--', 'sh', '-c', script], {
-    env: { KEYTETHER_TOKEN: token },
-  });
+  const r = await rig.connect('sh', '-c', script);
   t.equal(r.code, 0, r.stderr);
   t.equal(r.stderr.match(/Good signature from "Gil Git/g)?.length, 5, 'git verified each one');
 
-  const signs = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as AuditRec)
-    .filter((rec) => rec.op === 'sign');
+  const signs = await rig.signs();
   const summaries = signs.map((s) => s.content?.summary);
   t.same(
     summaries,
@@ -147,30 +95,19 @@ t.test('git signs every kind of object through the shim, each verified', async (
   // git's own call is served by the shell half of the shim alone: with its Node fallback
   // broken, commits still sign and verify.
   const shellOnly = path.join(tmp, 'shell-only-git-sign');
-  const r2 = await runCli(
+  const r2 = await rig.connect(
+    'sh',
+    '-c',
     [
-      'connect',
-      '--relay',
-      url,
-      '--',
-      'sh',
-      '-c',
-      [
-        `sed 's/^exec .*git-sign-main.js.*$/exit 99/' "$KEYTETHER_GIT_SIGN" > '${shellOnly}'`,
-        `chmod 700 '${shellOnly}'`,
-        `echo shell > '${repo}/shell.txt' && ${git} add shell.txt`,
-        `${git} -c gpg.program='${shellOnly}' commit -q -S -m 'shell only'`,
-        `${git} verify-commit HEAD`,
-      ].join(' && '),
-    ],
-    { env: { KEYTETHER_TOKEN: token } },
+      `sed 's/^exec .*git-sign-main.js.*$/exit 99/' "$KEYTETHER_GIT_SIGN" > '${shellOnly}'`,
+      `chmod 700 '${shellOnly}'`,
+      `echo shell > '${repo}/shell.txt' && ${git} add shell.txt`,
+      `${git} -c gpg.program='${shellOnly}' commit -q -S -m 'shell only'`,
+      `${git} verify-commit HEAD`,
+    ].join(' && '),
   );
   t.equal(r2.code, 0, r2.stderr);
-  const last = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as AuditRec)
-    .at(-1);
+  const last = (await rig.signs()).at(-1);
   t.match(last, {
     verification: 'verified',
     content: {
@@ -204,29 +141,18 @@ t.test('git signs every kind of object through the shim, each verified', async (
       .update(suffix)
       .digest('hex')
       .toUpperCase();
-    const raw = await runCli(
+    const raw = await rig.connect(
+      'sh',
+      '-c',
       [
-        'connect',
-        '--relay',
-        url,
-        '--',
-        'sh',
-        '-c',
-        [
-          `out=$(gpg-connect-agent --no-autostart "/definqfile CONTENT ${payload}" 'KEYTETHER_CONTENT --kind=file --mode=binary' /bye)`,
-          `nonce=$(printf '%s\\n' "$out" | sed -n 's/^D //p')`,
-          `gpg-connect-agent --no-autostart "OPTION pinentry-user-data=keytether-req=$nonce" 'SIGKEY ${grip}' 'SETHASH 8 ${digest}' PKSIGN /bye`,
-        ].join('; '),
-      ],
-      { env: { KEYTETHER_TOKEN: token } },
+        `out=$(gpg-connect-agent --no-autostart "/definqfile CONTENT ${payload}" 'KEYTETHER_CONTENT --kind=file --mode=binary' /bye)`,
+        `nonce=$(printf '%s\\n' "$out" | sed -n 's/^D //p')`,
+        `gpg-connect-agent --no-autostart "OPTION pinentry-user-data=keytether-req=$nonce" 'SIGKEY ${grip}' 'SETHASH 8 ${digest}' PKSIGN /bye`,
+      ].join('; '),
     );
     t.match(raw.stdout, /ERR \d+ Forbidden/, `type 0x${type.toString(16)}: PKSIGN is refused`);
     t.notMatch(raw.stdout, /D \(7:sig-val/, 'and no signature comes back');
-    const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditRec)
-      .at(-1);
+    const rec: AuditRec | undefined = (await rig.signs()).at(-1);
     t.match(rec, {
       op: 'sign',
       decision: 'denied',

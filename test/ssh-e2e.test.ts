@@ -173,6 +173,24 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
   }
   t.equal(ready[1], remoteSocket, 'ready names the remote socket');
 
+  /** git on the "server" in REPO, signing as Sid through PROGRAM (gpg.program). */
+  const gitIn = (repo: string, program: string) => (args: string[]) =>
+    run(
+      'git',
+      [
+        '-c',
+        `gpg.program=${program}`,
+        '-c',
+        `user.signingkey=${key.fingerprint}`,
+        '-c',
+        'user.name=Sid Shell',
+        '-c',
+        'user.email=sid@example.org',
+        ...args,
+      ],
+      { env: { ...server.env, GIT_CONFIG_NOSYSTEM: '1', HOME: userHome }, cwd: repo },
+    );
+
   const msg = path.join(tmp, 'msg.txt');
   await writeFile(msg, 'signed on the server, keyed on the workstation\n');
   for (const client of gpgClients()) {
@@ -202,22 +220,7 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
       t.notMatch(k.stdout.toString(), /^(sec|ssb)#/m);
 
       const repo = await mkdtemp(path.join(tmp, 'repo-'));
-      const git = (args: string[]) =>
-        run(
-          'git',
-          [
-            '-c',
-            `gpg.program=${client.gpg}`,
-            '-c',
-            `user.signingkey=${key.fingerprint}`,
-            '-c',
-            'user.name=Sid Shell',
-            '-c',
-            'user.email=sid@example.org',
-            ...args,
-          ],
-          { env: { ...server.env, GIT_CONFIG_NOSYSTEM: '1', HOME: userHome }, cwd: repo },
-        );
+      const git = gitIn(repo, client.gpg);
       t.equal((await git(['init', '-q'])).code, 0);
       const c = await git(['commit', '-q', '-S', '--allow-empty', '-m', 'signed over ssh']);
       t.equal(c.code, 0, c.stderr);
@@ -236,22 +239,7 @@ t.test('keytether ssh forwards the holder to a real sshd', async (t) => {
     const program = said![1]!;
     t.equal(program, path.join(server.home, 'keytether-git-sign'));
     const repo = await mkdtemp(path.join(tmp, 'shim-repo-'));
-    const git = (args: string[]) =>
-      run(
-        'git',
-        [
-          '-c',
-          `gpg.program=${program}`,
-          '-c',
-          `user.signingkey=${key.fingerprint}`,
-          '-c',
-          'user.name=Sid Shell',
-          '-c',
-          'user.email=sid@example.org',
-          ...args,
-        ],
-        { env: { ...server.env, GIT_CONFIG_NOSYSTEM: '1', HOME: userHome }, cwd: repo },
-      );
+    const git = gitIn(repo, program);
     t.equal((await git(['init', '-q'])).code, 0);
     await writeFile(path.join(repo, 'notes.txt'), 'clear\n');
     t.equal((await git(['add', 'notes.txt'])).code, 0);
