@@ -24,7 +24,7 @@ import {
 } from '../system/unix-socket.js';
 import { startFacade, type Facade } from './facade.js';
 import { gnupgDirs, succeeds, type GnupgDirs } from './gnupg-dirs.js';
-import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
+import { ensureNoAutostart, importCertificates, removeOwnNoAutostart } from './gnupg-setup.js';
 import { writeGitSignProgram } from './git-sign.js';
 import { HolderSet } from './holder-set.js';
 
@@ -109,6 +109,8 @@ async function claimPath(socketPath: string, replace: boolean, env: NodeJS.Proce
 interface Session {
   socketPath: string;
   ctlPath: string;
+  /** The server's GnuPG home, whose gpg.conf gets keytether's `no-autostart` while served. */
+  homedir: string;
   own: TunnelClient;
   software: string;
   log: (line: string) => void;
@@ -183,12 +185,29 @@ async function runServing(s: Session): Promise<number | 'retry'> {
     return exitStatus(reason);
   } finally {
     closing = true;
-    // Attached sessions notice and take the socket over themselves.
+    // Attached sessions notice and take the socket over themselves, and whichever serves last
+    // cleans up gpg.conf.
+    const last = attached.size === 0;
     for (const tc of attached) tc.close('the serving session ended');
     await facade?.close();
+    // Before the control socket goes: while it is bound no new session can start serving, so a
+    // session starting now adds the line again rather than seeing this one about to go.
+    if (last) await restoreGpgConf(s);
     await new Promise<void>((r) => control.close(() => r()));
     await removeSocket(s.ctlPath);
     process.off('exit', removeAtExit);
+  }
+}
+
+async function restoreGpgConf(s: Session): Promise<void> {
+  try {
+    if (await removeOwnNoAutostart(s.homedir)) {
+      s.log(`removed the 'no-autostart' keytether added to ${path.join(s.homedir, 'gpg.conf')}`);
+    }
+  } catch (e) {
+    s.log(
+      `could not remove the 'no-autostart' keytether added to ${path.join(s.homedir, 'gpg.conf')} (${(e as Error).message}); delete it and the comment above it by hand`,
+    );
   }
 }
 
@@ -261,7 +280,7 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
       if (await ensureNoAutostart(dirs.homedir)) {
         log(
           `added 'no-autostart' to ${path.join(dirs.homedir, 'gpg.conf')} so gpg never starts ` +
-            `a local gpg-agent over this socket`,
+            `a local gpg-agent over this socket; it is removed when the last session ends`,
         );
       }
       // git on this server clear-signs through the shim once the user points gpg.program at it;
@@ -291,6 +310,7 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
   const session: Session = {
     socketPath,
     ctlPath: controlSocketPath(socketPath),
+    homedir: dirs.homedir,
     own,
     software: opts.software,
     log,

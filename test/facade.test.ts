@@ -234,11 +234,18 @@ t.test('keytether serve --stdio with stock gpg and git', async (t) => {
   await t.test('after the last session: socket removed, gpg fails fast', async (t) => {
     t.notOk(existsSync(socket), 'the socket is removed');
     t.notOk(existsSync(`${socket}.kt-ctl`), 'the control socket is removed');
+    const conf = await readFile(path.join(srv.home, 'gpg.conf'), 'utf8');
+    t.notMatch(conf, /^no-autostart$/m, "keytether's no-autostart went with the last session");
+    // That gpg would now start its own agent again, as before keytether; asked not to, it must
+    // find nothing listening rather than hang on a dead socket.
     const started = Date.now();
-    const r = await srv.gpg(['--batch', '-u', keys.alice!.fingerprint, '--sign'], {
-      input: 'nobody home\n',
-      timeoutMs: 10_000,
-    });
+    const r = await srv.gpg(
+      ['--batch', '--no-autostart', '-u', keys.alice!.fingerprint, '--sign'],
+      {
+        input: 'nobody home\n',
+        timeoutMs: 10_000,
+      },
+    );
     const took = Date.now() - started;
     t.not(r.code, 0);
     t.match(r.stderr, /no gpg-agent running|No agent running/);

@@ -22,6 +22,7 @@ import { makePinentryScript } from './support/pinentry-script.js';
 import { relayEndpoint } from '../protocol/relay/endpoint.js';
 import { backoffDelay } from '../workstation/relay/client.js';
 import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
+import type { StatusDocument } from '../workstation/control/control.js';
 
 const execFileP = promisify(execFile);
 
@@ -218,6 +219,43 @@ t.test('gpg on a server signs through keytether connect, a relay and a holder', 
       decision: 'allowed',
     });
     t.notMatch(r.stderr + r.stdout, signToken.split('.')[3]!, 'the secret is never printed');
+  });
+
+  await t.test('status names the token of a relayed signature by id and label', async (t) => {
+    const labelled = await createToken('--label', 'release pipeline');
+    const r = await runCli(
+      [
+        'connect',
+        '--relay',
+        url,
+        '--',
+        'gpg',
+        '--batch',
+        '--no-tty',
+        '-u',
+        FPR,
+        '-o',
+        path.join(tmp, 'labelled.sig'),
+        '--detach-sign',
+        file,
+      ],
+      { env: { KEYTETHER_TOKEN: labelled } },
+    );
+    t.equal(r.code, 0, r.stderr);
+    const tid = tokenClaims(labelled).tid;
+    const json = await runCli(['status', '--json'], { env });
+    t.equal(json.code, 0, json.stderr);
+    const doc = JSON.parse(json.stdout) as StatusDocument;
+    t.match(doc.recent.at(-1), {
+      front: 'relay',
+      tokenId: tid,
+      tokenLabel: 'release pipeline',
+      op: 'sign',
+      decision: 'allowed',
+    });
+    const text = await runCli(['status'], { env });
+    t.equal(text.code, 0, text.stderr);
+    t.match(text.stdout, `for relay token ${tid} "release pipeline"`);
   });
 
   await t.test('SIGTERM during the command: it is passed on and the home removed', async (t) => {

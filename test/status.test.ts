@@ -382,3 +382,99 @@ t.test('keytether ssh reuses the running agent', async (t) => {
   child.kill('SIGTERM');
   t.equal(await exited, 0, stderr);
 });
+
+t.test("keytether ssh's in-process holder answers keytether status", async (t) => {
+  const ws = await makeGnupgHome();
+  t.teardown(() => ws.cleanup());
+  const key = await generateKey(ws, {
+    uid: 'Ivo Inproc <ivo@example.org>',
+    algo: 'ed25519',
+    usage: 'sign,cert',
+  });
+  const tmp = await mkdtemp('/tmp/ktsi-');
+  t.teardown(() => rm(tmp, { recursive: true, force: true }));
+  const home = path.join(tmp, 'kt');
+  const userHome = path.join(tmp, 'user');
+  await mkdir(userHome, { mode: 0o700 });
+  const secrets = path.join(tmp, 'secret.gpg');
+  await writeFile(secrets, await exportSecretKey(ws, key.fingerprint), { mode: 0o600 });
+  const imp = await runCli(['keys', 'import', secrets], { env: { KEYTETHER_HOME: home } });
+  t.equal(imp.code, 0, `keys import: ${imp.stderr}`);
+  await rm(secrets);
+
+  const server = await makeGnupgHome();
+  t.teardown(() => server.cleanup());
+  const sshd = await startSshd({ env: { GNUPGHOME: server.home } });
+  t.teardown(() => sshd.stop());
+  const remoteSocket = (await server.run('gpgconf', ['--list-dirs', 'agent-socket'])).stdout
+    .toString()
+    .trim();
+
+  const cli = await cliPath();
+  // No agent runs for this home: ssh holds the keys itself.
+  const child: ChildProcess = await spawnCli(
+    [
+      'ssh',
+      ...ALLOW_BLIND_FLAG,
+      '--backend',
+      'builtin',
+      '-p',
+      String(sshd.port),
+      '-i',
+      sshd.clientKey,
+      '-o',
+      `UserKnownHostsFile=${sshd.knownHostsFile}`,
+      '-o',
+      'GlobalKnownHostsFile=/dev/null',
+      `${sshd.user}@127.0.0.1`,
+      '--remote-command',
+      `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
+      '--remote-socket',
+      remoteSocket,
+      '--import-keys',
+    ],
+    { env: { KEYTETHER_HOME: home, HOME: userHome, SSH_AUTH_SOCK: undefined } },
+  );
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  try {
+    await waitForLine(child.stdout!, /^ready: (.+)$/, 60_000);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`keytether ssh did not get ready: ${(e as Error).message}; stderr: ${stderr}`);
+  }
+  t.notMatch(stderr, /using the running keytether agent/);
+
+  const before = await statusJson(home);
+  t.match(before, { pid: child.pid, command: 'keytether ssh 127.0.0.1', recent: [] });
+  t.equal(before.agentSocket, undefined, 'it serves no gpg-agent socket of its own');
+  t.same(
+    before.fronts.map((f) => [f.front, f.host, f.requests]),
+    [['ssh', '127.0.0.1', 0]],
+    'its one front is the SSH session',
+  );
+
+  const s = await server.gpg(['--batch', '--no-tty', '-u', key.fingerprint, '--detach-sign'], {
+    input: 'signed on the server by the in-process holder\n',
+  });
+  t.equal(s.code, 0, `gpg on the server signs: ${s.stderr}`);
+
+  const doc = await statusJson(home);
+  t.match(doc.fronts, [{ front: 'ssh', host: '127.0.0.1', requests: 1 }]);
+  t.match(doc.recent.at(-1), { front: 'ssh', host: '127.0.0.1', op: 'sign', decision: 'allowed' });
+  const text = await runCli(['status'], { env: { KEYTETHER_HOME: home } });
+  t.equal(text.code, 0, text.stderr);
+  t.match(text.stdout, `holder of keytether ssh 127.0.0.1: pid ${child.pid}, keytether `);
+  t.notMatch(text.stdout, /gpg-agent socket/);
+  t.match(text.stdout, /^ {2}\S+ sign \S+ blind for ssh 127\.0\.0\.1( by .*)?: allowed$/m);
+
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, stderr);
+  const after = await runCli(['status'], { env: { KEYTETHER_HOME: home } });
+  t.equal(after.code, 1, 'the status went with the session');
+  t.match(after.stderr, /no keytether agent is running/);
+});

@@ -7,7 +7,13 @@ import { Option, type Command } from 'commander';
 import path from 'node:path';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { ConfigFlags } from '../../workstation/home/config.js';
-import { openAgentTunnel, requestStatus } from '../../workstation/control/control.js';
+import {
+  openAgentTunnel,
+  requestStatus,
+  startControlServer,
+  type ControlServer,
+  type FrontStatus,
+} from '../../workstation/control/control.js';
 import { operationLine } from '../../workstation/audit/operation-line.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
@@ -139,6 +145,8 @@ export function register(program: Command): void {
             : await openAgentTunnel(home, target.host, { software });
         let holder: KeyHolder;
         let release: () => Promise<void>;
+        // The in-process holder's SSH session as `keytether status` lists it, once it is up.
+        let session: FrontStatus | undefined;
         if (agent) {
           notice(`using the running keytether agent (pid ${agent.pid})`);
           const ignored = IN_PROCESS_OPTIONS.filter((o) => cmd.getOptionValueSource(o) === 'cli');
@@ -169,10 +177,23 @@ export function register(program: Command): void {
           );
           holder = rt.holder;
           // The in-process holder is this terminal's: one line per operation, as the agent does.
-          const stopLines = rt.audit.onRecorded((rec) =>
-            process.stderr.write(`${operationLine(rec)}\n`),
-          );
+          const stopLines = rt.audit.onRecorded((rec) => {
+            if (session && rec.front === 'ssh') session.requests++;
+            process.stderr.write(`${operationLine(rec)}\n`);
+          });
+          // `keytether status` asks the home's control socket, which nobody serves while no
+          // agent runs: this holder answers there for as long as its session lasts.
+          const control: ControlServer | undefined = await startControlServer(rt, {
+            home,
+            version: packageVersion(),
+            command: `keytether ssh ${target.host}`,
+            fronts: () => (session ? [{ ...session }] : []),
+          }).catch((e: unknown) => {
+            notice(`keytether status will not show this session: ${(e as Error).message}`);
+            return undefined;
+          });
           release = async () => {
+            await control?.close();
             stopLines();
             await rt.close();
           };
@@ -199,7 +220,15 @@ export function register(program: Command): void {
               importKeys: flags.importKeys ?? false,
               replace: flags.replace ?? false,
               software,
-              onReady: (p) => process.stdout.write(`ready: ${p}\n`),
+              onReady: (p) => {
+                session ??= {
+                  front: 'ssh',
+                  host: target.host,
+                  since: new Date().toISOString(),
+                  requests: 0,
+                };
+                process.stdout.write(`ready: ${p}\n`);
+              },
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
               signal: stop.signal,
               ...(agent

@@ -30,8 +30,13 @@ function safe(s: string): string {
 
 export function formatStatus(doc: StatusDocument): string {
   const out: string[] = [];
-  out.push(`agent: pid ${doc.pid}, keytether ${safe(doc.version)}, since ${safe(doc.startedAt)}`);
-  out.push(`  gpg-agent socket: ${safe(doc.agentSocket)}`);
+  const started = `keytether ${safe(doc.version)}, since ${safe(doc.startedAt)}`;
+  if (doc.command !== undefined) {
+    out.push(`holder of ${safe(doc.command)}: pid ${doc.pid}, ${started}`);
+  } else {
+    out.push(`agent: pid ${doc.pid}, ${started}`);
+  }
+  if (doc.agentSocket !== undefined) out.push(`  gpg-agent socket: ${safe(doc.agentSocket)}`);
   out.push('fronts:');
   for (const f of doc.fronts) {
     const who = f.host !== undefined ? `${f.front} ${safe(f.host)}` : f.front;
@@ -58,7 +63,7 @@ export function formatStatus(doc: StatusDocument): string {
   for (const r of [...doc.recent].reverse()) {
     const who =
       r.front === 'relay'
-        ? `relay token ${safe(r.tokenId ?? '?')}${r.relayPeer !== undefined ? ` (relay says from ${safe(r.relayPeer)})` : ''}`
+        ? `relay token ${safe(r.tokenId ?? '?')}${r.tokenLabel !== undefined ? ` "${safe(r.tokenLabel)}"` : ''}${r.relayPeer !== undefined ? ` (relay says from ${safe(r.relayPeer)})` : ''}`
         : r.host !== undefined
           ? `${r.front} ${safe(r.host)}`
           : r.front;

@@ -17,6 +17,7 @@ import { shortProcessChain } from '../backends/requester-text.js';
 import { listenUnix, probeSocket } from '../holder/local-socket.js';
 import { UserError } from '../../cli/errors.js';
 import { inventoryWatcher } from '../holder/holder.js';
+import { TokenRegistry } from '../tokens/tokens.js';
 import {
   ControlProtocolError,
   controlSocketPath,
@@ -48,6 +49,20 @@ export {
 export { openAgentTunnel, type AgentTunnel } from './tunnel.js';
 
 const MAX_CONNECTIONS = 64;
+
+async function registryLabels(home: string, ids: string[]): Promise<Map<string, string>> {
+  const registry = await TokenRegistry.open(home);
+  try {
+    const wanted = new Set(ids);
+    const out = new Map<string, string>();
+    for (const t of await registry.list()) {
+      if (wanted.has(t.id) && t.label !== null) out.set(t.id, t.label);
+    }
+    return out;
+  } finally {
+    await registry.close();
+  }
+}
 // sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -59,8 +74,14 @@ export interface ControlRuntime {
 
 export interface ControlServerOptions {
   home: string;
-  /** The agent's gpg-agent socket, shown by `keytether status`. */
-  agentSocket: string;
+  /** The agent's gpg-agent socket, shown by `keytether status`; none for an in-process holder. */
+  agentSocket?: string;
+  /** For an in-process holder: the command it belongs to (`keytether ssh HOST`). */
+  command?: string;
+  /** Fronts the control socket does not see itself (an in-process holder's own SSH session). */
+  fronts?: () => FrontStatus[];
+  /** Where token labels are looked up: the token registry of HOME unless given (tests). */
+  tokenLabels?: (ids: string[]) => Promise<Map<string, string>>;
   /** keytether's version (packageVersion()). */
   version: string;
   relays?: RelaySource;
@@ -122,6 +143,29 @@ export async function startControlServer(
     if (recent.length > RECENT_KEPT) recent.shift();
   });
 
+  // Labels are signed into their tokens, so one read per token id is enough.
+  const labels = new Map<string, string | null>();
+  const lookUpLabels = opts.tokenLabels ?? ((ids) => registryLabels(opts.home, ids));
+  const withLabels = async (ops: RecentOperation[]): Promise<RecentOperation[]> => {
+    const missing = [
+      ...new Set(
+        ops.flatMap((r) => (r.tokenId !== undefined && !labels.has(r.tokenId) ? [r.tokenId] : [])),
+      ),
+    ];
+    if (missing.length > 0) {
+      try {
+        const found = await lookUpLabels(missing);
+        for (const id of missing) labels.set(id, found.get(id) ?? null);
+      } catch {
+        // Without the registry the ids still say which token it was; asked again next time.
+      }
+    }
+    return ops.map((r) => {
+      const label = r.tokenId !== undefined ? labels.get(r.tokenId) : undefined;
+      return label ? { ...r, tokenLabel: label } : r;
+    });
+  };
+
   const status = async (): Promise<StatusDocument> => {
     const fingerprints = new Map<string, string>();
     try {
@@ -133,7 +177,10 @@ export async function startControlServer(
     }
     const relays = relayStatuses(opts.relays);
     const fronts: FrontStatus[] = [
-      { front: 'local', since: startedAt.toISOString(), requests: counts.local },
+      ...(opts.agentSocket !== undefined
+        ? [{ front: 'local' as const, since: startedAt.toISOString(), requests: counts.local }]
+        : []),
+      ...(opts.fronts?.() ?? []),
       ...[...tunnels].map((t) => ({
         front: 'ssh' as const,
         host: t.host,
@@ -148,7 +195,8 @@ export async function startControlServer(
       pid: process.pid,
       version: opts.version,
       home: opts.home,
-      agentSocket: opts.agentSocket,
+      ...(opts.command !== undefined ? { command: opts.command } : {}),
+      ...(opts.agentSocket !== undefined ? { agentSocket: opts.agentSocket } : {}),
       startedAt: startedAt.toISOString(),
       fronts,
       relays,
@@ -160,7 +208,7 @@ export async function startControlServer(
           expiresInS: Math.max(1, Math.ceil(e.expiresInMs / 1000)),
         };
       }),
-      recent: [...recent],
+      recent: await withLabels([...recent]),
     };
   };
 

@@ -4,6 +4,7 @@
 import { displayField } from '../../protocol/display-text.js';
 import { z } from 'zod';
 import type { Requester } from '../../protocol/keyholder.js';
+import { MAX_LABEL_CHARS } from '../../protocol/token.js';
 import { UserError } from '../../cli/errors.js';
 import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
@@ -42,6 +43,8 @@ export interface RecentOperation {
   front: Front;
   host?: string;
   tokenId?: string;
+  /** The token's label as this holder issued it (from its token registry, not the relay). */
+  tokenLabel?: string;
   /** The relay's claim of where the facade connected from; never verified, shown as such. */
   relayPeer?: string;
   op: 'sign' | 'decrypt' | 'channel';
@@ -60,7 +63,13 @@ export interface StatusDocument {
   pid: number;
   version: string;
   home: string;
-  agentSocket: string;
+  /**
+   * Set when the holder is not a `keytether agent` but the in-process one of this command
+   * (`keytether ssh HOST`), which lives as long as its session.
+   */
+  command?: string;
+  /** The gpg-agent socket the agent serves; absent for an in-process holder, which has none. */
+  agentSocket?: string;
   startedAt: string;
   fronts: FrontStatus[];
   relays: RelayStatus[];
@@ -96,7 +105,11 @@ const StatusSchema = z.object({
   pid: z.number().int(),
   version: z.string().max(100),
   home: z.string().max(4096),
-  agentSocket: z.string().max(4096),
+  command: z
+    .string()
+    .max(MAX_HOST_CHARS + 100)
+    .optional(),
+  agentSocket: z.string().max(4096).optional(),
   startedAt: z.string().max(64),
   fronts: z
     .array(
@@ -137,6 +150,7 @@ const StatusSchema = z.object({
           .max(MAX_HOST_CHARS + 2)
           .optional(),
         tokenId: z.string().max(64).optional(),
+        tokenLabel: z.string().max(MAX_LABEL_CHARS).optional(),
         relayPeer: z.string().max(300).optional(),
         // `channel`: a relayed stream refused before any key was named (wrong secret, tampering).
         op: z.enum(['sign', 'decrypt', 'channel']),
