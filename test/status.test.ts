@@ -472,6 +472,40 @@ t.test("keytether ssh's in-process holder answers keytether status", async (t) =
   t.notMatch(text.stdout, /gpg-agent socket/);
   t.match(text.stdout, /^ {2}\S+ sign \S+ blind for ssh 127\.0\.0\.1( by .*)?: allowed$/m);
 
+  // A second session finds the first's holder and says whose it is, and for how long.
+  const second: ChildProcess = await spawnCli(
+    [
+      'ssh',
+      '-p',
+      String(sshd.port),
+      '-i',
+      sshd.clientKey,
+      '-o',
+      `UserKnownHostsFile=${sshd.knownHostsFile}`,
+      '-o',
+      'GlobalKnownHostsFile=/dev/null',
+      `${sshd.user}@127.0.0.1`,
+      '--remote-command',
+      `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
+      '--remote-socket',
+      path.join(server.home, 'S.second'),
+    ],
+    { env: { KEYTETHER_HOME: home, HOME: userHome, SSH_AUTH_SOCK: undefined } },
+  );
+  let secondErr = '';
+  second.stderr!.on('data', (d: Buffer) => (secondErr += d.toString()));
+  const secondExited = new Promise<void>((resolve) => second.once('exit', () => resolve()));
+  t.teardown(() => {
+    if (second.exitCode === null && second.signalCode === null) second.kill('SIGKILL');
+  });
+  await waitForLine(second.stdout!, /^ready: (.+)$/, 60_000);
+  t.match(
+    secondErr,
+    `keytether ssh: using the holder of 'keytether ssh 127.0.0.1' (pid ${child.pid}); this session ends when that one does`,
+  );
+  second.kill('SIGTERM');
+  await secondExited;
+
   child.kill('SIGTERM');
   t.equal(await exited, 0, stderr);
   const after = await runCli(['status'], { env: { KEYTETHER_HOME: home } });

@@ -148,7 +148,16 @@ export function register(program: Command): void {
         // The in-process holder's SSH session as `keytether status` lists it, once it is up.
         let session: FrontStatus | undefined;
         if (agent) {
-          notice(`using the running keytether agent (pid ${agent.pid})`);
+          // Another `keytether ssh`'s holder also answers here; this session then lasts only as
+          // long as that one, which the user should know before it surprises them.
+          const owner = (
+            await requestStatus(home, { version: packageVersion() }).catch(() => undefined)
+          )?.command;
+          notice(
+            owner === undefined
+              ? `using the running keytether agent (pid ${agent.pid})`
+              : `using the holder of '${owner}' (pid ${agent.pid}); this session ends when that one does — start 'keytether agent' to give every session one lasting holder`,
+          );
           const ignored = IN_PROCESS_OPTIONS.filter((o) => cmd.getOptionValueSource(o) === 'cli');
           if (ignored.length > 0) {
             notice(
