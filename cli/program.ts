@@ -231,6 +231,9 @@ function configureTree(cmd: Command, io: Io, failed: { cmd: Command | null }): v
   for (const sub of cmd.commands) configureTree(sub, io, failed);
 }
 
+// Past a screenful the rest is noise: fixing the first ones usually changes what follows.
+const MAX_DETAIL_LINES = 20;
+
 function oneLine(s: string): string {
   return s.replace(/\s*\n\s*/g, ' ').trim();
 }
@@ -287,6 +290,11 @@ export async function runProgram(
     }
     if (e instanceof UserError) {
       io.stderr.write(`${prefix(active)}${oneLine(e.message)}\n`);
+      const shown = e.details.slice(0, MAX_DETAIL_LINES);
+      for (const d of shown) io.stderr.write(`  ${oneLine(d)}\n`);
+      if (e.details.length > shown.length) {
+        io.stderr.write(`  …and ${e.details.length - shown.length} more\n`);
+      }
       return e.exitCode;
     }
     return reportInternal(active, e, io);

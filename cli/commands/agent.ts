@@ -34,7 +34,7 @@ export async function loadHolderConfig(
     return mergeFlags(await loadConfig(home, configFile), flags);
   } catch (e) {
     if (e instanceof ConfigError)
-      throw e.flag ? new UsageError(e.message) : new UserError(e.message);
+      throw e.flag ? new UsageError(e.message) : new UserError(e.message, e.problems);
     throw e;
   }
 }
