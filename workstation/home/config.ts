@@ -350,7 +350,25 @@ export function parseConfig(text: string, file: string): Config {
     const issues = [...result.error.issues].sort(
       (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
     );
-    const problems = issues.map((issue) => issueSentence(issue, file, text, raw));
+    // One sentence per unknown key, and one per bad setting: zod may report a value that breaks
+    // two rules twice, which would read as two things to fix.
+    const problems: string[] = [];
+    const seen = new Set<string>();
+    for (const issue of issues) {
+      const single =
+        issue.code === 'unrecognized_keys'
+          ? issue.keys.map((key) => ({ ...issue, keys: [key] }))
+          : [issue];
+      for (const one of single) {
+        const id = JSON.stringify([
+          ...one.path.map(String),
+          ...(one.code === 'unrecognized_keys' ? one.keys : []),
+        ]);
+        if (seen.has(id)) continue;
+        seen.add(id);
+        problems.push(issueSentence(one, file, text, raw));
+      }
+    }
     if (problems.length === 1) throw new ConfigError(problems[0]!);
     throw new ConfigError(
       `${file} has ${problems.length} problems; fix each of these and run again:`,
