@@ -8,6 +8,7 @@ import {
   action,
   collect,
   durationArg,
+  examples,
   packageVersion,
   positiveIntArg,
   resolveHome,
@@ -257,9 +258,24 @@ function formatToken(t: TokenSummary, now: number): string {
 }
 
 export function register(program: Command): void {
-  const token = program.command('token').description('tokens for facades and CI jobs');
+  const token = program
+    .command('token')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ttl 2h --max-uses 10 --label release',
+      ),
+    )
+    .description('tokens for facades and CI jobs');
   token
     .command('create')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ttl 2h --max-uses 10 --label release',
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ops sign,decrypt --relay https://relay.example:7878',
+      ),
+    )
     .description('issue a token and print it alone on stdout')
     .requiredOption(
       '--key <fpr>',
@@ -354,6 +370,7 @@ export function register(program: Command): void {
     );
   token
     .command('list')
+    .addHelpText('after', examples('keytether token list', 'keytether token list --json'))
     .description('tokens issued by this holder')
     .option(
       '--json',
@@ -384,6 +401,7 @@ export function register(program: Command): void {
     );
   token
     .command('revoke')
+    .addHelpText('after', examples('keytether token revoke ktt_0123456789abcdef'))
     .description('revoke a token at once')
     .argument('<id>', 'token id (ktt_…, as token list shows)')
     .action(
@@ -399,6 +417,7 @@ export function register(program: Command): void {
     );
   token
     .command('prune')
+    .addHelpText('after', examples('keytether token prune --older-than 30d'))
     .description(
       'remove expired and revoked tokens from the registry (done by itself 7 days after they end)',
     )
