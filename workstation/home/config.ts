@@ -219,6 +219,10 @@ const fileSchema = z.strictObject({
   policy: z.array(ruleSchema).max(MAX_RULES).optional(),
 });
 
+/** Every setting config.toml accepts, and every field of a `[[policy]]` rule (for the docs' test). */
+export const CONFIG_KEYS: readonly string[] = Object.keys(fileSchema.shape);
+export const POLICY_RULE_KEYS: readonly string[] = Object.keys(ruleSchema.shape);
+
 type RuleInput = z.output<typeof ruleSchema>;
 
 function toRule(r: RuleInput, origin: string): PolicyRule {
