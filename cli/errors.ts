@@ -4,9 +4,15 @@
 /** A failure the user can act on: exit status 1. The message says what failed, why, what to do. */
 export class UserError extends Error {
   readonly exitCode: number = 1;
-  constructor(message: string) {
+  /**
+   * Items the message introduces (the problems of a config file), printed one per line under it,
+   * because a user fixing a file wants them all at once rather than one per run.
+   */
+  readonly details: readonly string[];
+  constructor(message: string, details: readonly string[] = []) {
     super(message);
     this.name = 'UserError';
+    this.details = details;
   }
 }
 

@@ -137,6 +137,14 @@ export function positiveIntArg(value: string): number {
   return Number(value);
 }
 
+/**
+ * The `Example:` section of a command's --help (commander's addHelpText 'after'): invocations a
+ * user can copy, which say more about how the flags combine than their descriptions do.
+ */
+export function examples(...lines: string[]): string {
+  return `\nExample${lines.length > 1 ? 's' : ''}:\n${lines.map((l) => `  ${l}`).join('\n')}`;
+}
+
 /** Commander collector for repeatable options (`--relay A --relay B`). */
 export function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -211,7 +219,8 @@ export function buildProgram(): Command {
     .addHelpText(
       'after',
       '\nExit status: 0 success, 1 failure (explained on stderr), 2 bad usage.\n' +
-        'Set KEYTETHER_DEBUG=1 to see stack traces of internal errors.',
+        'Set KEYTETHER_DEBUG=1 to see stack traces of internal errors.\n' +
+        examples('keytether agent', 'keytether ssh build@ci.example.com'),
     );
   for (const mod of COMMAND_MODULES) mod.register(program);
   return program;
@@ -230,6 +239,9 @@ function configureTree(cmd: Command, io: Io, failed: { cmd: Command | null }): v
   });
   for (const sub of cmd.commands) configureTree(sub, io, failed);
 }
+
+// Past a screenful the rest is noise: fixing the first ones usually changes what follows.
+const MAX_DETAIL_LINES = 20;
 
 function oneLine(s: string): string {
   return s.replace(/\s*\n\s*/g, ' ').trim();
@@ -287,6 +299,11 @@ export async function runProgram(
     }
     if (e instanceof UserError) {
       io.stderr.write(`${prefix(active)}${oneLine(e.message)}\n`);
+      const shown = e.details.slice(0, MAX_DETAIL_LINES);
+      for (const d of shown) io.stderr.write(`  ${oneLine(d)}\n`);
+      if (e.details.length > shown.length) {
+        io.stderr.write(`  …and ${e.details.length - shown.length} more\n`);
+      }
       return e.exitCode;
     }
     return reportInternal(active, e, io);

@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Command } from 'commander';
 import t, { type Test } from 'tap';
 import { UsageError, UserError } from '../cli/errors.js';
 import {
@@ -268,4 +269,55 @@ t.test('resolveHome', async (t) => {
   t.equal(resolveHome({}, { XDG_DATA_HOME: 'relative', HOME: '/h' }), '/h/.local/share/keytether');
   t.equal(resolveHome(undefined, { HOME: '/h' }), '/h/.local/share/keytether');
   t.equal(resolveHome({ home: 'rel' }, {}), join(process.cwd(), 'rel'), 'made absolute');
+});
+
+t.test('every --help ends with examples whose flags the command has', async (t) => {
+  const paths: string[][] = [];
+  const walk = (cmd: Command, path: string[]): void => {
+    paths.push(path);
+    for (const sub of cmd.commands) walk(sub, [...path, sub.name()]);
+  };
+  const program = buildProgram();
+  walk(program, []);
+  t.ok(paths.length >= 20, 'every command and subcommand');
+  const known = (cmd: Command, flag: string): boolean => {
+    for (let c: Command | null = cmd; c; c = c.parent) {
+      if (c.options.some((o) => o.long === flag || o.short === flag)) return true;
+    }
+    return flag === '--help' || flag === '-h';
+  };
+  // The real executable once; the tree in-process, since twenty-odd node starts cost a minute.
+  const real = await runCli(['token', 'create', '--help']);
+  t.match(real.stdout, /\nExamples:\n {2}keytether token create --key /);
+  for (const path of paths) {
+    let stdout = '';
+    const io: Io = { stdout: { write: (s: string) => (stdout += s) }, stderr: { write: () => 0 } };
+    const name = ['keytether', ...path].join(' ');
+    t.equal(await runProgram(buildProgram(), [...path, '--help'], io), 0, `${name} --help`);
+    const m = /\nExamples?:\n((?: {2}\S.*\n?)+)$/.exec(stdout);
+    t.ok(m, `${name} --help ends with an example`);
+    const lines = (m?.[1] ?? '').trimEnd().split('\n');
+    t.ok(lines.length <= 2, `${name}: one or two examples`);
+    t.ok(
+      lines.some((l) => l.includes(`${name} `) || l.endsWith(name)),
+      `${name}: an example runs it`,
+    );
+    // Each example's own flags must exist, so renaming a flag cannot leave a stale example.
+    for (const line of lines) {
+      const words = line.slice(line.indexOf('keytether ')).split(/\s+/).slice(1);
+      let cmd = program;
+      for (const w of words) {
+        const sub = cmd.commands.find((c) => c.name() === w);
+        if (!sub) break;
+        cmd = sub;
+      }
+      // git-sign's flags are gpg's, passed on unchanged.
+      if (cmd.name() === 'git-sign') continue;
+      for (const w of words) {
+        if (w === '--' || w === '|' || w === '>') break;
+        if (!/^-/.test(w)) continue;
+        t.ok(known(cmd, w.split('=')[0]!), `${name}: example flag ${w} exists`);
+      }
+    }
+  }
 });

@@ -11,6 +11,7 @@ import {
   parseDuration,
   parsePolicyFlag,
 } from '../workstation/home/config.js';
+import { runCli } from './support/cli.js';
 
 const home = await mkdtemp(join(tmpdir(), 'kt-config-'));
 t.teardown(() => rm(home, { recursive: true, force: true }));
@@ -244,3 +245,50 @@ t.test('process: only on allow rules, a program name or glob', async (t) => {
   t.equal(parsePolicyFlag('process=git,action=allow').process, 'git', 'as a --policy flag too');
   t.throws(() => parsePolicyFlag('process=git,action=deny'), /--policy: "process": only an/);
 });
+
+t.test(
+  'a file with several problems lists each on its own line, through the CLI too',
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'kt-config-many-'));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    const file = join(dir, 'config.toml');
+    await writeFile(file, 'backend = "openssl"\npolcy = 3\naudit-sync = "never"\n', {
+      mode: 0o600,
+    });
+    const err = await loadConfig(dir).catch((e: unknown) => e);
+    t.ok(err instanceof ConfigError);
+    t.equal(
+      (err as ConfigError).message,
+      `${file} has 3 problems; fix each of these and run again:`,
+    );
+    t.same((err as ConfigError).problems, [
+      `unknown setting "polcy" in ${file} (line 2)`,
+      `setting "backend" in ${file} (line 1) must be one of "builtin", "gpg-agent", "auto"`,
+      `setting "audit-sync" in ${file} (line 3) must be one of "write", "fsync"`,
+    ]);
+
+    const r = await runCli(['agent'], { env: { KEYTETHER_HOME: dir } });
+    t.equal(r.code, 1);
+    t.equal(
+      r.stderr,
+      `keytether agent: ${file} has 3 problems; fix each of these and run again:\n` +
+        `  unknown setting "polcy" in ${file} (line 2)\n` +
+        `  setting "backend" in ${file} (line 1) must be one of "builtin", "gpg-agent", "auto"\n` +
+        `  setting "audit-sync" in ${file} (line 3) must be one of "write", "fsync"\n`,
+    );
+
+    // A file of typos is bounded: a screenful, then how many more.
+    const typos = Array.from({ length: 25 }, (_, i) => `typo${i} = 1\n`).join('');
+    await writeFile(file, typos, { mode: 0o600 });
+    const many = await runCli(
+      ['token', 'create', '--key', 'F'.repeat(40), '--relay', 'http://127.0.0.1:7878'],
+      { env: { KEYTETHER_HOME: dir } },
+    );
+    t.equal(many.code, 1);
+    const lines = many.stderr.trimEnd().split('\n');
+    t.equal(lines.length, 22, many.stderr);
+    t.match(lines[0], /has 25 problems; fix each of these and run again:$/);
+    t.match(lines[1], /^  unknown setting "typo0" in .*\(line 1\)$/);
+    t.equal(lines[21], '  …and 5 more');
+  },
+);

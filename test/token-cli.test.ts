@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseToken, verifyTokenSignature } from '../protocol/token.js';
 import { loadOrCreateIdentity } from '../workstation/home/identity.js';
-import { runCli } from './support/cli.js';
+import type { ChildProcess } from 'node:child_process';
+import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import {
   exportSecretKey,
   generateKey,
@@ -192,6 +193,109 @@ t.test('token create refusals', async (t) => {
   t.equal(fromCfg.code, 0, fromCfg.stderr);
   const c = parseToken(fromCfg.stdout.trim());
   t.equal(c.ok && c.token.payload.relay, 'wss://relay.example');
+});
+
+function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  return exited;
+}
+
+/** A fresh home holding the test key, for tests that need their own config or agent. */
+async function homeWithKey(name: string): Promise<string> {
+  const dir = path.join(scratch, name);
+  const imp = await runCli(['keys', 'import'], {
+    env: { KEYTETHER_HOME: dir },
+    input: await exportSecretKey(g, key.fingerprint),
+  });
+  if (imp.code !== 0) throw new Error(`import failed: ${imp.stderr}`);
+  return dir;
+}
+
+t.test("without --relay, the running agent's relay is the token's, and it says so", async (t) => {
+  const agentHome = await homeWithKey('agent');
+  const env = { KEYTETHER_HOME: agentHome };
+  // config.toml names another relay: the one the agent is connected to wins.
+  await writeFile(path.join(agentHome, 'config.toml'), 'relay = "https://other.example"\n', {
+    mode: 0o600,
+  });
+  const relay = await spawnCli(['relay', '--listen', '127.0.0.1:0']);
+  t.teardown(() => stop(relay));
+  const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/))[1]!;
+  const agent = await spawnCli(
+    ['agent', '--backend', 'builtin', '--socket', path.join(agentHome, 'S.local'), '--relay', url],
+    { env },
+  );
+  t.teardown(() => stop(agent));
+  await waitForLine(agent.stdout!, /^ready: /);
+
+  const r = await runCli(['token', 'create', '--key', key.fingerprint], { env });
+  t.equal(r.code, 0, r.stderr);
+  const p = parseToken(r.stdout.trim());
+  t.equal(p.ok && p.token.payload.relay, url);
+  t.match(
+    r.stderr,
+    new RegExp(
+      `^keytether token create: relay ${url.replace(/[.]/g, '\\.')} is the one the running agent \\(pid ${agent.pid}\\) uses; give --relay URL for another\n`,
+    ),
+  );
+
+  await stop(agent);
+  const fromFile = await runCli(['token', 'create', '--key', key.fingerprint], { env });
+  t.equal(fromFile.code, 0, fromFile.stderr);
+  const f = parseToken(fromFile.stdout.trim());
+  t.equal(f.ok && f.token.payload.relay, 'https://other.example', 'relay = "URL" (one string)');
+  t.match(
+    fromFile.stderr,
+    /^keytether token create: relay https:\/\/other\.example is the first in .*config\.toml; give --relay URL for another\n/,
+  );
+});
+
+t.test('--ttl beyond token-max-ttl (default 30d) is refused, naming the maximum', async (t) => {
+  const over = await kt([
+    'token',
+    'create',
+    '--key',
+    key.fingerprint,
+    '--relay',
+    RELAY,
+    '--ttl',
+    '31d',
+  ]);
+  t.equal(over.code, 2);
+  t.match(
+    over.stderr,
+    /^keytether token create: --ttl is longer than the 30d a token may live; give a shorter --ttl or raise token-max-ttl \(now "30d"\) in .*config\.toml\n$/,
+  );
+  t.equal(over.stdout, '');
+  const max = await kt([
+    'token',
+    'create',
+    '--key',
+    key.fingerprint,
+    '--relay',
+    RELAY,
+    '--ttl',
+    '30d',
+  ]);
+  t.equal(max.code, 0, max.stderr);
+
+  const longHome = await homeWithKey('long-ttl');
+  await writeFile(path.join(longHome, 'config.toml'), 'token-max-ttl = "90d"\n', { mode: 0o600 });
+  const env = { KEYTETHER_HOME: longHome };
+  const long = await runCli(
+    ['token', 'create', '--key', key.fingerprint, '--relay', RELAY, '--ttl', '60d'],
+    { env },
+  );
+  t.equal(long.code, 0, long.stderr);
+  const p = parseToken(long.stdout.trim());
+  t.equal(p.ok && p.token.payload.exp - p.token.payload.iat, 60 * 86_400);
+  const tooLong = await runCli(
+    ['token', 'create', '--key', key.fingerprint, '--relay', RELAY, '--ttl', '91d'],
+    { env },
+  );
+  t.match(tooLong.stderr, /longer than the 90d a token may live/);
 });
 
 t.test('token list and revoke', async (t) => {

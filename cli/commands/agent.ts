@@ -15,7 +15,7 @@ import { startControlServer } from '../../workstation/control/control.js';
 import { RelayUrlError, startRelayClients } from '../../workstation/relay/client.js';
 import { UsageError, UserError } from '../errors.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
-import { action, collect, packageVersion, resolveHome } from '../program.js';
+import { action, collect, examples, packageVersion, resolveHome } from '../program.js';
 
 interface AgentFlags extends ConfigFlags {
   socket?: string;
@@ -35,7 +35,7 @@ export async function loadHolderConfig(
     return mergeFlags(await loadConfig(home, configFile), flags);
   } catch (e) {
     if (e instanceof ConfigError)
-      throw e.flag ? new UsageError(e.message) : new UserError(e.message);
+      throw e.flag ? new UsageError(e.message) : new UserError(e.message, e.problems);
     throw e;
   }
 }
@@ -43,6 +43,13 @@ export async function loadHolderConfig(
 export function register(program: Command): void {
   program
     .command('agent')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether agent',
+        "keytether agent --relay https://relay.example:7878 --policy 'front=ssh,op=decrypt,action=confirm'",
+      ),
+    )
     .description('run the key holder in the foreground and serve the gpg-agent protocol')
     .option(
       '--socket <path>',

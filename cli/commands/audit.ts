@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { verifyAuditLog } from '../../workstation/audit/audit.js';
 import { UserError } from '../errors.js';
-import { action, resolveHome } from '../program.js';
+import { action, examples, resolveHome } from '../program.js';
 
 /** Verifies `file` (default `$KEYTETHER_HOME/audit.jsonl`); returns the line to print on success. */
 export async function auditVerify(opts: { file?: string; home?: string }): Promise<string> {
@@ -26,9 +26,19 @@ export async function auditVerify(opts: { file?: string; home?: string }): Promi
 }
 
 export function register(program: Command): void {
-  const audit = program.command('audit').description("check the holder's audit log");
+  const audit = program
+    .command('audit')
+    .addHelpText('after', examples('keytether audit verify'))
+    .description("check the holder's audit log");
   audit
     .command('verify')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether audit verify',
+        'keytether audit verify --file /backup/keytether/audit.jsonl',
+      ),
+    )
     .description(
       'check the hash chain of the audit log; name the first broken record and exit 1 if any',
     )

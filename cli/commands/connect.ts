@@ -6,7 +6,7 @@ import { parseToken } from '../../protocol/token.js';
 import { runConnect } from '../../server/connect.js';
 import { UsageError } from '../errors.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
-import { action, packageVersion } from '../program.js';
+import { action, examples, packageVersion } from '../program.js';
 
 interface ConnectFlags {
   relay?: string;
@@ -20,6 +20,13 @@ interface ConnectFlags {
 export function register(program: Command): void {
   program
     .command('connect')
+    .addHelpText(
+      'after',
+      examples(
+        'KEYTETHER_TOKEN=kt1.… keytether connect --relay https://relay.example:7878 -- git tag -s v1.0 -m v1.0',
+        'keytether connect --relay https://relay.example:7878 --token "$KEYTETHER_TOKEN"',
+      ),
+    )
     .description('run a facade fed through a relay; with "-- CMD", run CMD against it')
     .argument('[command...]', 'command to run with a private GNUPGHOME (after --)')
     .option(

@@ -2,6 +2,7 @@
 // because its arguments are gpg's (git calls it as `gpg.program`).
 
 import type { Command } from 'commander';
+import { examples } from '../program.js';
 
 export function register(program: Command): void {
   program
@@ -17,6 +18,10 @@ export function register(program: Command): void {
         'Signing calls hand the payload to the keytether facade behind the agent socket, so the\n' +
         'holder can check the digest and show the commit or tag; everything else runs gpg as is.\n' +
         'For files: keytether git-sign --detach-sign FILE (or --clearsign FILE).\n' +
-        'Env KEYTETHER_GPG: the real gpg (default: gpg on PATH).',
+        'Env KEYTETHER_GPG: the real gpg (default: gpg on PATH).\n' +
+        examples(
+          'git config gpg.program "keytether git-sign"',
+          'keytether git-sign --detach-sign release.tar.gz',
+        ),
     );
 }

@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { UserError } from '../errors.js';
-import { action, resolveHome } from '../program.js';
+import { action, examples, resolveHome } from '../program.js';
 import {
   Keystore,
   MAX_IMPORT_BYTES,
@@ -65,10 +65,24 @@ function formatKey(k: ListedKey): string {
 export function register(program: Command): void {
   const keys = program
     .command('keys')
+    .addHelpText(
+      'after',
+      examples(
+        'gpg --export-secret-keys --armor alice@example.org | keytether keys import',
+        'keytether keys list',
+      ),
+    )
     .description('the OpenPGP secret keys this workstation holds (builtin back end)');
 
   keys
     .command('import')
+    .addHelpText(
+      'after',
+      examples(
+        'gpg --export-secret-keys --armor alice@example.org | keytether keys import',
+        'keytether keys import alice-secret.asc',
+      ),
+    )
     .description(
       'import secret keys from FILE or stdin (output of gpg --export-secret-keys [--armor]); passphrases are kept',
     )
@@ -86,6 +100,7 @@ export function register(program: Command): void {
 
   keys
     .command('list')
+    .addHelpText('after', examples('keytether keys list', 'keytether keys list --json'))
     .description('list stored keys with fingerprint, algorithm, usage and keygrip (# marks a stub)')
     .option(
       '--json',
@@ -103,6 +118,10 @@ export function register(program: Command): void {
 
   keys
     .command('export')
+    .addHelpText(
+      'after',
+      examples('keytether keys export 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 > alice.asc'),
+    )
     .description('print armored public keys (all when no FPR is given); never secret keys')
     .argument('[fpr...]', 'primary key fingerprints')
     .action(
@@ -119,6 +138,10 @@ export function register(program: Command): void {
 
   keys
     .command('remove')
+    .addHelpText(
+      'after',
+      examples('keytether keys remove 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567'),
+    )
     .description('delete a key (and its subkeys) from the store')
     .argument('<fpr>', 'primary key fingerprint')
     .action(

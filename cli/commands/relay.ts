@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { buildRelay, listenRelay, shutdownRelay } from '../../server/relay/index.js';
 import { UsageError, UserError } from '../errors.js';
-import { action, collect } from '../program.js';
+import { action, collect, examples } from '../program.js';
 import { TrustedProxies } from '../../server/relay/client-address.js';
 
 interface RelayFlags {
@@ -51,6 +51,13 @@ function waitForSignal(): Promise<NodeJS.Signals> {
 export function register(program: Command): void {
   program
     .command('relay')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether relay --listen 127.0.0.1:0',
+        'keytether relay --listen 0.0.0.0:7878 --tls-cert relay.crt --tls-key relay.key',
+      ),
+    )
     .description('run the relay; prints "listening: <base URL>"')
     .option('--listen <host:port>', 'address to listen on (port 0 picks one)', '127.0.0.1:7878')
     .option('--tls-cert <file>', 'TLS certificate (PEM)')

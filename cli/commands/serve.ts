@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { serveStdio } from '../../server/serve-stdio.js';
 import { UsageError } from '../errors.js';
-import { action, packageVersion } from '../program.js';
+import { action, examples, packageVersion } from '../program.js';
 
 interface ServeFlags {
   stdio?: boolean;
@@ -16,6 +16,7 @@ interface ServeFlags {
 export function register(program: Command): void {
   program
     .command('serve')
+    .addHelpText('after', examples('keytether serve --stdio --import-keys'))
     .description("run a facade whose tunnel is stdin/stdout (what 'keytether ssh' starts on HOST)")
     .option('--stdio', 'use stdin/stdout as the tunnel')
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")

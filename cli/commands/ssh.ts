@@ -20,7 +20,14 @@ import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
 import { UserError } from '../errors.js';
-import { action, collect, packageVersion, positiveIntArg, resolveHome } from '../program.js';
+import {
+  action,
+  collect,
+  examples,
+  packageVersion,
+  positiveIntArg,
+  resolveHome,
+} from '../program.js';
 import { loadHolderConfig } from './agent.js';
 
 interface SshFlags extends ConfigFlags {
@@ -57,6 +64,13 @@ function optionFlag(name: string): string {
 export function register(program: Command): void {
   program
     .command('ssh')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether ssh build@ci.example.com',
+        'keytether ssh -p 2222 --import-keys build@ci.example.com',
+      ),
+    )
     .description('forward the holder to HOST over SSH until interrupted or the connection ends')
     .argument('<destination>', '[USER@]HOST')
     .option('-p, --port <port>', 'SSH port', positiveIntArg)

@@ -5,7 +5,7 @@ import { displayField } from '../../protocol/display-text.js';
 import type { Command } from 'commander';
 import { requestStatus, type StatusDocument } from '../../workstation/control/control.js';
 import { UserError } from '../errors.js';
-import { action, packageVersion, resolveHome } from '../program.js';
+import { action, examples, packageVersion, resolveHome } from '../program.js';
 
 /** `9m 58s`, `1h 02m`, `45s`: remaining cache time, coarse enough to read at a glance. */
 export function formatRemaining(totalS: number): string {
@@ -86,6 +86,7 @@ export function formatStatus(doc: StatusDocument): string {
 export function register(program: Command): void {
   program
     .command('status')
+    .addHelpText('after', examples('keytether status', 'keytether status --json'))
     .description('connected fronts and relays, unlocked keys, recent operations')
     .option('--json', 'print the status as one JSON document')
     .action(

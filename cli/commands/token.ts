@@ -4,8 +4,18 @@ import { isDisplaySafeLine } from '../../protocol/display-text.js';
 import { Option, type Command } from 'commander';
 import path from 'node:path';
 import { UsageError, UserError } from '../errors.js';
-import { action, collect, durationArg, positiveIntArg, resolveHome } from '../program.js';
-import { ConfigError, loadConfig, mergeFlags, type Config } from '../../workstation/home/config.js';
+import {
+  action,
+  collect,
+  durationArg,
+  examples,
+  packageVersion,
+  positiveIntArg,
+  resolveHome,
+} from '../program.js';
+import { formatDuration, type Config } from '../../workstation/home/config.js';
+import { requestStatus } from '../../workstation/control/control.js';
+import { loadHolderConfig } from './agent.js';
 import { GpgAgentBackend } from '../../workstation/backends/index.js';
 import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
 import { Keystore, type ListedKey } from '../../workstation/keystore/index.js';
@@ -74,20 +84,6 @@ function checkRelayUrl(url: string): string {
   return url;
 }
 
-async function holderConfig(
-  home: string,
-  configFile: string | undefined,
-  backend: string | undefined,
-): Promise<Config> {
-  try {
-    return mergeFlags(await loadConfig(home, configFile), backend !== undefined ? { backend } : {});
-  } catch (e) {
-    if (e instanceof ConfigError)
-      throw e.flag ? new UsageError(e.message) : new UserError(e.message);
-    throw e;
-  }
-}
-
 /**
  * The keys the holder serves, as `keytether agent` with the same back-end settings would: the
  * keystore's, and unless the back end is builtin, those the workstation's gpg-agent holds.
@@ -130,14 +126,35 @@ async function nameableKeys(
   }
 }
 
-function chooseRelay(flag: string | undefined, config: Config): string {
+// A running agent's relays are the ones it is connected to right now, so a token for them works
+// at once; config.toml is next, for tokens made while no agent runs. Either way the user is told,
+// since a token bound to the wrong relay only shows up as a failure in CI.
+async function chooseRelay(
+  flag: string | undefined,
+  home: string,
+  config: Config,
+  note: (s: string) => void,
+): Promise<string> {
   if (flag !== undefined) return checkRelayUrl(flag);
+  const agent = await requestStatus(home, { version: packageVersion(), timeoutMs: 2000 }).catch(
+    () => undefined,
+  );
+  const fromAgent = agent?.relays[0]?.url;
+  if (fromAgent !== undefined) {
+    note(
+      `relay ${fromAgent} is the one the running agent (pid ${agent!.pid}) uses; give --relay URL for another`,
+    );
+    return checkRelayUrl(fromAgent);
+  }
   const first = config.relay[0];
   if (first === undefined) {
     throw new UsageError(
       'no relay is configured; give --relay URL (the URL `keytether relay` printed) or add relay = ["URL"] to config.toml',
     );
   }
+  note(
+    `relay ${first} is the first in ${config.file ?? 'config.toml'}; give --relay URL for another`,
+  );
   return checkRelayUrl(first);
 }
 
@@ -241,9 +258,24 @@ function formatToken(t: TokenSummary, now: number): string {
 }
 
 export function register(program: Command): void {
-  const token = program.command('token').description('tokens for facades and CI jobs');
+  const token = program
+    .command('token')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ttl 2h --max-uses 10 --label release',
+      ),
+    )
+    .description('tokens for facades and CI jobs');
   token
     .command('create')
+    .addHelpText(
+      'after',
+      examples(
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ttl 2h --max-uses 10 --label release',
+        'keytether token create --key 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 --ops sign,decrypt --relay https://relay.example:7878',
+      ),
+    )
     .description('issue a token and print it alone on stdout')
     .requiredOption(
       '--key <fpr>',
@@ -251,10 +283,17 @@ export function register(program: Command): void {
       collect,
     )
     .option('--ops <ops>', 'allowed operations: sign[,decrypt]', 'sign')
-    .option('--ttl <duration>', 'lifetime, e.g. 90s, 15m, 1h, 2d (default 1h)', durationArg)
+    .option(
+      '--ttl <duration>',
+      'lifetime, e.g. 90s, 15m, 1h, 2d (default 1h; at most token-max-ttl, 30d unless configured)',
+      durationArg,
+    )
     .option('--max-uses <n>', 'number of operations allowed', positiveIntArg)
     .option('--label <text>', 'label shown in lists and the audit log')
-    .option('--relay <url>', 'relay the token is for (default: the first relay in config.toml)')
+    .option(
+      '--relay <url>',
+      "relay the token is for (default: the running agent's first relay, else config.toml's)",
+    )
     .addOption(
       new Option('--backend <backend>', 'where the holder keeps its keys').choices([
         'builtin',
@@ -284,8 +323,20 @@ export function register(program: Command): void {
             );
           }
         }
-        const config = await holderConfig(home, globals.config, opts.backend);
-        const relay = chooseRelay(opts.relay, config);
+        const config = await loadHolderConfig(
+          home,
+          globals.config,
+          opts.backend !== undefined ? { backend: opts.backend } : {},
+        );
+        const ttlMs = opts.ttl ?? DEFAULT_TTL_MS;
+        if (ttlMs > config.tokenMaxTtlMs) {
+          const max = formatDuration(config.tokenMaxTtlMs);
+          throw new UsageError(
+            `--ttl is longer than the ${max} a token may live; give a shorter --ttl or raise token-max-ttl (now "${max}") in ${config.file ?? path.join(home, 'config.toml')}`,
+          );
+        }
+        const relayNotes: string[] = [];
+        const relay = await chooseRelay(opts.relay, home, config, (n) => relayNotes.push(n));
         const ks = await Keystore.open(home);
         const listed = await nameableKeys(ks.list(), config, opts.gnupgHome);
         const notes: string[] = [];
@@ -305,19 +356,21 @@ export function register(program: Command): void {
           {
             keys,
             ops,
-            ttlMs: opts.ttl ?? DEFAULT_TTL_MS,
+            ttlMs,
             maxUses: opts.maxUses,
             label: opts.label,
             relay,
           },
           identity,
         );
-        for (const n of notes) process.stderr.write(`keytether token create: ${n}\n`);
+        for (const n of [...relayNotes, ...notes])
+          process.stderr.write(`keytether token create: ${n}\n`);
         out(cmd)(text + '\n');
       }),
     );
   token
     .command('list')
+    .addHelpText('after', examples('keytether token list', 'keytether token list --json'))
     .description('tokens issued by this holder')
     .option(
       '--json',
@@ -348,6 +401,7 @@ export function register(program: Command): void {
     );
   token
     .command('revoke')
+    .addHelpText('after', examples('keytether token revoke ktt_0123456789abcdef'))
     .description('revoke a token at once')
     .argument('<id>', 'token id (ktt_…, as token list shows)')
     .action(
@@ -363,6 +417,7 @@ export function register(program: Command): void {
     );
   token
     .command('prune')
+    .addHelpText('after', examples('keytether token prune --older-than 30d'))
     .description(
       'remove expired and revoked tokens from the registry (done by itself 7 days after they end)',
     )

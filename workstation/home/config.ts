@@ -11,10 +11,13 @@ import { z } from 'zod';
 export class ConfigError extends Error {
   /** Set when the bad value came from a command-line flag (the CLI reports those as usage errors). */
   readonly flag: string | undefined;
-  constructor(message: string, flag?: string) {
+  /** When the file has several problems: one sentence each, in the order to fix them. */
+  readonly problems: readonly string[];
+  constructor(message: string, flag?: string, problems: readonly string[] = []) {
     super(message);
     this.name = 'ConfigError';
     this.flag = flag;
+    this.problems = problems;
   }
 }
 
@@ -71,6 +74,8 @@ export interface Config {
   auditSync: 'write' | 'fsync';
   socket: string | undefined;
   relay: string[];
+  /** The longest `--ttl` `keytether token create` accepts. */
+  tokenMaxTtlMs: number;
   /** User rules in file order, flag rules first; the built-in defaults are in policy.ts. */
   policy: PolicyRule[];
   /** The file the settings were read from, or undefined when none existed. */
@@ -87,6 +92,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   auditSync: 'write',
   socket: undefined,
   relay: [],
+  tokenMaxTtlMs: 30 * 86_400_000,
   policy: [],
   file: undefined,
 });
@@ -124,6 +130,20 @@ export function parseDuration(text: string | number): number {
   }
   if (!Number.isSafeInteger(ms) || ms > MAX_DURATION_MS) throw bad();
   return ms;
+}
+
+/** Milliseconds → the shortest duration parseDuration reads back, like `30d` or `1h30m`. */
+export function formatDuration(ms: number): string {
+  let rest = Math.max(0, Math.round(ms / 1000)) * 1000;
+  if (rest === 0) return '0s';
+  let out = '';
+  for (const unit of ['d', 'h', 'm', 's']) {
+    const size = UNIT_MS[unit]!;
+    const n = Math.floor(rest / size);
+    if (n > 0) out += `${n}${unit}`;
+    rest -= n * size;
+  }
+  return out;
 }
 
 const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
@@ -191,9 +211,17 @@ const fileSchema = z.strictObject({
   'audit-sync': z.enum(['write', 'fsync']).optional(),
   'gnupg-home': z.string().min(1).max(4096).optional(),
   socket: z.string().min(1).max(4096).optional(),
-  relay: z.array(z.string().min(1).max(2048)).max(64).optional(),
+  // One relay is the common case, so a bare string is accepted as well as a list.
+  relay: z
+    .union([z.string().min(1).max(2048), z.array(z.string().min(1).max(2048)).max(64)])
+    .optional(),
+  'token-max-ttl': duration.optional(),
   policy: z.array(ruleSchema).max(MAX_RULES).optional(),
 });
+
+/** Every setting config.toml accepts, and every field of a `[[policy]]` rule (for the docs' test). */
+export const CONFIG_KEYS: readonly string[] = Object.keys(fileSchema.shape);
+export const POLICY_RULE_KEYS: readonly string[] = Object.keys(ruleSchema.shape);
 
 type RuleInput = z.output<typeof ruleSchema>;
 
@@ -291,7 +319,10 @@ function issueSentence(issue: z.core.$ZodIssue, file: string, text: string, raw:
     return `setting ${what} in ${where(issue.path)} must be a ${expected}`;
   }
   if (issue.code === 'invalid_union') {
-    // The only union in the schema is a duration.
+    if (issue.path.length === 1 && issue.path[0] === 'relay') {
+      return `setting ${what} in ${where(issue.path)} must be a relay URL or a list of them, like ["https://relay.example:7878"]`;
+    }
+    // The only other union in the schema is a duration.
     return `setting ${what} in ${where(issue.path)} must be a number of seconds or a duration like 15m`;
   }
   return `setting ${what} in ${where(issue.path)} is invalid: ${issue.message}`;
@@ -323,11 +354,31 @@ export function parseConfig(text: string, file: string): Config {
     const issues = [...result.error.issues].sort(
       (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
     );
-    const more =
-      issues.length > 1
-        ? ` (and ${issues.length - 1} more problem${issues.length > 2 ? 's' : ''})`
-        : '';
-    throw new ConfigError(issueSentence(issues[0]!, file, text, raw) + more);
+    // One sentence per unknown key, and one per bad setting: zod may report a value that breaks
+    // two rules twice, which would read as two things to fix.
+    const problems: string[] = [];
+    const seen = new Set<string>();
+    for (const issue of issues) {
+      const single =
+        issue.code === 'unrecognized_keys'
+          ? issue.keys.map((key) => ({ ...issue, keys: [key] }))
+          : [issue];
+      for (const one of single) {
+        const id = JSON.stringify([
+          ...one.path.map(String),
+          ...(one.code === 'unrecognized_keys' ? one.keys : []),
+        ]);
+        if (seen.has(id)) continue;
+        seen.add(id);
+        problems.push(issueSentence(one, file, text, raw));
+      }
+    }
+    if (problems.length === 1) throw new ConfigError(problems[0]!);
+    throw new ConfigError(
+      `${file} has ${problems.length} problems; fix each of these and run again:`,
+      undefined,
+      problems,
+    );
   }
   const c = result.data;
   return {
@@ -342,7 +393,8 @@ export function parseConfig(text: string, file: string): Config {
         : DEFAULT_CONFIG.gnupgHome,
     auditSync: c['audit-sync'] ?? DEFAULT_CONFIG.auditSync,
     socket: c.socket ?? DEFAULT_CONFIG.socket,
-    relay: c.relay ?? [],
+    relay: typeof c.relay === 'string' ? [c.relay] : (c.relay ?? []),
+    tokenMaxTtlMs: c['token-max-ttl'] ?? DEFAULT_CONFIG.tokenMaxTtlMs,
     policy: (c.policy ?? []).map((r, i) => {
       const line = findLine(text, ['policy', i]);
       return toRule(r, `policy rule ${i + 1} in ${file}${line ? ` (line ${line})` : ''}`);

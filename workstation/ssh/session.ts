@@ -99,10 +99,13 @@ function printable(line: string): string {
   return line.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '?');
 }
 
-function notInstalled(host: string, remoteCommand: string): UserError {
+// keytether is not on the npm registry, so the install has to come from the user's own copy.
+function notInstalled(host: string, remoteCommand: string, software: string): UserError {
+  const tgz = `keytether-${software.slice(software.indexOf('/') + 1)}.tgz`;
   return new UserError(
-    `\`${remoteCommand}\` was not found on ${host}; install keytether there ` +
-      `(npm install -g keytether) or pass --remote-command with how to run it`,
+    `\`${remoteCommand}\` was not found on ${host}; install keytether there from a tarball ` +
+      `(npm pack in your keytether checkout, copy ${tgz} to ${host}, run npm install -g ./${tgz} there) ` +
+      `or from a git checkout on ${host} (npm install -g .), or pass --remote-command with how to run it`,
   );
 }
 
@@ -194,7 +197,7 @@ export async function runSshSession(opts: SshSessionOptions): Promise<SshSession
     !ready &&
     (code === 127 || /command not found|: not found|No such file or directory/i.test(said))
   ) {
-    throw notInstalled(opts.host, opts.remoteCommand);
+    throw notInstalled(opts.host, opts.remoteCommand, opts.software);
   }
   const served = [...lastLines].reverse().find((l) => l.startsWith('keytether serve: '));
   let why = served ? served.slice('keytether serve: '.length) : reason;
