@@ -29,7 +29,7 @@ export function describeRequester(r: Requester): string {
   const claims: string[] = [];
   if (user) claims.push(`user=${user}`);
   // With a process chain the command leads the "requested by" line that follows this one.
-  if (command && describeProcessChain(r) === undefined) claims.push(`cmd=${command}`);
+  if (command && requestedByLine(r) === undefined) claims.push(`cmd=${command}`);
   if (pid) claims.push(`pid=${pid}`);
   const said = claims.length ? [`claims ${claims.join(', ')}`] : [];
   const relayPeer = cleanField(r.relayPeer);
@@ -70,6 +70,8 @@ export function shortProcessChain(r: Pick<Requester, 'name' | 'parents'>): strin
  * undefined without one. From a server every word of it is that server's say-so.
  */
 export function requestedByLine(r: Requester): string | undefined {
+  // A bare command (no process name, no parents) is already the `cmd=` claim.
+  if (r.name === undefined && (r.parents?.length ?? 0) === 0) return undefined;
   const chain = describeProcessChain(r);
   if (chain === undefined) return undefined;
   return `requested by: ${chain}${r.front === 'local' ? '' : ' (reported by the server)'}`;
