@@ -6,7 +6,7 @@
 // socket (openHolderRuntime, the gpg-agent socket, startControlServer); the CLI commands under
 // test run as real child processes against it.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -294,15 +294,12 @@ t.test('the control socket of a running agent', async (t) => {
   );
 });
 
-t.test('keytether ssh reuses the running agent', async (t) => {
+/** A workstation home holding a new key, and a server: its GnuPG home behind a test sshd. */
+async function sshWorld(t: Test, uid: string, prefix: string) {
   const ws = await makeGnupgHome();
   t.teardown(() => ws.cleanup());
-  const key = await generateKey(ws, {
-    uid: 'Rhea Reuse <rhea@example.org>',
-    algo: 'ed25519',
-    usage: 'sign,cert',
-  });
-  const tmp = await mkdtemp('/tmp/ktsr-');
+  const key = await generateKey(ws, { uid, algo: 'ed25519', usage: 'sign,cert' });
+  const tmp = await mkdtemp(prefix);
   t.teardown(() => rm(tmp, { recursive: true, force: true }));
   const home = path.join(tmp, 'kt');
   const userHome = path.join(tmp, 'user');
@@ -312,10 +309,6 @@ t.test('keytether ssh reuses the running agent', async (t) => {
   const imp = await runCli(['keys', 'import', secrets], { env: { KEYTETHER_HOME: home } });
   t.equal(imp.code, 0, `keys import: ${imp.stderr}`);
   await rm(secrets);
-
-  const agent = await startHarnessAgent(home, path.join(tmp, 'S.gpg-agent'));
-  t.teardown(() => agent.close());
-
   const server = await makeGnupgHome();
   t.teardown(() => server.cleanup());
   const sshd = await startSshd({ env: { GNUPGHOME: server.home } });
@@ -323,28 +316,29 @@ t.test('keytether ssh reuses the running agent', async (t) => {
   const remoteSocket = (await server.run('gpgconf', ['--list-dirs', 'agent-socket'])).stdout
     .toString()
     .trim();
+  return { key, tmp, home, userHome, server, sshd, remoteSocket };
+}
 
+/** `keytether ssh` from W's home to its sshd with EXTRA options, once it says `ready:`. */
+async function startSsh(t: Test, w: Awaited<ReturnType<typeof sshWorld>>, extra: string[]) {
   const cli = await cliPath();
   const child: ChildProcess = await spawnCli(
     [
       'ssh',
-      ...ALLOW_BLIND_FLAG,
       '-p',
-      String(sshd.port),
+      String(w.sshd.port),
       '-i',
-      sshd.clientKey,
+      w.sshd.clientKey,
       '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
+      `UserKnownHostsFile=${w.sshd.knownHostsFile}`,
       '-o',
       'GlobalKnownHostsFile=/dev/null',
-      `${sshd.user}@127.0.0.1`,
+      `${w.sshd.user}@127.0.0.1`,
       '--remote-command',
       `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
-      '--remote-socket',
-      remoteSocket,
-      '--import-keys',
+      ...extra,
     ],
-    { env: { KEYTETHER_HOME: home, HOME: userHome, SSH_AUTH_SOCK: undefined } },
+    { env: { KEYTETHER_HOME: w.home, HOME: w.userHome, SSH_AUTH_SOCK: undefined } },
   );
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -358,6 +352,22 @@ t.test('keytether ssh reuses the running agent', async (t) => {
     child.kill('SIGKILL');
     throw new Error(`keytether ssh did not get ready: ${(e as Error).message}; stderr: ${stderr}`);
   }
+  return { child, stderr: () => stderr, exited };
+}
+
+t.test('keytether ssh reuses the running agent', async (t) => {
+  const w = await sshWorld(t, 'Rhea Reuse <rhea@example.org>', '/tmp/ktsr-');
+  const { key, home, server } = w;
+  const agent = await startHarnessAgent(home, path.join(w.tmp, 'S.gpg-agent'));
+  t.teardown(() => agent.close());
+  const ssh = await startSsh(t, w, [
+    ...ALLOW_BLIND_FLAG,
+    '--remote-socket',
+    w.remoteSocket,
+    '--import-keys',
+  ]);
+  const { child, exited } = ssh;
+  const stderr = ssh.stderr();
   t.match(stderr, `keytether ssh: using the running keytether agent (pid ${process.pid})\n`);
 
   const s = await server.gpg(['--batch', '--no-tty', '-u', key.fingerprint, '--detach-sign'], {
@@ -384,69 +394,19 @@ t.test('keytether ssh reuses the running agent', async (t) => {
 });
 
 t.test("keytether ssh's in-process holder answers keytether status", async (t) => {
-  const ws = await makeGnupgHome();
-  t.teardown(() => ws.cleanup());
-  const key = await generateKey(ws, {
-    uid: 'Ivo Inproc <ivo@example.org>',
-    algo: 'ed25519',
-    usage: 'sign,cert',
-  });
-  const tmp = await mkdtemp('/tmp/ktsi-');
-  t.teardown(() => rm(tmp, { recursive: true, force: true }));
-  const home = path.join(tmp, 'kt');
-  const userHome = path.join(tmp, 'user');
-  await mkdir(userHome, { mode: 0o700 });
-  const secrets = path.join(tmp, 'secret.gpg');
-  await writeFile(secrets, await exportSecretKey(ws, key.fingerprint), { mode: 0o600 });
-  const imp = await runCli(['keys', 'import', secrets], { env: { KEYTETHER_HOME: home } });
-  t.equal(imp.code, 0, `keys import: ${imp.stderr}`);
-  await rm(secrets);
-
-  const server = await makeGnupgHome();
-  t.teardown(() => server.cleanup());
-  const sshd = await startSshd({ env: { GNUPGHOME: server.home } });
-  t.teardown(() => sshd.stop());
-  const remoteSocket = (await server.run('gpgconf', ['--list-dirs', 'agent-socket'])).stdout
-    .toString()
-    .trim();
-
-  const cli = await cliPath();
+  const w = await sshWorld(t, 'Ivo Inproc <ivo@example.org>', '/tmp/ktsi-');
+  const { key, home, server } = w;
   // No agent runs for this home: ssh holds the keys itself.
-  const child: ChildProcess = await spawnCli(
-    [
-      'ssh',
-      ...ALLOW_BLIND_FLAG,
-      '--backend',
-      'builtin',
-      '-p',
-      String(sshd.port),
-      '-i',
-      sshd.clientKey,
-      '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
-      '-o',
-      'GlobalKnownHostsFile=/dev/null',
-      `${sshd.user}@127.0.0.1`,
-      '--remote-command',
-      `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
-      '--remote-socket',
-      remoteSocket,
-      '--import-keys',
-    ],
-    { env: { KEYTETHER_HOME: home, HOME: userHome, SSH_AUTH_SOCK: undefined } },
-  );
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  try {
-    await waitForLine(child.stdout!, /^ready: (.+)$/, 60_000);
-  } catch (e) {
-    child.kill('SIGKILL');
-    throw new Error(`keytether ssh did not get ready: ${(e as Error).message}; stderr: ${stderr}`);
-  }
+  const ssh = await startSsh(t, w, [
+    ...ALLOW_BLIND_FLAG,
+    '--backend',
+    'builtin',
+    '--remote-socket',
+    w.remoteSocket,
+    '--import-keys',
+  ]);
+  const { child, exited } = ssh;
+  const stderr = ssh.stderr();
   t.notMatch(stderr, /using the running keytether agent/);
 
   const before = await statusJson(home);
@@ -473,38 +433,13 @@ t.test("keytether ssh's in-process holder answers keytether status", async (t) =
   t.match(text.stdout, /^ {2}\S+ sign \S+ blind for ssh 127\.0\.0\.1( by .*)?: allowed$/m);
 
   // A second session finds the first's holder and says whose it is, and for how long.
-  const second: ChildProcess = await spawnCli(
-    [
-      'ssh',
-      '-p',
-      String(sshd.port),
-      '-i',
-      sshd.clientKey,
-      '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
-      '-o',
-      'GlobalKnownHostsFile=/dev/null',
-      `${sshd.user}@127.0.0.1`,
-      '--remote-command',
-      `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
-      '--remote-socket',
-      path.join(server.home, 'S.second'),
-    ],
-    { env: { KEYTETHER_HOME: home, HOME: userHome, SSH_AUTH_SOCK: undefined } },
-  );
-  let secondErr = '';
-  second.stderr!.on('data', (d: Buffer) => (secondErr += d.toString()));
-  const secondExited = new Promise<void>((resolve) => second.once('exit', () => resolve()));
-  t.teardown(() => {
-    if (second.exitCode === null && second.signalCode === null) second.kill('SIGKILL');
-  });
-  await waitForLine(second.stdout!, /^ready: (.+)$/, 60_000);
+  const second = await startSsh(t, w, ['--remote-socket', path.join(server.home, 'S.second')]);
   t.match(
-    secondErr,
+    second.stderr(),
     `keytether ssh: using the holder of 'keytether ssh 127.0.0.1' (pid ${child.pid}); this session ends when that one does`,
   );
-  second.kill('SIGTERM');
-  await secondExited;
+  second.child.kill('SIGTERM');
+  await second.exited;
 
   child.kill('SIGTERM');
   t.equal(await exited, 0, stderr);
