@@ -3,26 +3,18 @@
 // it, a token for the key, and `keytether connect -- CMD` as the "server" side.
 
 import type { Test } from 'tap';
+import type { AuditInput } from '../../workstation/audit/audit.js';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exportSecretKey, generateKey, makeGnupgHome, type TempGnupg } from './gnupg.js';
 import { runCli, spawnCli, waitForLine, type RunResult } from './cli.js';
 
-/** One audit record, as far as these tests read it. */
-export interface SignRecord {
-  op: string;
-  decision: string;
-  reason?: string;
-  verification?: string;
-  content?: {
-    kind: string;
-    bytes: number;
-    sha256: string;
-    summary: string;
-    files?: { proven: boolean; count?: number; first?: string[]; why?: string };
-  };
-}
+/** One audit record as the log holds it (the fields these tests read). */
+export type SignRecord = Pick<
+  AuditInput,
+  'op' | 'decision' | 'reason' | 'verification' | 'content'
+>;
 
 export interface ClearSignRig {
   ws: TempGnupg;
