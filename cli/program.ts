@@ -8,7 +8,7 @@ import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { UsageError, UserError } from './errors.js';
+import { UsageError, UserError } from '../system/user-error.js';
 import * as agent from './commands/agent.js';
 import * as audit from './commands/audit.js';
 import * as connect from './commands/connect.js';

@@ -5,7 +5,7 @@
 import { X509Certificate } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { parseRelayFingerprint, type RelayTrust } from '../protocol/relay/endpoint.js';
-import { UsageError, UserError } from './errors.js';
+import { UsageError, UserError } from '../system/user-error.js';
 
 /** A CA bundle bigger than this is not a bundle (the Mozilla roots are ~220 KiB). */
 const MAX_CA_BYTES = 1 << 20;

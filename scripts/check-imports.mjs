@@ -5,7 +5,10 @@
 //     files or spawns processes (it works on values and streams handed to it);
 //   - server/ never imports workstation/ (nothing on a server can reach the keystore);
 //   - workstation/ never imports server/;
-//   - system/ (OS helpers both ends share, such as unix sockets) imports neither of them.
+//   - system/ (what both ends share: unix sockets, peer processes, the user-facing error types)
+//     imports neither of them;
+//   - nothing below cli/ imports cli/: the command line is the top layer, so the rules read
+//     top-down.
 // Type-only imports count too: a type that crosses the boundary drags its module's assumptions.
 // Usage: node scripts/check-imports.mjs [ROOT]   (prints `file:line: message`, exits 1 on any)
 
@@ -111,6 +114,9 @@ function checkFile(file, area, violations) {
       (within(target, join(root, 'server')) || within(target, join(root, 'workstation')))
     ) {
       report(`system/ is shared by both ends and must not import '${spec}'`);
+    }
+    if (area !== 'cli' && target && within(target, join(root, 'cli'))) {
+      report(`${area}/ must not import cli/ ('${spec}'): the command line is the top layer`);
     }
     if (area === 'workstation' && target && within(target, join(root, 'server'))) {
       report(`workstation/ must not import server/ ('${spec}')`);

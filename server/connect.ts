@@ -12,7 +12,7 @@ import fs from 'node:fs/promises';
 import { constants } from 'node:os';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
-import { UserError } from '../cli/errors.js';
+import { UserError } from '../system/user-error.js';
 import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
 import type {
   DecryptRequest,

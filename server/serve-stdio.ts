@@ -13,7 +13,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { serveTunnel, tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
-import { UserError } from '../cli/errors.js';
+import { UserError } from '../system/user-error.js';
 import {
   checkSocketPlace,
   connectOwnSocket,

@@ -9,7 +9,7 @@
 import net from 'node:net';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { UserError } from '../cli/errors.js';
+import { UserError } from './user-error.js';
 
 export type SocketState = 'absent' | 'live' | 'stale' | 'not-a-socket';
 

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import t, { type Test } from 'tap';
-import { UsageError, UserError } from '../cli/errors.js';
+import { UsageError, UserError } from '../system/user-error.js';
 import {
   action,
   buildProgram,

@@ -5,7 +5,7 @@ import { chmod, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir, homedir } from 'node:os';
 import path from 'node:path';
 import * as openpgp from 'openpgp';
-import { UserError } from '../cli/errors.js';
+import { UserError } from '../system/user-error.js';
 import {
   ensureHome,
   readSecretFile,

@@ -63,6 +63,8 @@ t.test('check-imports reports each broken rule with file and line', async (t) =>
     'workstation/ok.ts':
       "import { p } from '../protocol/a.js';\nimport { Server } from 'node:net';\n",
     'cli/main.ts': "import '../server/s.js';\nimport '../workstation/w.js';\n",
+    'cli/errors.ts': 'export class E {}\n',
+    'system/s.ts': "import { E } from '../cli/errors.js';\n",
   });
   const r = await runScript('check-imports.mjs', [dir]);
   t.equal(r.code, 1);
@@ -76,13 +78,15 @@ t.test('check-imports reports each broken rule with file and line', async (t) =>
       'protocol/a.ts:6',
       'protocol/a.ts:8',
       'protocol/a.ts:9',
+      'system/s.ts:1',
       'server/s.ts:1',
       'workstation/w.ts:1',
     ],
     'exactly the violating imports, at the line of their module name',
   );
   t.match(r.stdout, /protocol\/a\.ts:6: protocol\/ must not import 'fs\/promises'/);
-  t.match(r.stderr, /6 import rule violation/);
+  t.match(r.stdout, /system\/s\.ts:1: system\/ must not import cli\//);
+  t.match(r.stderr, /7 import rule violation/);
 });
 
 t.test('tap-summary turns tap 21 totals into the closing line', async (t) => {

@@ -13,7 +13,7 @@ import { requesterWithPeer } from '../../system/peer-process.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { startControlServer } from '../../workstation/control/control.js';
 import { RelayUrlError, startRelayClients } from '../../workstation/relay/client.js';
-import { UsageError, UserError } from '../errors.js';
+import { UsageError, UserError } from '../../system/user-error.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
 import { action, collect, examples, packageVersion, resolveHome } from '../program.js';
 

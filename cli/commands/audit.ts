@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { verifyAuditLog } from '../../workstation/audit/audit.js';
-import { UserError } from '../errors.js';
+import { UserError } from '../../system/user-error.js';
 import { action, examples, resolveHome } from '../program.js';
 
 /** Verifies `file` (default `$KEYTETHER_HOME/audit.jsonl`); returns the line to print on success. */

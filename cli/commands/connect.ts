@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { parseToken } from '../../protocol/token.js';
 import { runConnect } from '../../server/connect.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../../system/user-error.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
 import { action, examples, packageVersion } from '../program.js';
 

@@ -2,7 +2,7 @@
 
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { UserError } from '../errors.js';
+import { UserError } from '../../system/user-error.js';
 import { action, examples, resolveHome } from '../program.js';
 import {
   Keystore,

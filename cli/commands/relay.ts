@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { buildRelay, listenRelay, shutdownRelay } from '../../server/relay/index.js';
-import { UsageError, UserError } from '../errors.js';
+import { UsageError, UserError } from '../../system/user-error.js';
 import { action, collect, examples } from '../program.js';
 import { TrustedProxies } from '../../server/relay/client-address.js';
 

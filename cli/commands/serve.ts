@@ -3,7 +3,7 @@
 
 import type { Command } from 'commander';
 import { serveStdio } from '../../server/serve-stdio.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../../system/user-error.js';
 import { action, examples, packageVersion } from '../program.js';
 
 interface ServeFlags {

@@ -19,7 +19,7 @@ import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
-import { UserError } from '../errors.js';
+import { UserError } from '../../system/user-error.js';
 import {
   action,
   collect,

@@ -4,7 +4,7 @@
 import { displayField } from '../../protocol/display-text.js';
 import type { Command } from 'commander';
 import { requestStatus, type StatusDocument } from '../../workstation/control/control.js';
-import { UserError } from '../errors.js';
+import { UserError } from '../../system/user-error.js';
 import { action, examples, packageVersion, resolveHome } from '../program.js';
 
 /** `9m 58s`, `1h 02m`, `45s`: remaining cache time, coarse enough to read at a glance. */

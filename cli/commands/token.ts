@@ -3,7 +3,7 @@
 import { isDisplaySafeLine } from '../../protocol/display-text.js';
 import { Option, type Command } from 'commander';
 import path from 'node:path';
-import { UsageError, UserError } from '../errors.js';
+import { UsageError, UserError } from '../../system/user-error.js';
 import {
   action,
   collect,

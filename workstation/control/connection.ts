@@ -5,7 +5,7 @@ import net from 'node:net';
 import { checkSocketPlace } from '../../system/unix-socket.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 
 export const CONTROL_SOCKET_NAME = 'S.keytether';
 const MAX_LINE_BYTES = 512;

@@ -15,7 +15,7 @@ import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { AuditInput, AuditLog } from '../audit/audit.js';
 import { shortProcessChain } from '../backends/requester-text.js';
 import { listenUnix, probeSocket } from '../holder/local-socket.js';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { inventoryWatcher } from '../holder/holder.js';
 import { TokenRegistry } from '../tokens/tokens.js';
 import {

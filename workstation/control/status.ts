@@ -5,7 +5,7 @@ import { displayField } from '../../protocol/display-text.js';
 import { z } from 'zod';
 import type { Requester } from '../../protocol/keyholder.js';
 import { MAX_LABEL_CHARS } from '../../protocol/token.js';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 const MAX_STATUS_BYTES = 1 << 20;

@@ -15,7 +15,7 @@ import {
   type TunnelClient,
   type TunnelServerHandle,
 } from '../../protocol/tunnel/index.js';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 export function parseTunnelHost(encoded: string): string | undefined {

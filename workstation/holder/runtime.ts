@@ -16,7 +16,7 @@ import type { Backend } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
 import { GpgAgentBackend } from '../backends/gpg-agent.js';
 import type { CommandObserver } from '../backends/agent-connection.js';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 
 export interface HolderRuntime {
   holder: Holder;

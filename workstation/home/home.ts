@@ -6,7 +6,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 
 export function resolveHome(env: NodeJS.ProcessEnv = process.env): string {
   const explicit = env.KEYTETHER_HOME;

@@ -12,7 +12,7 @@ import {
   sign as cryptoSign,
   type KeyObject,
 } from 'node:crypto';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { holderIdFromPublicKey } from '../../protocol/relay/identity.js';
 import { ensureHome, readSecretFile } from './home.js';
 

@@ -2,7 +2,7 @@
 // sentence for every way that input can be wrong.
 
 import * as openpgp from 'openpgp';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 
 /** More than any real keyring export; stops a wrong file (a disk image…) from being parsed. */
 export const MAX_IMPORT_BYTES = 16 * 1024 * 1024;

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import * as openpgp from 'openpgp';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { ErrorCode, GpgError, gpgErr } from '../../protocol/gpg-error.js';
 import type { Certificate, Inventory, KeyEntry, KeyUsage } from '../../protocol/keyholder.js';
 import { publicKeySexp } from '../../protocol/keygrip.js';

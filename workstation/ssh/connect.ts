@@ -4,7 +4,7 @@
 
 import ssh2 from 'ssh2';
 import type { AuthMethod, Client, ClientChannel, ConnectConfig } from 'ssh2';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import type { SshTarget } from './config.js';
 import { CountingAgent, IdentityFileAgent } from './identity-agent.js';
 import type { AskPassphrase } from './identity-agent.js';

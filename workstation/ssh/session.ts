@@ -6,7 +6,7 @@ import type { Client, ClientChannel } from 'ssh2';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import { claimedRequester } from '../../protocol/keyholder.js';
 import { serveTunnel } from '../../protocol/tunnel/index.js';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { inventoryWatcher } from '../holder/holder.js';
 import { execChannel, shellQuote, sshLastError } from './connect.js';
 

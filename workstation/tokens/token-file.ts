@@ -15,7 +15,7 @@ import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { TOKEN_ID_RE, TokenPayloadSchema } from '../../protocol/token.js';
 import { readSecretFile, writeSecretFile } from '../home/home.js';
 import { UseJournal } from './use-journal.js';

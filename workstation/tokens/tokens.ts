@@ -4,7 +4,7 @@
 // filter.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import {
   TOKEN_SECRET_BYTES,
   TokenPayloadSchema,

@@ -10,7 +10,7 @@
 import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { UserError } from '../../cli/errors.js';
+import { UserError } from '../../system/user-error.js';
 import { writeSecretFile } from '../home/home.js';
 
 export const USES_FILE = 'tokens.uses';

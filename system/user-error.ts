@@ -1,5 +1,5 @@
-// Expected failures carry a one-sentence message for the user and an exit status; the CLI entry
-// point prints `keytether <command>: <message>` and exits with it, never a stack trace.
+// Expected failures, raised by every layer above protocol/, carry a one-sentence message for the
+// user and an exit status; the CLI entry point prints `keytether <command>: <message>` and exits with it, never a stack trace.
 
 /** A failure the user can act on: exit status 1. The message says what failed, why, what to do. */
 export class UserError extends Error {
