@@ -328,6 +328,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
       socketPath,
       holder,
       front: 'relay',
+      ...(temp ? { payloadDir: temp.home } : {}),
       onEvent: (e) => {
         // Refusals from the holder carry a one-line reason that gpg itself does not print.
         if (e.error && e.error.code !== ErrorCode.CANCELED && e.error.detail) {

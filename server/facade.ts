@@ -10,6 +10,7 @@ import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
 import { collectCommitObjects } from './commit-objects.js';
+import { payloadFileReader } from './payload-file.js';
 
 export interface FacadeOptions {
   /** A free path (absent, or a stale socket already removed). */
@@ -20,6 +21,8 @@ export interface FacadeOptions {
   onEvent?: (e: AgentEvent) => void;
   /** How the process behind each connection is found; `false` skips the lookup. */
   peerLookup?: PeerLookupOptions | false;
+  /** Where `keytether git-sign` was written: its shell half leaves payload files there. */
+  payloadDir?: string;
 }
 
 export interface Facade {
@@ -53,7 +56,12 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   const requester = localRequester(opts.front ?? 'ssh');
   let closing: Promise<void> | undefined;
   // `keytether git-sign` hands the payload over on one connection, gpg signs on another.
-  const content = new ContentStore({ collectObjects: collectCommitObjects });
+  const content = new ContentStore({
+    collectObjects: collectCommitObjects,
+    ...(opts.payloadDir !== undefined
+      ? { readPayloadFile: payloadFileReader(opts.payloadDir) }
+      : {}),
+  });
 
   const server = await listenAt(opts.socketPath, (sock) => {
     if (closing) {

@@ -12,8 +12,13 @@ import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import path from 'node:path';
 import { AssuanClient } from '../protocol/assuan/index.js';
-import { CONTENT_COMMAND, CONTENT_TAG } from '../protocol/agent/index.js';
-import { MAX_CONTENT_BYTES, type ContentKind, type SignContent } from '../protocol/keyholder.js';
+import {
+  CONTENT_COMMAND,
+  CONTENT_FILE_TAG,
+  CONTENT_TAG,
+  contentKind,
+} from '../protocol/agent/index.js';
+import { MAX_CONTENT_BYTES, type SignContent } from '../protocol/keyholder.js';
 import { gnupgDirs } from './gnupg-dirs.js';
 
 export interface SignInvocation {
@@ -87,16 +92,6 @@ export function signInvocation(args: readonly string[]): SignInvocation | undefi
   if (other || (!sign && !clear) || files.length > 1) return undefined;
   if (files[0] === '-') files.length = 0;
   return { mode: clear ? 'clearsign' : text ? 'text' : 'binary', files };
-}
-
-/** What git hands a gpg.program, from the payload's first line. */
-export function contentKind(data: Uint8Array, fromStdin: boolean): ContentKind {
-  if (!fromStdin) return 'file';
-  const head = Buffer.from(data.subarray(0, 64)).toString('latin1');
-  if (/^tree [0-9a-f]{40,64}\n/.test(head)) return 'git-commit';
-  if (/^object [0-9a-f]{40,64}\n/.test(head)) return 'git-tag';
-  if (head.startsWith('certificate version ')) return 'git-push';
-  return 'file';
 }
 
 /** libassuan's socket redirect file (`%Assuan%\nsocket=PATH`), as test homes and Gpg4win use. */
@@ -179,19 +174,19 @@ const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 /**
  * The shell half of the shim, for the one call that matters for speed: git signing an object
  * (`--status-fd=2 -bsau KEY`, the payload on stdin), which would otherwise pay Node's start-up
- * (~40 ms) on every commit, rebase step and tag. gpg-connect-agent (in gpgconf, so wherever gpg
- * is) carries the payload to the facade with the same KEYTETHER_CONTENT exchange as
- * handOver(); the payload's first line names the kind as contentKind() does. It starts two
- * programs (cat, gpg-connect-agent) besides gpg: each costs milliseconds, so the rest is shell
- * built-ins, the payload is kept in the shim's own private directory, and the facade takes the
- * time itself. Any other call, or any step that fails, goes to the Node shim or straight to gpg:
- * never a lost signature.
+ * (~40 ms) on every commit, rebase step and tag. It starts one program (cat) besides gpg, since
+ * each costs milliseconds. It leaves the payload in `.payload.<pid>` in the GnuPG home it was
+ * written for (the facade's, private to the user; named here, so a copy of the shim works too)
+ * and where its git runs in `.payload.<pid>.repo` (by the printf built-in), and tags gpg's
+ * connection with `keytether-file=<pid>`; the facade reads both (server/payload-file.ts) while
+ * gpg talks to it. It waits for gpg rather than exec it, so the files go when gpg is done. Any
+ * other call, or any step that fails, goes to the Node shim or straight to gpg: never a lost
+ * signature.
  */
-function fastPath(): string {
+function fastPath(dir: string): string {
   return `tmp=
-if [ "$#" = 3 ] && [ "$1" = --status-fd=2 ] && [ "$2" = -bsau ] &&
-  command -v gpg-connect-agent >/dev/null 2>&1; then
-  tmp="\${0%/*}/.payload.$$"
+if [ "$#" = 3 ] && [ "$1" = --status-fd=2 ] && [ "$2" = -bsau ]; then
+  tmp=${shellQuote(dir)}/.payload.$$
   case "$tmp" in /*[!A-Za-z0-9/._-]* | [!/]*) tmp= ;; esac
 fi
 if [ -n "$tmp" ]; then
@@ -199,42 +194,25 @@ if [ -n "$tmp" ]; then
   # redirection does not end the shell.
   set -C
   { true > "$tmp"; } 2>/dev/null || tmp=
+  if [ -n "$tmp" ] && ! { printf 'cwd=%s\nGIT_DIR=%s\nGIT_COMMON_DIR=%s\nGIT_OBJECT_DIRECTORY=%s\nGIT_ALTERNATE_OBJECT_DIRECTORIES=%s\n' \
+    "$PWD" "\${GIT_DIR-}" "\${GIT_COMMON_DIR-}" "\${GIT_OBJECT_DIRECTORY-}" \
+    "\${GIT_ALTERNATE_OBJECT_DIRECTORIES-}" > "$tmp.repo"; } 2>/dev/null; then
+    rm -f "$tmp"
+    tmp=
+  fi
   set +C
 fi
 if [ -n "$tmp" ]; then
-  cat >> "$tmp"
-  exec 3< "$tmp"
-  IFS= read -r first < "$tmp" || :
-  repo=
-  case "$first" in
-    'tree '*) kind=git-commit repo=' --repo' ;;
-    'object '*) kind=git-tag ;;
-    'certificate version '*) kind=git-push ;;
-    *) kind=file ;;
-  esac
-  KEYTETHER_REPO="cwd=$PWD
-GIT_DIR=\${GIT_DIR-}
-GIT_COMMON_DIR=\${GIT_COMMON_DIR-}
-GIT_OBJECT_DIRECTORY=\${GIT_OBJECT_DIRECTORY-}
-GIT_ALTERNATE_OBJECT_DIRECTORIES=\${GIT_ALTERNATE_OBJECT_DIRECTORIES-}"
-  export KEYTETHER_REPO
-  out=$(gpg-connect-agent --no-autostart --quiet "/definqfile CONTENT $tmp" \\
-    "/definq REPO KEYTETHER_REPO" "${CONTENT_COMMAND} --kind=$kind --mode=binary$repo" /bye 2>/dev/null)
-  rm -f "$tmp"
-  # The nonce is the one data line; status lines (S INQUIRE_MAXLEN) may come before it.
-  nl='
-'
-  nonce=
-  case "$out" in
-    'D '*) nonce=\${out#D } ;;
-    *"\${nl}D "*) nonce=\${out#*"\${nl}D "} ;;
-  esac
-  nonce=\${nonce%%[!A-Za-z0-9_-]*}
-  if [ "\${#nonce}" = 22 ]; then
-    PINENTRY_USER_DATA="\${PINENTRY_USER_DATA:+$PINENTRY_USER_DATA }${CONTENT_TAG}$nonce"
-    export PINENTRY_USER_DATA
-  fi
-  exec "\${KEYTETHER_GPG:-gpg}" "$@" <&3 3<&-
+  trap 'rm -f "$tmp" "$tmp.repo"' EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  # A payload read short is never signed: gpg would sign what arrived.
+  cat >> "$tmp" || exit 2
+  PINENTRY_USER_DATA="\${PINENTRY_USER_DATA:+$PINENTRY_USER_DATA }${CONTENT_FILE_TAG}$$"
+  export PINENTRY_USER_DATA
+  "\${KEYTETHER_GPG:-gpg}" "$@" < "$tmp"
+  exit
 fi
 `;
 }
@@ -248,7 +226,7 @@ export async function writeGitSignProgram(dir: string): Promise<string> {
   const file = path.join(dir, 'keytether-git-sign');
   const script =
     `#!/bin/sh\n# keytether git-sign (gpg.program), written by keytether for this build\n` +
-    `${fastPath()}exec ${shellQuote(process.execPath)} ${shellQuote(main)} "$@"\n`;
+    `${fastPath(dir)}exec ${shellQuote(process.execPath)} ${shellQuote(main)} "$@"\n`;
   // Written aside and renamed: a git of another session may be running the old one right now.
   const aside = `${file}.${process.pid}.tmp`;
   await writeFile(aside, script, { mode: 0o700 });

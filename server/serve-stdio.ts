@@ -172,7 +172,12 @@ async function runServing(s: Session): Promise<number | 'retry'> {
   process.on('exit', removeAtExit);
   let facade: Facade | undefined;
   try {
-    facade = await startFacade({ socketPath: s.socketPath, holder: set, front: 'ssh' });
+    facade = await startFacade({
+      socketPath: s.socketPath,
+      holder: set,
+      front: 'ssh',
+      payloadDir: s.homedir,
+    });
     await s.up();
     const removeOwn = set.add(s.own);
     void s.own.closed.then(removeOwn);

@@ -104,9 +104,14 @@ t.test('git signs every kind of object through the shim, each verified', async (
       `echo shell > '${repo}/shell.txt' && ${git} add shell.txt`,
       `${git} -c gpg.program='${shellOnly}' commit -q -S -m 'shell only'`,
       `${git} verify-commit HEAD`,
+      // The payload files the shell shim left for the facade are gone with its gpg.
+      `ls -a "$GNUPGHOME" > '${tmp}/home-after.txt'`,
     ].join(' && '),
   );
   t.equal(r2.code, 0, r2.stderr);
+  const homeAfter = await readFile(path.join(tmp, 'home-after.txt'), 'utf8');
+  t.ok(homeAfter.includes('keytether-git-sign'), 'the listing is of the shim’s directory');
+  t.notMatch(homeAfter, /\.payload\./, 'no payload file is left behind');
   const last = (await rig.signs()).at(-1);
   t.match(last, {
     verification: 'verified',

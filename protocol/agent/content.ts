@@ -18,6 +18,12 @@
 // shim keeps the shim a few lines of shell that need no Node (server/git-sign.ts).
 //
 // A stock gpg-agent answers "Unknown IPC command", and the shim then runs gpg as it is.
+//
+// The shell half of the shim skips that exchange, which costs it a gpg-connect-agent process on
+// every commit: it leaves the payload in a file of the directory it lives in (the facade's GnuPG
+// home, private to the user) and tags gpg's connection with `keytether-file=<number>` instead.
+// The facade reads that file itself (server/payload-file.ts) from the moment the connection names
+// a key, so the objects are read while gpg is still talking.
 
 import { randomBytes } from 'node:crypto';
 import type { AssuanCommandContext } from '../assuan/index.js';
@@ -30,7 +36,10 @@ import { parseArgs, paramError } from './args.js';
 export const CONTENT_COMMAND = 'KEYTETHER_CONTENT';
 /** The PINENTRY_USER_DATA prefix that names a payload; anything else in it is left alone. */
 export const CONTENT_TAG = 'keytether-req=';
+/** The PINENTRY_USER_DATA prefix that names a payload file the shell shim left for the facade. */
+export const CONTENT_FILE_TAG = 'keytether-file=';
 const NONCE_RE = /^[A-Za-z0-9_-]{22}$/;
+const FILE_ID_RE = /^[0-9]{1,10}$/;
 const KINDS: ReadonlySet<string> = new Set(['git-commit', 'git-tag', 'git-push', 'file']);
 const MODES: ReadonlySet<string> = new Set(['binary', 'text', 'clearsign']);
 const MAX_NAME_CHARS = 1024;
@@ -43,11 +52,29 @@ const REPO_VARIABLES: ReadonlySet<string> = new Set([
   'GIT_ALTERNATE_OBJECT_DIRECTORIES',
 ]);
 
+/** What git hands a gpg.program, from the payload's first line. */
+export function contentKind(data: Uint8Array, fromStdin: boolean): ContentKind {
+  if (!fromStdin) return 'file';
+  const head = Buffer.from(data.subarray(0, 64)).toString('latin1');
+  if (/^tree [0-9a-f]{40,64}\n/.test(head)) return 'git-commit';
+  if (/^object [0-9a-f]{40,64}\n/.test(head)) return 'git-tag';
+  if (head.startsWith('certificate version ')) return 'git-push';
+  return 'file';
+}
+
 /** Where the shim's git runs: its directory and the variables that locate the repository. */
 export interface RepoLocation {
   cwd: string;
   env: Record<string, string>;
 }
+
+/**
+ * Reads the payload file the shell shim left under ID, and where its git runs (server side: it
+ * opens files); undefined when there is no such file or it is not one the shim could have left.
+ */
+export type PayloadFileReader = (
+  id: string,
+) => Promise<{ content: SignContent; repo?: RepoLocation } | undefined>;
 
 /** Reads the objects that prove a commit's changed files (server side: it runs git). */
 export type ObjectCollector = (
@@ -88,6 +115,7 @@ export class ContentStore {
   readonly #ttlMs: number;
   readonly #now: () => number;
   readonly #collect: ObjectCollector | undefined;
+  readonly #readFile: PayloadFileReader | undefined;
 
   constructor(
     opts: {
@@ -95,12 +123,32 @@ export class ContentStore {
       ttlMs?: number;
       now?: () => number;
       collectObjects?: ObjectCollector;
+      readPayloadFile?: PayloadFileReader;
     } = {},
   ) {
     this.#maxEntries = opts.maxEntries ?? 8;
     this.#ttlMs = opts.ttlMs ?? 120_000;
     this.#now = opts.now ?? Date.now;
     this.#collect = opts.collectObjects;
+    this.#readFile = opts.readPayloadFile;
+  }
+
+  /**
+   * The payload a connection's PINENTRY_USER_DATA names: a nonce handed out by
+   * KEYTETHER_CONTENT, or a payload file, read now, with its commit's objects collected.
+   */
+  async tagged(pinentryUserData: string | undefined): Promise<SignContent | undefined> {
+    const tag = contentTag(pinentryUserData);
+    if (tag?.kind === 'nonce') return this.take(tag.value);
+    if (tag?.kind !== 'file' || !this.#readFile) return undefined;
+    const found = await this.#readFile(tag.value).catch(() => undefined);
+    if (!found) return undefined;
+    const { content, repo } = found;
+    const objects =
+      repo && this.#collect && content.kind === 'git-commit'
+        ? await this.#collect(content.data, repo).catch(() => undefined)
+        : undefined;
+    return objects && objects.length > 0 ? { ...content, objects } : content;
   }
 
   /**
@@ -142,15 +190,52 @@ export class ContentStore {
   }
 }
 
-/** The nonce in a PINENTRY_USER_DATA value such as `keytether-req=<nonce>`, if there is one. */
-export function contentNonce(pinentryUserData: string | undefined): string | undefined {
+/**
+ * What a PINENTRY_USER_DATA value such as `keytether-req=<nonce>` or `keytether-file=<id>` names,
+ * if anything; the last well-formed tag wins, anything else in the value is left alone.
+ */
+export function contentTag(
+  pinentryUserData: string | undefined,
+): { kind: 'nonce' | 'file'; value: string } | undefined {
   if (!pinentryUserData) return undefined;
-  for (const part of pinentryUserData.split(/[ ,;]/)) {
-    if (!part.startsWith(CONTENT_TAG)) continue;
-    const nonce = part.slice(CONTENT_TAG.length);
-    if (NONCE_RE.test(nonce)) return nonce;
+  // The last tag: a shim appends its own to whatever value it inherited.
+  for (const part of pinentryUserData.split(/[ ,;]/).reverse()) {
+    if (part.startsWith(CONTENT_TAG)) {
+      const nonce = part.slice(CONTENT_TAG.length);
+      if (NONCE_RE.test(nonce)) return { kind: 'nonce', value: nonce };
+    } else if (part.startsWith(CONTENT_FILE_TAG)) {
+      const id = part.slice(CONTENT_FILE_TAG.length);
+      if (FILE_ID_RE.test(id)) return { kind: 'file', value: id };
+    }
   }
   return undefined;
+}
+
+/**
+ * One connection's view of the store: the payload its tag names, looked up as soon as a key is
+ * named and taken by one PKSIGN; a later PKSIGN gets it only if the tag changes.
+ */
+export class TaggedContent {
+  readonly #store: ContentStore;
+  #tag: string | undefined;
+  #content: Promise<SignContent | undefined> | undefined;
+
+  constructor(store: ContentStore) {
+    this.#store = store;
+  }
+
+  prefetch(pinentryUserData: string | undefined): void {
+    if (this.#content && this.#tag === pinentryUserData) return;
+    this.#tag = pinentryUserData;
+    this.#content = this.#store.tagged(pinentryUserData).catch(() => undefined);
+  }
+
+  take(pinentryUserData: string | undefined): Promise<SignContent | undefined> {
+    this.prefetch(pinentryUserData);
+    const content = this.#content!;
+    this.#content = Promise.resolve(undefined);
+    return content;
+  }
 }
 
 export async function registerContent(

@@ -9,7 +9,7 @@ import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
 import type { KeyHolder, Requester } from '../keyholder.js';
 import { parseArgs, paramError } from './args.js';
 import { FORBIDDEN_COMMANDS } from './forbidden.js';
-import { CONTENT_COMMAND, registerContent, type ContentStore } from './content.js';
+import { CONTENT_COMMAND, registerContent, TaggedContent, type ContentStore } from './content.js';
 import { getInfo } from './getinfo.js';
 import { haveKey, keyInfo, readKey, type KeyCommandContext } from './keys.js';
 import { applyOption } from './options.js';
@@ -25,8 +25,14 @@ import { AgentSession } from './session.js';
 import { AGENT_VERSION, newestVersion } from './version.js';
 
 export { FORBIDDEN_COMMANDS } from './forbidden.js';
-export { CONTENT_COMMAND, CONTENT_TAG, ContentStore, contentNonce } from './content.js';
-export type { ObjectCollector, RepoLocation } from './content.js';
+export {
+  CONTENT_COMMAND,
+  CONTENT_FILE_TAG,
+  CONTENT_TAG,
+  ContentStore,
+  contentKind,
+} from './content.js';
+export type { ObjectCollector, PayloadFileReader, RepoLocation } from './content.js';
 
 export { AGENT_VERSION, compareVersions, newestVersion } from './version.js';
 
@@ -81,19 +87,24 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
   const requesterNow = (): Promise<Requester> =>
     (requester ??=
       typeof opts.requester === 'function' ? opts.requester() : Promise.resolve(opts.requester));
+  const tagged = opts.content ? new TaggedContent(opts.content) : undefined;
   const ops: OperationContext = {
     holder: opts.holder,
     session,
     get requester() {
       return requesterNow();
     },
-    ...(opts.content ? { content: opts.content } : {}),
+    ...(tagged ? { content: tagged } : {}),
   };
-  /** A key is named: what will sign or decrypt is near, so who asks is looked up from now on. */
+  /**
+   * A key is named: what will sign or decrypt is near, so who asks, and the payload the
+   * connection is tagged with, are looked up from now on.
+   */
   const naming =
     (handler: AssuanHandler): AssuanHandler =>
     (ctx) => {
       void requesterNow();
+      tagged?.prefetch(session.env.get('PINENTRY_USER_DATA'));
       return handler(ctx);
     };
   const version = opts.version ?? AGENT_VERSION;

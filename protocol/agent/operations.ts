@@ -7,7 +7,7 @@ import { ErrorCode, GpgError } from '../gpg-error.js';
 import type { KeyHolder, Requester } from '../keyholder.js';
 import { parseSexp, type Sexp } from '../sexp.js';
 import { paramError, parseArgs, parseKeygrip, parseSetHash } from './args.js';
-import { contentNonce, type ContentStore } from './content.js';
+import type { TaggedContent } from './content.js';
 import type { AgentSession } from './session.js';
 
 /** gpg-agent's MAXLEN_CIPHERTEXT: the largest enc-val accepted in answer to INQUIRE CIPHERTEXT. */
@@ -20,7 +20,7 @@ export interface OperationContext {
   holder: KeyHolder;
   session: AgentSession;
   requester: Requester | Promise<Requester>;
-  content?: ContentStore;
+  content?: TaggedContent;
 }
 
 export function setKey(ctx: AssuanCommandContext, session: AgentSession): void {
@@ -66,8 +66,7 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
   // The real agent fails a PKSIGN without SIGKEY this way (checked with gpg-agent 2.2.40).
   if (session.keygrip === undefined) throw new GpgError(ErrorCode.NO_SECKEY);
   if (session.hash === undefined) throw new GpgError(ErrorCode.MISSING_VALUE, 'no hash set');
-  const nonce = contentNonce(session.env.get('PINENTRY_USER_DATA'));
-  const content = nonce !== undefined ? await c.content?.take(nonce) : undefined;
+  const content = await c.content?.take(session.env.get('PINENTRY_USER_DATA'));
   const requester = await c.requester;
   const sig = await c.holder.sign(
     {
