@@ -84,9 +84,13 @@ t.test('what gpg sent is found from data, key and time', async (t) => {
   await waitForLine(agent.stdout!, /^ready: /, 30_000);
   const pub = (await ws.gpg(['--batch', '--export'])).stdout;
 
-  const data = Buffer.from('release 1.0\n\ttabbed line  \r\nno final newline \t');
-  const file = path.join(tmp, 'data.txt');
-  await writeFile(file, data);
+  const small = Buffer.from('release 1.0\n\ttabbed line  \r\nno final newline \t');
+  // Over the size up to which each header is hashed with the data whole (v4-digest.ts): this
+  // one is hashed once per mode and each header on a copy of that state.
+  const large = Buffer.from('a long line of release notes \t \r\n'.repeat(100) + 'end');
+  const files = { small: path.join(tmp, 'small.txt'), large: path.join(tmp, 'large.txt') };
+  await writeFile(files.small, small);
+  await writeFile(files.large, large);
   const lastSign = async () => {
     const recs = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
       .split('\n')
@@ -94,18 +98,22 @@ t.test('what gpg sent is found from data, key and time', async (t) => {
       .map((l) => JSON.parse(l) as { op: string; digest: string; hashAlgo: string; time: string });
     return recs.filter((r) => r.op === 'sign').at(-1)!;
   };
-  const cases: [string, string[], 'binary' | 'text' | 'clearsign', boolean][] = [
-    ['detached', ['-b'], 'binary', false],
-    ['--textmode', ['-b', '--textmode'], 'text', false],
-    ['--clearsign', ['--clearsign'], 'clearsign', false],
-    ['inline --sign', ['--sign'], 'binary', false],
-    ["git's -bsau", ['--status-fd=2', '-bsa'], 'binary', true],
+  const cases: [string, string[], 'binary' | 'text' | 'clearsign', boolean, 'small' | 'large'][] = [
+    ['detached', ['-b'], 'binary', false, 'small'],
+    ['--textmode', ['-b', '--textmode'], 'text', false, 'small'],
+    ['--clearsign', ['--clearsign'], 'clearsign', false, 'small'],
+    ['inline --sign', ['--sign'], 'binary', false, 'small'],
+    ["git's -bsau", ['--status-fd=2', '-bsa'], 'binary', true, 'small'],
+    ['detached, 3 KiB', ['-b'], 'binary', false, 'large'],
+    ['--clearsign, 3 KiB', ['--clearsign'], 'clearsign', false, 'large'],
   ];
   for (const client of gpgClients()) {
     const g = await clientHome(socket, pub, client.gpg);
     t.teardown(() => g.cleanup());
     for (const key of [rsa, ed]) {
-      for (const [name, args, mode, byMail] of cases) {
+      for (const [name, args, mode, byMail, size] of cases) {
+        const data = size === 'small' ? small : large;
+        const file = files[size];
         for (const by of byMail ? ['mail'] : ['fpr', 'mail']) {
           await t.test(`${client.label} ${key.algo} ${name} -u ${by}`, async (t) => {
             const who = by === 'fpr' ? key.fingerprint : /<(.*)>/.exec(key.uid)![1]!;
