@@ -44,6 +44,17 @@ const PIECES = [
   },
   // dialog-fit.test.ts draws pinentry-curses in an 80×24 tmux pane and presses its keys.
   { program: 'tmux', pkg: 'tmux', optional: 'the 80×24 pinentry-curses test is skipped' },
+  // systemd-units.test.ts checks deploy/systemd/ and socket-activates a real keytether agent.
+  {
+    program: 'systemd-analyze',
+    pkg: 'systemd',
+    optional: 'the systemd unit checks are skipped',
+  },
+  {
+    program: 'systemd-socket-activate',
+    pkg: 'systemd',
+    optional: 'the socket activation test is skipped',
+  },
 ];
 
 const env = process.env;

@@ -9,6 +9,7 @@
 import net from 'node:net';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { takeActivatedSocket } from './socket-activation.js';
 import { UserError } from './user-error.js';
 
 export type SocketState = 'absent' | 'live' | 'stale' | 'not-a-socket';
@@ -137,27 +138,37 @@ export async function listenAt(
   // Created owner-only, so there is no moment between bind and chmod when others could connect.
   const oldMask = process.umask(0o177);
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(p, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listening(server, p);
   } finally {
     process.umask(oldMask);
   }
-  // After listen an accept failure (EMFILE…) is emitted on the server; unhandled it would end the
-  // whole process. It is reported once; the server keeps accepting when it can.
+  reportAcceptErrors(server, p);
+  // The directory is owner-only as well; this keeps the socket private where it is not.
+  await fs.chmod(p, 0o600);
+  return server;
+}
+
+function listening(server: net.Server, at: string | { fd: number }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * After listen an accept failure (EMFILE…) is emitted on the server; unhandled it would end the
+ * whole process. It is reported once; the server keeps accepting when it can.
+ */
+function reportAcceptErrors(server: net.Server, p: string): void {
   let reported = false;
   server.on('error', (e: NodeJS.ErrnoException) => {
     if (reported) return;
     reported = true;
     process.stderr.write(`keytether: accepting on ${p} failed: ${e.code ?? 'error'}\n`);
   });
-  // The directory is owner-only as well; this keeps the socket private where it is not.
-  await fs.chmod(p, 0o600);
-  return server;
 }
 
 /**
@@ -170,6 +181,15 @@ export async function listenReplacingStale(
   onConnection: (sock: net.Socket) => void,
   live: string,
 ): Promise<net.Server> {
+  // A socket the service manager made for P (systemd socket activation) is used as it is: the
+  // unit chose its mode, and connections may already wait on it.
+  const fd = takeActivatedSocket(p);
+  if (fd !== undefined) {
+    const server = net.createServer({ allowHalfOpen: true }, onConnection);
+    await listening(server, { fd });
+    reportAcceptErrors(server, p);
+    return server;
+  }
   await ensureSocketDir(p);
   const state = await probeSocket(p);
   if (state === 'live') throw new UserError(live);

@@ -21,7 +21,16 @@ const FIXED = [
   '/usr/sbin/sshd',
   '/usr/bin/pinentry-curses',
 ];
-const ON_PATH = ['git', 'ssh', 'ssh-keygen', 'python3', 'openssl', 'tmux'];
+const ON_PATH = [
+  'git',
+  'ssh',
+  'ssh-keygen',
+  'python3',
+  'openssl',
+  'tmux',
+  'systemd-analyze',
+  'systemd-socket-activate',
+];
 // Real tools scripts/fetch-gpg24.sh needs to get as far as its cache check or its dpkg check.
 const BASICS = ['bash', 'sh', 'head', 'grep', 'dirname', 'mktemp', 'rm', 'mkdir', 'cat', 'chmod'];
 

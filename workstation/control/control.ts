@@ -15,6 +15,7 @@ import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { AuditInput, AuditLog } from '../audit/audit.js';
 import { shortProcessChain } from '../backends/requester-text.js';
 import { listenUnix, probeSocket } from '../holder/local-socket.js';
+import { isActivatedSocket } from '../../system/socket-activation.js';
 import { UserError } from '../../system/user-error.js';
 import { inventoryWatcher } from '../holder/holder.js';
 import { TokenRegistry } from '../tokens/tokens.js';
@@ -106,7 +107,8 @@ export async function startControlServer(
       `the control socket path ${socketPath} is too long for a unix socket; use a shorter KEYTETHER_HOME`,
     );
   }
-  if ((await probeSocket(socketPath)) === 'live') {
+  // A socket systemd passed answers because systemd holds it, not because another agent does.
+  if (!isActivatedSocket(socketPath) && (await probeSocket(socketPath)) === 'live') {
     throw new UserError(
       `another keytether agent is already running for ${opts.home}; stop it first (keytether status shows its pid)`,
     );
