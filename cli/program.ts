@@ -12,6 +12,7 @@ import { UsageError, UserError } from '../system/user-error.js';
 import * as agent from './commands/agent.js';
 import * as audit from './commands/audit.js';
 import * as connect from './commands/connect.js';
+import * as doctor from './commands/doctor.js';
 import * as keys from './commands/keys.js';
 import * as relay from './commands/relay.js';
 import * as serve from './commands/serve.js';
@@ -40,6 +41,7 @@ const COMMAND_MODULES: readonly CommandModule[] = [
   token,
   status,
   audit,
+  doctor,
   relay,
   connect,
   serve,
