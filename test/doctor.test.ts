@@ -17,7 +17,7 @@ import {
 } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { runCli, spawnCli, waitForLine } from './support/cli.js';
+import { importIntoKeytether, runCli, spawnCli, waitForLine } from './support/cli.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { SCRIPTED_PINENTRY } from './support/pinentry-script.js';
 
@@ -70,10 +70,7 @@ t.test(
     const home = await mkdtemp('/tmp/ktdoc-');
     t.teardown(() => rm(home, { recursive: true, force: true }));
     const env = { KEYTETHER_HOME: home };
-    const f = path.join(home, 'k.gpg');
-    await writeFile(f, await exportSecretKey(ws, key.fingerprint), { mode: 0o600 });
-    t.equal((await runCli(['keys', 'import', f], { env })).code, 0);
-    await rm(f);
+    await importIntoKeytether(await exportSecretKey(ws, key.fingerprint), env);
     await writeFile(
       path.join(home, 'config.toml'),
       `pinentry-program = "${SCRIPTED_PINENTRY}"\nbackend = "builtin"\n`,

@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { testNeeding } from './support/ci.js';
-import { cliPath, repoRoot, runCli, waitForLine } from './support/cli.js';
+import { cliPath, importIntoKeytether, repoRoot, runCli, waitForLine } from './support/cli.js';
 import { clientHome, exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { parseConfig } from '../workstation/home/config.js';
 
@@ -115,10 +115,7 @@ testNeeding(
     t.teardown(() => rm(tmp, { recursive: true, force: true }));
     // HOME is the unit's %h; KEYTETHER_HOME is left to its default, which the unit's paths name.
     const env = { HOME: tmp, KEYTETHER_HOME: undefined, XDG_DATA_HOME: undefined };
-    const secret = path.join(tmp, 'k.gpg');
-    await writeFile(secret, await exportSecretKey(ws, key.fingerprint), { mode: 0o600 });
-    const imp = await runCli(['keys', 'import', secret], { env });
-    t.equal(imp.code, 0, imp.stderr);
+    await importIntoKeytether(await exportSecretKey(ws, key.fingerprint), env);
 
     const socketUnit = await readFile(path.join(unitsDir, 'keytether-agent.socket'), 'utf8');
     const paths = [...socketUnit.matchAll(/^ListenStream=(.+)$/gm)].map((m) =>

@@ -222,3 +222,15 @@ export function waitForLine(
     stream.on('end', onEnd);
   });
 }
+
+/**
+ * Imports SECRET (what `gpg --export-secret-keys` wrote) into the keytether home ENV names
+ * (KEYTETHER_HOME, or HOME for the default one) with `keytether keys import` on stdin.
+ */
+export async function importIntoKeytether(
+  secret: Buffer,
+  env: Record<string, string | undefined>,
+): Promise<void> {
+  const r = await runCli(['keys', 'import'], { env, input: secret });
+  if (r.code !== 0) throw new Error(`keytether keys import failed: ${r.stderr}`);
+}
