@@ -87,11 +87,15 @@ export async function makeBenchGnupg(dir: string, gpgBin = '/usr/bin/gpg'): Prom
   };
 }
 
-/** Generates a signing-only primary key with no passphrase and returns its fingerprint and grip. */
+/**
+ * Generates a primary key with no passphrase (usage `sign` unless `usage` says otherwise, e.g.
+ * `cert`) and returns its fingerprint and grip.
+ */
 export async function generateUnprotectedKey(
   g: BenchGnupg,
   uid: string,
   algo: string,
+  usage = 'sign',
 ): Promise<BenchKey> {
   const gen = await g.gpg([
     '--batch',
@@ -104,7 +108,7 @@ export async function generateUnprotectedKey(
     '--quick-gen-key',
     uid,
     algo,
-    'sign',
+    usage,
     'never',
   ]);
   const created = /^\[GNUPG:\] KEY_CREATED [BP] ([0-9A-F]{40})/m.exec(gen.stdout.toString('utf8'));
@@ -121,6 +125,27 @@ export async function generateUnprotectedKey(
     }
   }
   throw new Error(`no keygrip for ${fingerprint} in gpg -K: ${list.stderr}`);
+}
+
+/** Adds a signing subkey with no passphrase to PRIMARY; gpg -u PRIMARY then signs with it. */
+export async function addSigningSubkey(
+  g: BenchGnupg,
+  primary: string,
+  algo: string,
+): Promise<void> {
+  const r = await g.gpg([
+    '--batch',
+    '--pinentry-mode',
+    'loopback',
+    '--passphrase',
+    '',
+    '--quick-add-key',
+    primary,
+    algo,
+    'sign',
+    'never',
+  ]);
+  if (r.code !== 0) throw new Error(`gpg --quick-add-key ${algo} sign: ${r.stderr}`);
 }
 
 /** `gpg --export-secret-keys` of every key in the home (binary); keys must be unprotected. */
