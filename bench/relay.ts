@@ -31,6 +31,7 @@ import type WebSocket from 'ws';
 import type { AssuanClient } from '../protocol/assuan/index.js';
 import {
   exportAllSecretKeys,
+  addSigningSubkey,
   generateUnprotectedKey,
   makeBenchGnupg,
   type BenchGnupg,
@@ -291,7 +292,15 @@ export async function run(): Promise<void> {
   };
   try {
     gnupg = await makeBenchGnupg(path.join(root, 'g'));
-    const key = await generateUnprotectedKey(gnupg, 'Bench Relay <relay@bench>', 'ed25519');
+    // A certify-only primary with a signing subkey: the holder's default policy signs blind
+    // digests with the subkey (never with a certify-capable key), as PKSIGN here needs.
+    const primary = await generateUnprotectedKey(
+      gnupg,
+      'Bench Relay <relay@bench>',
+      'ed25519',
+      'cert',
+    );
+    const key = await addSigningSubkey(gnupg, primary.fingerprint, 'ed25519');
     const secret = await exportAllSecretKeys(gnupg);
     const keyFile = path.join(root, 'secret.gpg');
     await writeFile(keyFile, secret, { mode: 0o600 });
@@ -328,7 +337,7 @@ export async function run(): Promise<void> {
           if (imp.code !== 0) throw new Error(`keytether keys import failed: ${imp.stderr}`);
           const tok = await runTool(
             process.execPath,
-            [cli, 'token', 'create', '--key', key.fingerprint, '--relay', url],
+            [cli, 'token', 'create', '--key', primary.fingerprint, '--relay', url],
             envOf(home),
           );
           if (tok.code !== 0) throw new Error(`keytether token create failed: ${tok.stderr}`);

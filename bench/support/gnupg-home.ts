@@ -127,12 +127,15 @@ export async function generateUnprotectedKey(
   throw new Error(`no keygrip for ${fingerprint} in gpg -K: ${list.stderr}`);
 }
 
-/** Adds a signing subkey with no passphrase to PRIMARY; gpg -u PRIMARY then signs with it. */
+/**
+ * Adds a signing subkey with no passphrase to PRIMARY and returns its fingerprint and grip;
+ * gpg -u PRIMARY then signs with it.
+ */
 export async function addSigningSubkey(
   g: BenchGnupg,
   primary: string,
   algo: string,
-): Promise<void> {
+): Promise<BenchKey> {
   const r = await g.gpg([
     '--batch',
     '--pinentry-mode',
@@ -146,6 +149,23 @@ export async function addSigningSubkey(
     'never',
   ]);
   if (r.code !== 0) throw new Error(`gpg --quick-add-key ${algo} sign: ${r.stderr}`);
+  const list = await g.gpg(['--batch', '--with-keygrip', '--with-colons', '-K', primary]);
+  // ssb, then its fpr and grp lines; the newest signing subkey is the last.
+  let found: BenchKey | undefined;
+  let inSigning = false;
+  let fpr = '';
+  for (const line of list.stdout.toString('utf8').split('\n')) {
+    const f = line.split(':');
+    if (f[0] === 'sec' || f[0] === 'ssb') {
+      inSigning = f[0] === 'ssb' && (f[11] ?? '').includes('s');
+      fpr = '';
+    } else if (inSigning && f[0] === 'fpr') fpr = f[9] ?? '';
+    else if (inSigning && f[0] === 'grp' && /^[0-9A-F]{40}$/.test(f[9] ?? '') && fpr) {
+      found = { fingerprint: fpr, keygrip: f[9]! };
+    }
+  }
+  if (!found) throw new Error(`no signing subkey of ${primary} in gpg -K: ${list.stderr}`);
+  return found;
 }
 
 /** `gpg --export-secret-keys` of every key in the home (binary); keys must be unprotected. */
