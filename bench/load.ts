@@ -183,7 +183,7 @@ export async function run(options: string[]): Promise<void> {
     // Workstation: a real gpg-agent with the key, and the same key in a keytether home.
     ws = await makeBenchGnupg(path.join(root, 'w'));
     const key = await generateUnprotectedKey(ws, 'Bench Load <load@bench>', 'ed25519', 'cert');
-    await addSigningSubkey(ws, key.fingerprint, 'ed25519');
+    const subkey = await addSigningSubkey(ws, key.fingerprint, 'ed25519');
     await ws.agentSocket();
     const ktHome = path.join(root, 'kt');
     const userHome = path.join(root, 'u');
@@ -247,7 +247,7 @@ export async function run(options: string[]): Promise<void> {
         sampleSize: SAMPLES,
       });
       const cpu = cpuPerSig(cpu0, cpuNow(known), r.sigs);
-      await verifySamples(r.samples, env, key.fingerprint);
+      await verifySamples(r.samples, env, key.fingerprint, subkey.fingerprint);
       results.set(label, {
         run: r,
         cpu,

@@ -99,13 +99,14 @@ export function percentile(sorted: number[], p: number): number {
 }
 
 /**
- * `gpg --verify` of every sample in ENV; each must be a good signature by a subkey of PRIMARY
- * (VALIDSIG names the signing key and, last, its primary). Throws on the first that is not.
+ * `gpg --verify` of every sample in ENV; each must be a good signature by the subkey SIGNER of
+ * PRIMARY (VALIDSIG names the signing key and, last, its primary). Throws on the first that is not.
  */
 export async function verifySamples(
   samples: LoadRun['samples'],
   env: NodeJS.ProcessEnv,
   primary: string,
+  signer: string,
 ): Promise<void> {
   const dir = await mkdtemp('/tmp/ktbl-v-');
   try {
@@ -122,10 +123,10 @@ export async function verifySamples(
       const valid = /^\[GNUPG:\] VALIDSIG ([0-9A-F]{40}) .* ([0-9A-F]{40})$/m.exec(
         v.stdout.toString('utf8'),
       );
-      if (v.code !== 0 || !valid || valid[2] !== primary || valid[1] === primary) {
+      if (v.code !== 0 || !valid || valid[2] !== primary || valid[1] !== signer) {
         throw new Error(
           `sample ${i} (${JSON.stringify(s.message.toString())}) did not verify as a ` +
-            `signature by a subkey of ${primary}: ${lastLines(v.stderr, 3)}`,
+            `signature by ${signer}, a subkey of ${primary}: ${lastLines(v.stderr, 3)}`,
         );
       }
     }
