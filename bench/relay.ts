@@ -22,22 +22,23 @@
 // facades under `node --cpu-prof` and leaves their profiles in DIR (summarize them with
 // dist/bench/support/cpu-profile-summary.js).
 
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import type { AssuanClient } from '../protocol/assuan/index.js';
-import { relayAuthMessage } from '../protocol/relay/identity.js';
 import {
   exportAllSecretKeys,
+  addSigningSubkey,
   generateUnprotectedKey,
   makeBenchGnupg,
   type BenchGnupg,
 } from './support/gnupg-home.js';
+import { openIdleHolders, rssKiB } from './support/idle-holder.js';
 import { cpuSeconds, initCpuClock } from './support/proc-cpu.js';
-import { runTool, startDaemon, type Daemon } from './support/processes.js';
+import { runTool, startDaemon, stderrLine, type Daemon } from './support/processes.js';
 import { connectAgent, signOnce } from './support/sign-loop.js';
 import type { WsCounts } from './support/ws-counters.js';
 import { envNumber, cliPath, median } from './support/settings.js';
@@ -220,51 +221,6 @@ function medianRound(rs: Round[]): Round {
   return out;
 }
 
-function rssKiB(pid: number): number | undefined {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** One holder that authenticates with a fresh identity and then stays idle. */
-function idleHolder(base: string): Promise<WebSocket> {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const hpk = publicKey.export({ format: 'jwk' }).x!;
-  const ws = new WebSocket(base.replace(/^http/, 'ws') + '/v1/holder', {
-    perMessageDeflate: false,
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      ws.terminate();
-      reject(new Error('idle holder: no ok from the relay within 30 s'));
-    }, 30_000);
-    ws.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    ws.on('close', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`idle holder: relay closed the connection (${code})`));
-    });
-    ws.on('message', (data, isBinary) => {
-      if (isBinary) return;
-      const msg = JSON.parse(String(data)) as { type?: string; nonce?: string };
-      if (msg.type === 'challenge' && typeof msg.nonce === 'string') {
-        const sig = sign(null, relayAuthMessage(msg.nonce), privateKey);
-        ws.send(JSON.stringify({ type: 'auth', hpk, sig: sig.toString('base64url') }));
-      } else if (msg.type === 'ok') {
-        clearTimeout(timer);
-        ws.removeAllListeners('close');
-        ws.on('error', () => {});
-        resolve(ws);
-      }
-    });
-  });
-}
-
 async function idleHoldersRss(count: number): Promise<void> {
   const limits = { maxConnectionsPerAddress: count + 100 };
   const relay = await startDaemon(
@@ -278,11 +234,7 @@ async function idleHoldersRss(count: number): Promise<void> {
     const url = relay.readyText.trim();
     const pid = relay.child.pid!;
     const before = rssKiB(pid);
-    const BATCH = 50;
-    for (let i = 0; i < count; i += BATCH) {
-      const n = Math.min(BATCH, count - i);
-      sockets.push(...(await Promise.all(Array.from({ length: n }, () => idleHolder(url)))));
-    }
+    sockets.push(...(await openIdleHolders(url, count)));
     // Let the relay settle after the connection burst before reading its RSS.
     await new Promise<void>((r) => setTimeout(r, 1000));
     const after = rssKiB(pid);
@@ -299,27 +251,6 @@ async function idleHoldersRss(count: number): Promise<void> {
     for (const s of sockets) s.terminate();
     await relay.stop();
   }
-}
-
-/** Waits for a stderr line of D matching RE (the CLI holder logs its relay login there). */
-function stderrLine(d: Daemon, re: RegExp, what: string): Promise<void> {
-  const err = d.child.stderr!;
-  return new Promise<void>((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => {
-      err.off('data', onData);
-      reject(new Error(`${what}: ${text.slice(-2000)}`));
-    }, 30_000);
-    const onData = (b: Buffer) => {
-      text = (text + b.toString('utf8')).slice(-8192);
-      if (!re.test(text)) return;
-      clearTimeout(timer);
-      err.off('data', onData);
-      err.resume();
-      resolve();
-    };
-    err.on('data', onData);
-  });
 }
 
 export async function run(): Promise<void> {
@@ -361,7 +292,15 @@ export async function run(): Promise<void> {
   };
   try {
     gnupg = await makeBenchGnupg(path.join(root, 'g'));
-    const key = await generateUnprotectedKey(gnupg, 'Bench Relay <relay@bench>', 'ed25519');
+    // A certify-only primary with a signing subkey: the holder's default policy signs blind
+    // digests with the subkey (never with a certify-capable key), as PKSIGN here needs.
+    const primary = await generateUnprotectedKey(
+      gnupg,
+      'Bench Relay <relay@bench>',
+      'ed25519',
+      'cert',
+    );
+    const key = await addSigningSubkey(gnupg, primary.fingerprint, 'ed25519');
     const secret = await exportAllSecretKeys(gnupg);
     const keyFile = path.join(root, 'secret.gpg');
     await writeFile(keyFile, secret, { mode: 0o600 });
@@ -398,7 +337,7 @@ export async function run(): Promise<void> {
           if (imp.code !== 0) throw new Error(`keytether keys import failed: ${imp.stderr}`);
           const tok = await runTool(
             process.execPath,
-            [cli, 'token', 'create', '--key', key.fingerprint, '--relay', url],
+            [cli, 'token', 'create', '--key', primary.fingerprint, '--relay', url],
             envOf(home),
           );
           if (tok.code !== 0) throw new Error(`keytether token create failed: ${tok.stderr}`);

@@ -49,14 +49,20 @@ const DEFAULTS = {
   maxParentCommandChars: 256,
 };
 
-/** More connections than this looking up at once are not looked up: a flood must not fork-bomb. */
-const MAX_CONCURRENT = 8;
+/**
+ * Lookups at once; more connections than this are not looked up. ss runs are shared (one at a
+ * time per PATH, see sharedSs), so this bounds only memory and /proc reads.
+ */
+const MAX_CONCURRENT = 1024;
+/** SO_PEERCRED helpers (one process per connection, where ss is missing) running at once. */
+const MAX_HELPERS = 8;
 /** ss prints one line per unix socket on the machine; beyond this the answer is not worth it. */
 const MAX_SS_OUTPUT = 8 * 1024 * 1024;
 /** A process with more open files than this is not searched for the socket. */
 const MAX_FDS_SEARCHED = 4096;
 
 let inFlight = 0;
+let helpers = 0;
 
 /** `socket:[12345]` → 12345. */
 function socketInode(link: string): number | undefined {
@@ -138,12 +144,38 @@ async function holdsSocket(pid: number, inode: number): Promise<boolean> {
   return false;
 }
 
+// One `ss -xpn` lists every unix socket on the machine, and it reads every process's fds to do
+// so: under load (a hundred gpg processes connecting at once) one run per connection would cost
+// more than the signatures. So a lookup joins the next run that has not started yet, and a run
+// starts only when the previous one (for the same PATH) has ended: each run serves every socket
+// accepted before it started, and at most one ss per PATH runs at a time, however many connect.
+const queuedSs = new Map<string, Promise<string | undefined>>();
+const runningSs = new Map<string, Promise<string | undefined>>();
+
+function sharedSs(env: NodeJS.ProcessEnv, timeoutMs: number): Promise<string | undefined> {
+  const key = env.PATH ?? '';
+  const queued = queuedSs.get(key);
+  if (queued) return queued;
+  const previous = runningSs.get(key) ?? Promise.resolve(undefined);
+  const next = previous.then(() => {
+    queuedSs.delete(key);
+    const r = run('ss', ['-xpn'], env, timeoutMs);
+    runningSs.set(key, r);
+    void r.then(() => {
+      if (runningSs.get(key) === r) runningSs.delete(key);
+    });
+    return r;
+  });
+  queuedSs.set(key, next);
+  return next;
+}
+
 async function peerViaSs(
   ours: number,
   env: NodeJS.ProcessEnv,
   timeoutMs: number,
 ): Promise<number | undefined> {
-  const out = await run('ss', ['-xpn'], env, timeoutMs);
+  const out = await sharedSs(env, timeoutMs);
   if (out === undefined) return undefined;
   const peer = parseSsPeers(out, ours);
   if (!peer) return undefined;
@@ -343,9 +375,17 @@ export function findPeerProcess(
   const left = () => Math.max(1, o.timeoutMs - (Date.now() - started));
   const lookup = (async () => {
     let pid = await peerViaSs(inode, env, left());
-    for (const helper of PEERCRED_HELPERS) {
-      if (pid !== undefined) break;
-      pid = await peerViaHelper(sock, fd, helper, env, left());
+    // A flood must not fork-bomb: beyond MAX_HELPERS at once, no helper runs.
+    if (pid === undefined && helpers < MAX_HELPERS) {
+      helpers++;
+      try {
+        for (const helper of PEERCRED_HELPERS) {
+          if (pid !== undefined) break;
+          pid = await peerViaHelper(sock, fd, helper, env, left());
+        }
+      } finally {
+        helpers--;
+      }
     }
     return pid === undefined ? undefined : describe(pid, o);
   })();

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { accessSync, constants } from 'node:fs';
-import { mkdtemp, mkdir, rm, symlink } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import path from 'node:path';
@@ -92,6 +92,10 @@ function nodeClient(socketPath: string, marker: string): ChildProcess {
   return spawn(process.execPath, ['-e', NODE_CLIENT, socketPath, marker], { stdio: 'ignore' });
 }
 
+/** Connects when told to on stdin (after saying it is up), then waits for a byte. */
+const GATED_CLIENT =
+  'process.stdout.write("up\\n"); process.stdin.once("data", () => { const s = require("net").connect(process.argv[1]); s.on("data", () => s.destroy()); s.on("error", () => {}) })';
+
 const PY_CLIENT =
   'import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.recv(1)';
 
@@ -175,6 +179,35 @@ t.test('with no tool at all the answer is undefined, quickly', async (t) => {
   await once(child, 'exit');
   t.equal(peer, undefined);
   t.ok(ms < 1000, `gave up in ${ms.toFixed(0)} ms`);
+});
+
+// gpg's start connects once per process: a hundred gpg at once are a hundred lookups at once.
+t.test('many clients at once: every one is found, and they share a few ss runs', async (t) => {
+  const CLIENTS = 24;
+  const real = execFileSync('sh', ['-c', 'command -v ss'], { encoding: 'utf8' }).trim();
+  const bin = path.join(dir, 'bin-counting-ss');
+  const runs = path.join(dir, 'ss-runs');
+  await mkdir(bin, { recursive: true });
+  await writeFile(path.join(bin, 'ss'), `#!/bin/sh\necho >> '${runs}'\nexec '${real}' "$@"\n`, {
+    mode: 0o700,
+  });
+  const srv = await serverFor(t, { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } });
+  // Every client is started and waiting before any connects, so the connections come at once.
+  const clients = Array.from({ length: CLIENTS }, () =>
+    spawn(process.execPath, ['-e', GATED_CLIENT, srv.path], { stdio: ['pipe', 'pipe', 'ignore'] }),
+  );
+  await Promise.all(clients.map((c) => once(c.stdout!, 'data')));
+  for (const c of clients) c.stdin!.end('go');
+  const found: (number | undefined)[] = [];
+  for (let i = 0; i < CLIENTS; i++) found.push((await srv.next()).peer?.pid);
+  await Promise.all(clients.map((c) => (c.exitCode === null ? once(c, 'exit') : undefined)));
+  t.same(
+    [...found].sort(),
+    clients.map((c) => c.pid).sort(),
+    `all ${CLIENTS} clients found, none dropped`,
+  );
+  const ssRuns = (await readFile(runs, 'utf8')).split('\n').length - 1;
+  t.ok(ssRuns <= CLIENTS / 2, `${ssRuns} ss runs for ${CLIENTS} connections at once`);
 });
 
 t.test('a socket that is not a connected unix socket, or already closed', async (t) => {

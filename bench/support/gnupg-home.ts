@@ -87,11 +87,15 @@ export async function makeBenchGnupg(dir: string, gpgBin = '/usr/bin/gpg'): Prom
   };
 }
 
-/** Generates a signing-only primary key with no passphrase and returns its fingerprint and grip. */
+/**
+ * Generates a primary key with no passphrase (usage `sign` unless `usage` says otherwise, e.g.
+ * `cert`) and returns its fingerprint and grip.
+ */
 export async function generateUnprotectedKey(
   g: BenchGnupg,
   uid: string,
   algo: string,
+  usage = 'sign',
 ): Promise<BenchKey> {
   const gen = await g.gpg([
     '--batch',
@@ -104,7 +108,7 @@ export async function generateUnprotectedKey(
     '--quick-gen-key',
     uid,
     algo,
-    'sign',
+    usage,
     'never',
   ]);
   const created = /^\[GNUPG:\] KEY_CREATED [BP] ([0-9A-F]{40})/m.exec(gen.stdout.toString('utf8'));
@@ -121,6 +125,47 @@ export async function generateUnprotectedKey(
     }
   }
   throw new Error(`no keygrip for ${fingerprint} in gpg -K: ${list.stderr}`);
+}
+
+/**
+ * Adds a signing subkey with no passphrase to PRIMARY and returns its fingerprint and grip;
+ * gpg -u PRIMARY then signs with it.
+ */
+export async function addSigningSubkey(
+  g: BenchGnupg,
+  primary: string,
+  algo: string,
+): Promise<BenchKey> {
+  const r = await g.gpg([
+    '--batch',
+    '--pinentry-mode',
+    'loopback',
+    '--passphrase',
+    '',
+    '--quick-add-key',
+    primary,
+    algo,
+    'sign',
+    'never',
+  ]);
+  if (r.code !== 0) throw new Error(`gpg --quick-add-key ${algo} sign: ${r.stderr}`);
+  const list = await g.gpg(['--batch', '--with-keygrip', '--with-colons', '-K', primary]);
+  // ssb, then its fpr and grp lines; the newest signing subkey is the last.
+  let found: BenchKey | undefined;
+  let inSigning = false;
+  let fpr = '';
+  for (const line of list.stdout.toString('utf8').split('\n')) {
+    const f = line.split(':');
+    if (f[0] === 'sec' || f[0] === 'ssb') {
+      inSigning = f[0] === 'ssb' && (f[11] ?? '').includes('s');
+      fpr = '';
+    } else if (inSigning && f[0] === 'fpr') fpr = f[9] ?? '';
+    else if (inSigning && f[0] === 'grp' && /^[0-9A-F]{40}$/.test(f[9] ?? '') && fpr) {
+      found = { fingerprint: fpr, keygrip: f[9]! };
+    }
+  }
+  if (!found) throw new Error(`no signing subkey of ${primary} in gpg -K: ${list.stderr}`);
+  return found;
 }
 
 /** `gpg --export-secret-keys` of every key in the home (binary); keys must be unprotected. */

@@ -14,8 +14,11 @@ export async function initCpuClock(): Promise<void> {
   ticksPerSecond = Number.isInteger(n) && n > 0 ? n : 100;
 }
 
-/** user + system seconds of `pid`, or undefined where /proc is not available. */
-export function cpuSeconds(pid: number): number | undefined {
+/**
+ * user + system seconds of `pid` (with `children`, also of its children that have exited and
+ * been waited for: the tools it ran), or undefined where /proc is not available.
+ */
+export function cpuSeconds(pid: number, children = false): number | undefined {
   let stat: string;
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
@@ -26,6 +29,9 @@ export function cpuSeconds(pid: number): number | undefined {
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const utime = Number(rest[11]);
   const stime = Number(rest[12]);
-  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return undefined;
-  return (utime + stime) / (ticksPerSecond ?? 100);
+  const cutime = children ? Number(rest[13]) : 0;
+  const cstime = children ? Number(rest[14]) : 0;
+  const ticks = utime + stime + cutime + cstime;
+  if (!Number.isFinite(ticks)) return undefined;
+  return ticks / (ticksPerSecond ?? 100);
 }

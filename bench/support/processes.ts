@@ -51,6 +51,8 @@ export interface Daemon {
   child: ChildProcess;
   /** The rest of the line after the ready prefix. */
   readyText: string;
+  /** The last 4 KiB the daemon wrote to stderr so far. */
+  stderrTail(): string;
   /** SIGTERM, then waits for the exit (SIGKILL if it has not exited after graceMs). */
   stop(graceMs?: number): Promise<void>;
 }
@@ -103,6 +105,7 @@ export function startDaemon(
       resolve({
         child,
         readyText: line.slice(readyPrefix.length),
+        stderrTail: () => stderr,
         async stop(graceMs = 10_000) {
           if (child.exitCode !== null || child.signalCode !== null) return;
           child.kill('SIGTERM');
@@ -112,5 +115,30 @@ export function startDaemon(
         },
       });
     });
+  });
+}
+
+/**
+ * Waits for a stderr line of D matching RE (e.g. the CLI holder's relay login), counting what D
+ * wrote before the call too.
+ */
+export function stderrLine(d: Daemon, re: RegExp, what: string): Promise<void> {
+  const err = d.child.stderr!;
+  if (re.test(d.stderrTail())) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    let text = d.stderrTail();
+    const timer = setTimeout(() => {
+      err.off('data', onData);
+      reject(new Error(`${what}: ${text.slice(-2000)}`));
+    }, 30_000);
+    const onData = (b: Buffer) => {
+      text = (text + b.toString('utf8')).slice(-8192);
+      if (!re.test(text)) return;
+      clearTimeout(timer);
+      err.off('data', onData);
+      err.resume();
+      resolve();
+    };
+    err.on('data', onData);
   });
 }
