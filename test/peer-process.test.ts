@@ -191,7 +191,12 @@ t.test('many clients at once: every one is found, and they share a few ss runs',
   await writeFile(path.join(bin, 'ss'), `#!/bin/sh\necho >> '${runs}'\nexec '${real}' "$@"\n`, {
     mode: 0o700,
   });
-  const srv = await serverFor(t, { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } });
+  // The budget is generous: this is about sharing ss runs and dropping no one, and a loaded test
+  // machine can take longer than the facade's 1 s for one ss over many processes.
+  const srv = await serverFor(t, {
+    env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
+    timeoutMs: 15_000,
+  });
   // Every client is started and waiting before any connects, so the connections come at once.
   const clients = Array.from({ length: CLIENTS }, () =>
     spawn(process.execPath, ['-e', GATED_CLIENT, srv.path], { stdio: ['pipe', 'pipe', 'ignore'] }),
