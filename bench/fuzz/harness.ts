@@ -56,6 +56,8 @@ export interface RunOptions {
   caseMs?: number;
   /** Stop after this many failures (default 5). */
   maxFailures?: number;
+  /** Called before each case with its index in the batch (so a watchdog can name a stuck one). */
+  onCase?: (index: number) => void;
   /** Called after each batch with the number of cases done (the worker's heartbeat). */
   onProgress?: (done: number, current: { generator: string; batch: number }) => void;
 }
@@ -137,6 +139,7 @@ export async function runTarget<T>(target: FuzzTarget<T>, opts: RunOptions): Pro
     let ran = 0;
     for (let index = 0; index < values.length; index++, ran++) {
       const input = values[index]!;
+      opts.onCase?.(index);
       const fail = (kind: Failure['kind'], message: string) =>
         failures.push({
           kind,

@@ -51,7 +51,7 @@ const chosen = positionals.length > 0 ? positionals : names;
 type Outcome = { result: RunResult } | { hung: Failure; done: number; ms: number };
 
 function runInWorker(name: string): Promise<Outcome> {
-  const heartbeat = new SharedArrayBuffer(12);
+  const heartbeat = new SharedArrayBuffer(16);
   const beat = new Int32Array(heartbeat);
   const worker = new Worker(new URL('./worker.js', import.meta.url), {
     workerData: { target: name, cases, seed, batch, heartbeat },
@@ -70,18 +70,19 @@ function runInWorker(name: string): Promise<Outcome> {
       if (performance.now() - lastChange < hangMs) return;
       clearInterval(watch);
       const stuck = Atomics.load(beat, 1);
+      const index = Atomics.load(beat, 3);
       void worker.terminate();
       const target = TARGETS.find((t) => t.name === name)!;
-      const { gen } = batchInputs(target, seed, stuck, 1);
+      const { gen, values } = batchInputs(target, seed, stuck, batch);
       resolve({
         hung: {
           kind: 'hang',
           generator: gen.name,
           seed,
           batch: stuck,
-          index: -1,
-          message: `batch ${stuck} made no progress for ${hangMs} ms (one of its cases never returned)`,
-          input: toCorpusJson(batchInputs(target, seed, stuck, batch).values),
+          index,
+          message: `case ${index} of batch ${stuck} did not return for ${hangMs} ms`,
+          input: toCorpusJson(values[index]),
         },
         done: Atomics.load(beat, 0),
         ms: performance.now() - start,

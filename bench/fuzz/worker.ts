@@ -1,6 +1,7 @@
 // Runs one target in a worker thread for `npm run fuzz`, so that the main thread can see a case
 // that never returns (a synchronous loop cannot be interrupted from inside) and stop it. The
-// heartbeat is a shared counter: bumped after every batch, with the batch number beside it.
+// heartbeat is a shared counter: bumped after every batch, with the batch number and the index of
+// the case in progress beside it.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { runTarget } from './harness.js';
@@ -22,6 +23,7 @@ const result = await runTarget(target, {
   cases: job.cases,
   seed: job.seed,
   batch: job.batch,
+  onCase: (index) => Atomics.store(beat, 3, index),
   onProgress: (done, cur) => {
     Atomics.store(beat, 0, done);
     Atomics.store(beat, 1, cur.batch);
