@@ -226,6 +226,16 @@ t.test('parseDuration', async (t) => {
   }
 });
 
+t.test('a bad duration written over several lines is quoted on one line', async (t) => {
+  // Found by `npm run fuzz config` (test/fuzz-corpus/config.json replays it).
+  const text = 'pinentry-timeout = """multi\nline"""\n';
+  t.throws(() => parseConfig(text, '/x/config.toml'), {
+    name: 'ConfigError',
+    message:
+      'setting "pinentry-timeout" in /x/config.toml (line 1) is invalid: "multi\\nline" is not a duration: use seconds or a number with s, m, h or d, like 15m',
+  });
+});
+
 t.test('process: only on allow rules, a program name or glob', async (t) => {
   const ok = parseConfig(
     '[[policy]]\nfront = "ssh"\nprocess = "git"\naction = "allow"\n',

@@ -12,11 +12,7 @@ import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { Gauge } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import {
-  holderIdFromPublicKey,
-  relayAuthMessage,
-  verifyEd25519,
-} from '../../protocol/relay/identity.js';
+import { holderIdFromPublicKey } from '../../protocol/relay/identity.js';
 import { MUX_HEADER_BYTES, MuxKind, decodeMux } from '../../protocol/relay/mux.js';
 import { checkTokenSignature, parseToken } from '../../protocol/token.js';
 import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
@@ -26,8 +22,8 @@ import { StreamRouter, type Holder, type Stream } from './streams.js';
 import {
   CloseCode,
   FacadeTokenSchema,
-  HolderAuthSchema,
   RelaySocket,
+  holderAuthKey,
   isOpen,
   parseControl,
   wsReason,
@@ -165,7 +161,7 @@ export class RelayHub {
         else holder.log.debug('ignored a text message from the holder');
         return;
       }
-      const hpk = isBinary ? undefined : this.checkHolderAuth(data, nonce);
+      const hpk = isBinary ? undefined : holderAuthKey(data, nonce);
       if (!hpk) {
         this.refuse(ws, log, CloseCode.AuthFailed, 'auth failed', 'auth_failed');
         return;
@@ -177,15 +173,6 @@ export class RelayHub {
       if (holder) this.dropHolder(holder);
     });
     ws.send(JSON.stringify({ type: 'challenge', nonce }));
-  }
-
-  /** The holder's public key when `data` is a valid answer to the challenge `nonce`. */
-  private checkHolderAuth(data: RawData, nonce: string): Buffer | undefined {
-    const m = parseControl(data, HolderAuthSchema);
-    if (!m) return undefined;
-    const hpk = Buffer.from(m.hpk, 'base64url');
-    const sig = Buffer.from(m.sig, 'base64url');
-    return verifyEd25519(hpk, relayAuthMessage(nonce), sig) ? hpk : undefined;
   }
 
   private registerHolder(ws: WebSocket, hid: string, connLog: FastifyBaseLogger): Holder {

@@ -3,6 +3,7 @@
 
 import { WebSocket, type RawData } from 'ws';
 import { z } from 'zod';
+import { relayAuthMessage, verifyEd25519 } from '../../protocol/relay/identity.js';
 import { truncateUtf8 } from '../../protocol/relay/mux.js';
 
 export const CloseCode = {
@@ -51,6 +52,15 @@ export function parseControl<T>(data: RawData, schema: z.ZodType<T>): T | undefi
   } catch {
     return undefined;
   }
+}
+
+/** The holder's public key when `data` is a valid `auth` answer to the challenge `nonce`. */
+export function holderAuthKey(data: RawData, nonce: string): Buffer | undefined {
+  const m = parseControl(data, HolderAuthSchema);
+  if (!m) return undefined;
+  const hpk = Buffer.from(m.hpk, 'base64url');
+  const sig = Buffer.from(m.sig, 'base64url');
+  return verifyEd25519(hpk, relayAuthMessage(nonce), sig) ? hpk : undefined;
 }
 
 export function wsReason(text: string): Buffer {

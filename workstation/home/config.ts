@@ -109,7 +109,8 @@ const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 8
 export function parseDuration(text: string | number): number {
   const bad = () =>
     new ConfigError(
-      `"${String(text).slice(0, 40)}" is not a duration: use seconds or a number with s, m, h or d, like 15m`,
+      // Quoted as JSON so that a newline or control character in the value stays on one line.
+      `${JSON.stringify(String(text).slice(0, 40))} is not a duration: use seconds or a number with s, m, h or d, like 15m`,
     );
   let ms: number;
   if (typeof text === 'number') {

@@ -9,8 +9,14 @@ import { Duplex } from 'node:stream';
 import type tls from 'node:tls';
 import WebSocket from 'ws';
 import { describeSealError } from '../../protocol/seal.js';
-import { encodeMux, encodeMuxClose, MuxKind, parseMuxOpen } from '../../protocol/relay/mux.js';
-import { checkTokenSignature, parseToken } from '../../protocol/token.js';
+import {
+  encodeMux,
+  encodeMuxClose,
+  MuxKind,
+  parseMuxOpen,
+  type MuxOpen,
+} from '../../protocol/relay/mux.js';
+import { checkTokenSignature, parseToken, type ParsedToken } from '../../protocol/token.js';
 import { serveTunnel, type TunnelServerHandle } from '../../protocol/tunnel/index.js';
 import type { AuditInput } from '../audit/audit.js';
 import type { RelayClientOptions } from './client.js';
@@ -24,6 +30,30 @@ import { tokenScopedHolder } from '../tokens/scoped-holder.js';
 
 const MAX_DATA_CHUNK = 256 * 1024;
 
+/**
+ * What a mux-open PAYLOAD the relay forwarded asks for: its token, parsed and signed by IDENTITY
+ * (the relay checked this too, but the holder trusts only its own key), or the one-line reason
+ * the stream is refused.
+ */
+export function openStreamToken(
+  payload: Uint8Array,
+  identity: { hid: string; hpk: Uint8Array },
+): { open: MuxOpen; token: ParsedToken } | { refusal: string } {
+  const open = parseMuxOpen(payload);
+  if ('error' in open) return { refusal: open.error };
+  const parsed = parseToken(open.token);
+  if (!parsed.ok) return { refusal: parsed.error };
+  const token = parsed.token;
+  if (
+    token.payload.hid !== identity.hid ||
+    !Buffer.from(token.hpk).equals(Buffer.from(identity.hpk)) ||
+    !checkTokenSignature(token).ok
+  ) {
+    return { refusal: 'the token was not issued by this holder' };
+  }
+  return { open, token };
+}
+
 /** Opens stream STREAMID for the facade whose mux-open PAYLOAD the relay forwarded. */
 export function serveRelayStream(
   opts: RelayClientOptions,
@@ -33,20 +63,9 @@ export function serveRelayStream(
   streamId: number,
   payload: Buffer,
 ): void {
-  const refuse = (why: string) => sendClose(sock, streamId, why);
-  const open = parseMuxOpen(payload);
-  if ('error' in open) return refuse(open.error);
-  const parsed = parseToken(open.token);
-  if (!parsed.ok) return refuse(parsed.error);
-  const token = parsed.token;
-  // The relay checked this too, but the holder trusts only its own key.
-  if (
-    token.payload.hid !== opts.identity.hid ||
-    !Buffer.from(token.hpk).equals(Buffer.from(opts.identity.hpk)) ||
-    !checkTokenSignature(token).ok
-  ) {
-    return refuse('the token was not issued by this holder');
-  }
+  const opened = openStreamToken(payload, opts.identity);
+  if ('refusal' in opened) return sendClose(sock, streamId, opened.refusal);
+  const { open, token } = opened;
   const tid = token.payload.tid;
   // The relay's word for the facade's address: a claim, sanitised once here for every log line,
   // prompt and audit record, and never a policy `host` (SECURITY.md: the relay is untrusted).

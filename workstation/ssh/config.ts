@@ -257,23 +257,45 @@ export function expandTokens(text: string, tokens: Record<string, string>, what:
 }
 
 export function resolveSshTarget(opts: ResolveSshTargetOptions): SshTarget {
+  return resolveWith(opts, (home) => {
+    const state = { files: 0 };
+    const configFile =
+      opts.configFile === undefined ? path.join(home, '.ssh', 'config') : opts.configFile;
+    const systemFile =
+      opts.systemConfigFile === undefined ? '/etc/ssh/ssh_config' : opts.systemConfigFile;
+    const texts: string[] = [];
+    if (configFile) texts.push(readConfigText(configFile, path.join(home, '.ssh'), home, state, 0));
+    if (systemFile) texts.push(readConfigText(systemFile, '/etc/ssh', home, state, 0));
+    return texts;
+  });
+}
+
+/**
+ * resolveSshTarget over config texts already read (user file first, then system), without
+ * Include: what the files say, for callers that hold them in memory. opts.configFile and
+ * opts.systemConfigFile are not looked at.
+ */
+export function resolveSshTargetFromText(
+  opts: ResolveSshTargetOptions,
+  configTexts: readonly string[],
+): SshTarget {
+  return resolveWith(opts, () => configTexts);
+}
+
+function resolveWith(
+  opts: ResolveSshTargetOptions,
+  readConfigs: (home: string) => readonly string[],
+): SshTarget {
   const env = opts.env ?? process.env;
   const home = opts.home ?? env.HOME ?? os.homedir();
   const localUser = opts.localUser ?? safeUserName(env);
   const parsed = parseTarget(opts.target);
 
   const lines = (opts.options ?? []).map(optionToLine);
-  const state = { files: 0 };
-  const configFile =
-    opts.configFile === undefined ? path.join(home, '.ssh', 'config') : opts.configFile;
-  const systemFile =
-    opts.systemConfigFile === undefined ? '/etc/ssh/ssh_config' : opts.systemConfigFile;
   // `Host *` restarts an unconditional block so a file that ends inside a Host section does not
   // swallow the next file's settings.
   const texts = [lines.join('\n')];
-  if (configFile)
-    texts.push('Host *', readConfigText(configFile, path.join(home, '.ssh'), home, state, 0));
-  if (systemFile) texts.push('Host *', readConfigText(systemFile, '/etc/ssh', home, state, 0));
+  for (const text of readConfigs(home)) texts.push('Host *', text);
 
   let computed: Record<string, string | string[]>;
   try {

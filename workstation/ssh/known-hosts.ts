@@ -47,7 +47,7 @@ export function knownHostsName(host: string, port: number): string {
   return port === 22 ? h : `[${h}]:${port}`;
 }
 
-interface Entry {
+export interface KnownHostEntry {
   marker: 'revoked' | 'cert-authority' | null;
   hosts: string;
   keyType: string | null;
@@ -55,14 +55,14 @@ interface Entry {
   line: number;
 }
 
-type ParsedLine = { entry: Entry } | { skip: true } | { error: string };
+type ParsedLine = { entry: KnownHostEntry } | { skip: true } | { error: string };
 
 function parseLine(text: string, lineNo: number): ParsedLine {
   const trimmed = text.trim();
   if (trimmed === '' || trimmed.startsWith('#')) return { skip: true };
   if (text.length > MAX_KNOWN_HOSTS_LINE) return { error: `line ${lineNo} is too long` };
   const fields = trimmed.split(/[ \t]+/);
-  let marker: Entry['marker'] = null;
+  let marker: KnownHostEntry['marker'] = null;
   if (fields[0]?.startsWith('@')) {
     const m = fields.shift();
     if (m === '@revoked') marker = 'revoked';
@@ -128,7 +128,7 @@ function hostsMatch(hosts: string, name: string): boolean {
   return matched;
 }
 
-async function readKnownHosts(file: string, warnings: string[]): Promise<Entry[]> {
+async function readKnownHosts(file: string, warnings: string[]): Promise<KnownHostEntry[]> {
   let text: string;
   try {
     const st = await stat(file);
@@ -145,7 +145,12 @@ async function readKnownHosts(file: string, warnings: string[]): Promise<Entry[]
     }
     return [];
   }
-  const entries: Entry[] = [];
+  return parseKnownHosts(text, file, warnings);
+}
+
+/** The usable lines of a known_hosts file's text; each unusable one adds a warning. */
+export function parseKnownHosts(text: string, file: string, warnings: string[]): KnownHostEntry[] {
+  const entries: KnownHostEntry[] = [];
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const parsed = parseLine(lines[i] ?? '', i + 1);
@@ -191,15 +196,34 @@ async function checkName(
   keyType: string,
   keyBlob: Buffer,
 ): Promise<HostKeyCheck> {
+  const warnings: string[] = [];
+  const sources: KnownHostsSource[] = [];
+  for (const file of files) sources.push({ file, entries: await readKnownHosts(file, warnings) });
+  return decideHostKey(sources, host, port, keyType, keyBlob, warnings);
+}
+
+export interface KnownHostsSource {
+  file: string;
+  entries: readonly KnownHostEntry[];
+}
+
+/** checkHostKey's decision for one name, over files already parsed (without the port fallback). */
+export function decideHostKey(
+  sources: readonly KnownHostsSource[],
+  host: string,
+  port: number,
+  keyType: string,
+  keyBlob: Buffer,
+  warnings: string[] = [],
+): HostKeyCheck {
   const type = blobKeyType(keyBlob) ?? keyType;
   const name = knownHostsName(host, port);
-  const warnings: string[] = [];
   const known = new Set<string>();
   let revoked: { file: string; line: number } | undefined;
   let match: { file: string; line: number } | undefined;
   let changed: { file: string; line: number } | undefined;
-  for (const file of files) {
-    for (const e of await readKnownHosts(file, warnings)) {
+  for (const { file, entries } of sources) {
+    for (const e of entries) {
       if (e.marker === 'cert-authority' || !hostsMatch(e.hosts, name)) continue;
       if (e.marker === 'revoked') {
         if (!revoked && e.blob.equals(keyBlob)) revoked = { file, line: e.line };
