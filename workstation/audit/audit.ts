@@ -15,7 +15,7 @@ import { fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { acquireAuditLock, type AuditLock } from './lock.js';
-import { endMismatch, readHead, writeHeadSync } from './head.js';
+import { endMismatch, HeadFile, readHead } from './head.js';
 import {
   AuditError,
   canonicalJson,
@@ -62,6 +62,7 @@ export class AuditLog {
   readonly sync: AuditSync;
   #fh: FileHandle | undefined;
   #lock: AuditLock | undefined;
+  #head: HeadFile | undefined;
   #seq: number;
   #prev: string;
   /** The file's size after the last record this log wrote (or found): anything else is not ours. */
@@ -76,12 +77,14 @@ export class AuditLog {
     path: string,
     fh: FileHandle,
     lock: AuditLock,
+    head: HeadFile,
     end: { seq: number; prev: string; size: number },
     sync: AuditSync,
   ) {
     this.path = path;
     this.#fh = fh;
     this.#lock = lock;
+    this.#head = head;
     this.#seq = end.seq;
     this.#prev = end.prev;
     this.#size = end.size;
@@ -96,6 +99,7 @@ export class AuditLog {
   static async open(path: string, opts: { sync?: AuditSync } = {}): Promise<AuditLog> {
     const lock = await acquireAuditLock(path);
     let fh: FileHandle | undefined;
+    let head: HeadFile | undefined;
     try {
       fh = await open(path, 'a+', 0o600);
       const info = await fh.stat();
@@ -106,19 +110,19 @@ export class AuditLog {
         );
       }
       const { seq, prev } = await readTail(fh, info.size, path);
-      const head = await readHead(path);
-      if (head.kind === 'damaged') {
+      const recorded = await readHead(path);
+      if (recorded.kind === 'damaged') {
         throw new AuditError(
-          `the audit log's head file ${head.file} is damaged: run keytether audit verify, and move both files aside to start a new log`,
+          `the audit log's head file ${recorded.file} is damaged: run keytether audit verify, and move both files aside to start a new log`,
         );
       }
-      if (head.kind === 'ok') {
+      if (recorded.kind === 'ok') {
         // Only the last record is at hand here; a head that lags the log (a crash between the
         // append and the head's update) is checked in full by keytether audit verify.
         const why = endMismatch(
           seq,
           (n) => (n === seq ? prev : undefined),
-          seq > head.end.records ? { records: 0, hash: GENESIS_PREV } : head.end,
+          seq > recorded.end.records ? { records: 0, hash: GENESIS_PREV } : recorded.end,
           'its head file',
         );
         if (why !== undefined) {
@@ -127,8 +131,17 @@ export class AuditLog {
           );
         }
       }
-      return new AuditLog(path, fh, lock, { seq, prev, size: info.size }, opts.sync ?? 'write');
+      head = HeadFile.openSync(path);
+      return new AuditLog(
+        path,
+        fh,
+        lock,
+        head,
+        { seq, prev, size: info.size },
+        opts.sync ?? 'write',
+      );
     } catch (e) {
+      head?.close();
       await fh?.close();
       await lock.release();
       throw e;
@@ -178,6 +191,8 @@ export class AuditLog {
     const fh = this.#fh;
     this.#fh = undefined;
     await fh?.close();
+    this.#head?.close();
+    this.#head = undefined;
     const lock = this.#lock;
     this.#lock = undefined;
     await lock?.release();
@@ -262,7 +277,7 @@ export class AuditLog {
       if (this.sync === 'fsync') await fh.datasync();
       // A record counts as written only with the head that proves it is there: on a full disk the
       // head's new copy can fail where the log's last block still had room.
-      writeHeadSync(this.path, { records: seq, hash: prev });
+      this.#head!.write({ records: seq, hash: prev });
     } catch (e) {
       throw this.#undo(size, e as NodeJS.ErrnoException);
     }

@@ -8,7 +8,8 @@
 // only by a checkpoint kept out of their reach.
 
 import { readFile } from 'node:fs/promises';
-import { renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { AuditError } from './record.js';
 import type { ChainEnd } from './verify.js';
 
 const CHECKPOINT = /^kt-audit-1:(\d{1,15}):([0-9a-f]{64})$/;
@@ -30,18 +31,50 @@ export function headPath(logPath: string): string {
 }
 
 /**
- * Replaces the head file atomically (a reader sees the old or the new one, never half). Not
- * synced: after a power cut it may lag the log, which only makes it prove less.
+ * The head file, open for the writer's lifetime and overwritten in place after each append: one
+ * short line at offset 0, a single write(2) of under 100 bytes, so a reader sees the old line or
+ * the new one. (Replacing it by rename costs 1.5 ms per append on ext4, which flushes a file
+ * renamed over another; this costs about as much as the append itself.) Not synced: after a power
+ * cut it may lag the log, which only makes it prove less.
  */
-export function writeHeadSync(logPath: string, end: ChainEnd): void {
-  const file = headPath(logPath);
-  const tmp = `${file}.tmp`;
-  try {
-    writeFileSync(tmp, `${formatCheckpoint(end)}\n`, { mode: 0o600 });
-    renameSync(tmp, file);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
+export class HeadFile {
+  readonly #fd: number;
+  #length = 0;
+
+  private constructor(fd: number, length: number) {
+    this.#fd = fd;
+    this.#length = length;
+  }
+
+  static openSync(logPath: string): HeadFile {
+    const file = headPath(logPath);
+    // Never O_APPEND: the line is rewritten at offset 0.
+    const fd = openSync(file, constants.O_RDWR | constants.O_CREAT, 0o600);
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new AuditError(`${file} is not a regular file`);
+      if ((st.mode & 0o077) !== 0) {
+        throw new AuditError(`${file} is accessible by other users: run chmod 600 ${file}`);
+      }
+      return new HeadFile(fd, st.size);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  write(end: ChainEnd): void {
+    const line = Buffer.from(`${formatCheckpoint(end)}\n`);
+    if (writeSync(this.#fd, line, 0, line.length, 0) !== line.length) {
+      throw Object.assign(new Error('the disk took only part of the head'), { code: 'ENOSPC' });
+    }
+    // Record counts only grow, so this is for a head left longer by something else.
+    if (line.length < this.#length) ftruncateSync(this.#fd, line.length);
+    this.#length = line.length;
+  }
+
+  close(): void {
+    closeSync(this.#fd);
   }
 }
 
@@ -58,7 +91,10 @@ export async function readHead(logPath: string): Promise<HeadState> {
     throw e;
   }
   const end = parseCheckpoint(text);
-  return end ? { kind: 'ok', end } : { kind: 'damaged', file };
+  if (end) return { kind: 'ok', end };
+  // An empty head is one whose first write never happened (a full disk at the first append).
+  if (text === '') return { kind: 'absent' };
+  return { kind: 'damaged', file };
 }
 
 /**
