@@ -11,30 +11,69 @@ import path from 'node:path';
 import { exportSecretKey, generateKey, makeGnupgHome, type TempGnupg } from './gnupg.js';
 import { runCli, spawnCli, waitForLine } from './cli.js';
 
+/** A stderr line that matched, and when it arrived (ms since the epoch). */
+export type StderrMatch = RegExpMatchArray & { at: number };
+
 export interface Proc {
   child: ChildProcess;
   stdout(): string;
   stderr(): string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** The first stderr line matching RE from now on (lines already seen do not count). */
-  nextStderr(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  nextStderr(re: RegExp, timeoutMs?: number): Promise<StderrMatch>;
+  /** The first stderr line matching RE since the process started. */
+  anyStderr(re: RegExp, timeoutMs?: number): Promise<StderrMatch>;
   stop(signal?: NodeJS.Signals): Promise<unknown>;
 }
 
 export function track(child: ChildProcess): Proc {
   let out = '';
   let err = '';
+  let partial = '';
+  const lines: { text: string; at: number }[] = [];
+  const waiters = new Set<() => void>();
   child.stdout?.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
+  child.stderr?.on('data', (b: Buffer) => {
+    const text = b.toString();
+    err += text;
+    const parts = (partial + text).split('\n');
+    partial = parts.pop()!;
+    const at = Date.now();
+    for (const p of parts) lines.push({ text: p, at });
+    for (const w of [...waiters]) w();
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('exit', (code, signal) => resolve({ code, signal })),
   );
+  // Lines are matched in what was collected, so none can slip past between two awaits.
+  const stderrLine = (re: RegExp, timeoutMs: number, from: number) =>
+    new Promise<StderrMatch>((resolve, reject) => {
+      let next = from;
+      const check = () => {
+        for (; next < lines.length; next++) {
+          const m = lines[next]!.text.match(re);
+          if (m) return finish(() => resolve(Object.assign(m, { at: lines[next]!.at })));
+        }
+      };
+      const finish = (f: () => void) => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        f();
+      };
+      const timer = setTimeout(
+        () => finish(() => reject(new Error(`no stderr line matching ${re} in ${timeoutMs} ms`))),
+        timeoutMs,
+      );
+      waiters.add(check);
+      check();
+    });
   return {
     child,
     stdout: () => out,
     stderr: () => err,
     exited,
-    nextStderr: (re, timeoutMs = 30_000) => waitForLine(child.stderr!, re, timeoutMs),
+    nextStderr: (re, timeoutMs = 30_000) => stderrLine(re, timeoutMs, lines.length),
+    anyStderr: (re, timeoutMs = 30_000) => stderrLine(re, timeoutMs, 0),
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return exited;

@@ -275,8 +275,8 @@ export class AuditLog {
         off += bytesWritten;
       }
       if (this.sync === 'fsync') await fh.datasync();
-      // A record counts as written only with the head that proves it is there: on a full disk the
-      // head's new copy can fail where the log's last block still had room.
+      // A record counts as written only with the head that proves it is there (on a full disk the
+      // head's first write needs a block of its own, which the log's last one may not).
       this.#head!.write({ records: seq, hash: prev });
     } catch (e) {
       throw this.#undo(size, e as NodeJS.ErrnoException);
