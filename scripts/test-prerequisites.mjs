@@ -42,6 +42,8 @@ const PIECES = [
     pkg: 'pinentry-curses',
     optional: 'the real-pinentry test is skipped',
   },
+  // faults-link.test.ts cuts the relay port with REJECT --reject-with tcp-reset (as root).
+  { program: 'iptables', pkg: 'iptables', optional: 'the iptables link-cut test is skipped' },
   // dialog-fit.test.ts draws pinentry-curses in an 80×24 tmux pane and presses its keys.
   { program: 'tmux', pkg: 'tmux', optional: 'the 80×24 pinentry-curses test is skipped' },
   // systemd-units.test.ts checks deploy/systemd/ and socket-activates a real keytether agent.

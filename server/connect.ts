@@ -49,10 +49,14 @@ export interface ConnectOptions {
 }
 
 const MIN_BACKOFF_MS = 250;
+/** For a relay that refused this facade (too many connections, a bad token…). */
 const MAX_BACKOFF_MS = 30_000;
 // While only the holder is missing, the relay answers at once and cheaply; retrying often means
-// the socket works again within a couple of seconds of the holder coming back.
-const MAX_HOLDER_WAIT_BACKOFF_MS = 2_000;
+// the socket works again within a second or two of the holder coming back.
+const MAX_HOLDER_WAIT_BACKOFF_MS = 1_000;
+// A relay that is not there (refused, reset, gone) costs nothing to ask again: with this cap the
+// facade is back within about 5 s of a relay restart, however long the relay was down.
+const MAX_UNREACHABLE_BACKOFF_MS = 2_500;
 
 /**
  * A KeyHolder that is whichever tunnel is up right now. Between tunnels the inventory is the last
@@ -236,8 +240,12 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
   };
   const schedule = (e: unknown) => {
     if (stopping) return;
-    const cap =
-      e instanceof RelayRefusal && e.code === 4005 ? MAX_HOLDER_WAIT_BACKOFF_MS : MAX_BACKOFF_MS;
+    const unreachable = !(e instanceof RelayRefusal) || e.code === 1006 || e.code === 1001;
+    const cap = unreachable
+      ? MAX_UNREACHABLE_BACKOFF_MS
+      : e.code === 4005
+        ? MAX_HOLDER_WAIT_BACKOFF_MS
+        : MAX_BACKOFF_MS;
     const ceiling = Math.min(cap, MIN_BACKOFF_MS * 2 ** Math.min(attempt++, 20));
     const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     if (attempt === 1) log(`${describe(e)}; retrying`);

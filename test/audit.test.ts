@@ -1,12 +1,11 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, truncate, writeFile, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuditLog, GENESIS_PREV, verifyAuditLog } from '../workstation/audit/audit.js';
 import type { AuditInput } from '../workstation/audit/audit.js';
 import { operationLine } from '../workstation/audit/operation-line.js';
+import { runCli as runKt } from './support/cli.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'kt-audit-'));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -236,36 +235,13 @@ t.test('hash algorithm given as digits or a name, digest as hex text', async (t)
   t.same(await verifyAuditLog(path), { ok: true, records: 2 });
 });
 
+// The CLI as built from the current sources (support/cli.ts), never a dist/ left from before.
 async function runCli(
   args: string[],
-  env: NodeJS.ProcessEnv,
-): Promise<{ code: number; out: string; err: string }> {
-  const dist = join(process.cwd(), 'dist', 'cli', 'main.js');
-  if (existsSync(dist)) {
-    const child = spawn(process.execPath, [dist, ...args], { env: { ...process.env, ...env } });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
-    return { code, out, err };
-  }
-  // No build yet: drive the same entry point in-process (main never calls process.exit).
-  const { main } = await import('../cli/program.js');
-  let out = '';
-  let err = '';
-  const saved = process.env.KEYTETHER_HOME;
-  process.env.KEYTETHER_HOME = env.KEYTETHER_HOME;
-  try {
-    const code = await main(args, {
-      stdout: { write: (s: string) => (out += s) },
-      stderr: { write: (s: string) => (err += s) },
-    });
-    return { code, out, err };
-  } finally {
-    if (saved === undefined) delete process.env.KEYTETHER_HOME;
-    else process.env.KEYTETHER_HOME = saved;
-  }
+  env: Record<string, string>,
+): Promise<{ code: number | null; out: string; err: string }> {
+  const r = await runKt(args, { env });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 t.test('keytether audit verify', async (t) => {
@@ -275,12 +251,12 @@ t.test('keytether audit verify', async (t) => {
   await writeLog(path, 3);
 
   const ok = await runCli(['audit', 'verify'], { KEYTETHER_HOME: home });
-  t.same(ok, { code: 0, out: 'audit log OK: 3 records\n', err: '' });
+  t.same(ok, { code: 0, out: 'audit log OK: 3 records (its head file agrees)\n', err: '' });
 
   const other = freshPath();
   await writeLog(other, 2);
   const byFile = await runCli(['audit', 'verify', '--file', other], { KEYTETHER_HOME: home });
-  t.same(byFile, { code: 0, out: 'audit log OK: 2 records\n', err: '' });
+  t.same(byFile, { code: 0, out: 'audit log OK: 2 records (its head file agrees)\n', err: '' });
 
   const bytes = await readFile(path);
   const second = bytes.indexOf(0x0a) + 1;

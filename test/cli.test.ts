@@ -66,7 +66,7 @@ t.test('group commands list their subcommands', async (t) => {
   const groups: [string, string[]][] = [
     ['keys', ['import', 'list', 'export', 'remove']],
     ['token', ['create', 'list', 'revoke']],
-    ['audit', ['verify']],
+    ['audit', ['verify', 'checkpoint']],
   ];
   for (const [group, subs] of groups) {
     const r = await runCli([group, '--help']);

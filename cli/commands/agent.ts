@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { ContentStore, serveAgent } from '../../protocol/agent/index.js';
 import { ConfigError, loadConfig, mergeFlags } from '../../workstation/home/config.js';
 import type { Config, ConfigFlags } from '../../workstation/home/config.js';
-import { operationLine } from '../../workstation/audit/operation-line.js';
+import { auditFailureLine, operationLine } from '../../workstation/audit/operation-line.js';
 import { listenUnix } from '../../workstation/holder/local-socket.js';
 import { requesterWithPeer } from '../../system/peer-process.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
@@ -158,6 +158,9 @@ export function register(program: Command): void {
         const stopLines = rt.audit.onRecorded((rec) =>
           process.stderr.write(`${operationLine(rec)}\n`),
         );
+        const stopFailures = rt.audit.onWriteFailed((e) =>
+          process.stderr.write(`${auditFailureLine(e)}\n`),
+        );
         // Serving gpg-agent's keys to remote fronts is the default (auto): say so once, with the
         // way out, rather than let a user find out from the audit log.
         const gpgAgent = rt.gpgAgent;
@@ -179,6 +182,7 @@ export function register(program: Command): void {
           process.once('SIGHUP', stop);
         });
         stopLines();
+        stopFailures();
         await control.close();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());

@@ -14,7 +14,7 @@ import {
   type ControlServer,
   type FrontStatus,
 } from '../../workstation/control/control.js';
-import { operationLine } from '../../workstation/audit/operation-line.js';
+import { auditFailureLine, operationLine } from '../../workstation/audit/operation-line.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
@@ -204,6 +204,9 @@ export function register(program: Command): void {
             if (session && rec.front === 'ssh') session.requests++;
             process.stderr.write(`${operationLine(rec)}\n`);
           });
+          const stopFailures = rt.audit.onWriteFailed((e) =>
+            process.stderr.write(`${auditFailureLine(e)}\n`),
+          );
           // `keytether status` asks the home's control socket, which nobody serves while no
           // agent runs: this holder answers there for as long as its session lasts.
           const control: ControlServer | undefined = await startControlServer(rt, {
@@ -218,6 +221,7 @@ export function register(program: Command): void {
           release = async () => {
             await control?.close();
             stopLines();
+            stopFailures();
             await rt.close();
           };
         }

@@ -5,270 +5,39 @@
 // Chain: record n carries `seq` = n (from 1), `prev` = SHA-256 of record n-1's line bytes (without
 // the newline; 64 zeros for the first), and `hash` = SHA-256 of the canonical JSON of record n
 // without `hash`. The line itself is the canonical JSON (keys sorted, no spaces) of the whole
-// record, so a byte that changes nothing semantically still breaks verification.
+// record, so a byte that changes nothing semantically still breaks verification (record.ts).
+//
+// Around the chain: one writer at a time (lock.ts), the chain's end kept beside it so that a
+// log cut short is noticed (head.ts), and a write the disk took only part of is undone, so a
+// full disk refuses requests instead of leaving a torn record.
 
-import { createHash } from 'node:crypto';
-import { writeSync } from 'node:fs';
+import { fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { acquireAuditLock, type AuditLock } from './lock.js';
+import { endMismatch, HeadFile, readHead } from './head.js';
+import {
+  AuditError,
+  canonicalJson,
+  GENESIS_PREV,
+  MAX_RECORD_BYTES,
+  NL,
+  recordBody,
+  sha256Hex,
+  type AuditInput,
+  type Json,
+} from './record.js';
 
-export type AuditDecision = 'allowed' | 'confirmed' | 'denied' | 'canceled' | 'failed';
-/** `local`: a signature for the holder's own socket, where the requester is this machine. */
-export type AuditVerification = 'blind' | 'verified' | 'holder-built' | 'local';
-
-/**
- * What the holder records about one request. Deliberately has no field that could carry a
- * passphrase, plaintext, session key or ciphertext; only listed fields reach the file.
- */
-export interface AuditInput {
-  /** Defaults to the time of append. */
-  time?: Date;
-  front: 'local' | 'ssh' | 'relay';
-  /** The connection's far end as the transport sees it (address, relay route). */
-  peer?: string;
-  host?: string;
-  tokenId?: string;
-  fingerprint?: string;
-  /** Absent for `channel` records: the stream failed before any key was named. */
-  keygrip?: string;
-  /** `channel`: a relayed stream's sealed channel failed (tampering, wrong secret). */
-  op: 'sign' | 'decrypt' | 'channel';
-  /** libgcrypt hash id from SETHASH (8 = SHA-256…), or its name; digits are stored as a number. */
-  hashAlgo?: number | string;
-  /** The digest that was (or would have been) signed; not secret. */
-  digest?: Uint8Array | string;
-  decision: AuditDecision;
-  reason?: string;
-  /** The policy rule that decided. */
-  rule?: string;
-  durationMs?: number;
-  /** Defaults to `blind` for remote signatures: the holder saw only a digest. */
-  verification?: AuditVerification;
-  /** For `verified` signatures: what was signed (the payload itself is never recorded). */
-  content?: {
-    kind: string;
-    bytes: number;
-    sha256: string;
-    summary: string;
-    /** A commit's changed files: proven from git objects, or why not (first paths only). */
-    files?: { proven: boolean; count?: number; first?: string[]; why?: string };
-  };
-  requester?: {
-    pid?: number;
-    uid?: number;
-    command?: string;
-    user?: string;
-    /** The requesting process's name and its parent chain, as its machine reported them. */
-    name?: string;
-    parents?: { pid: number; name: string; command?: string }[];
-  };
-}
-
-const MAX_AUDITED_PARENTS = 8;
-
-export class AuditError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'AuditError';
-  }
-}
-
-export type AuditVerifyResult =
-  { ok: true; records: number } | { ok: false; record: number; reason: string };
-
-export const GENESIS_PREV = '0'.repeat(64);
-/** No honest record comes near this; a longer line is damage, and verify must not buffer it all. */
-export const MAX_RECORD_BYTES = 64 * 1024;
-const NL = 0x0a;
-
-function sha256Hex(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-type Json = string | number | boolean | null | Json[] | { [k: string]: Json | undefined };
-
-/** Sorted keys, no whitespace, undefined members dropped: one byte string per value. */
-export function canonicalJson(value: Json): string {
-  if (value === null || typeof value !== 'object') {
-    if (typeof value === 'number' && !Number.isFinite(value)) {
-      throw new AuditError('audit records hold finite numbers only');
-    }
-    return JSON.stringify(value);
-  }
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  const keys = Object.keys(value)
-    .filter((k) => value[k] !== undefined)
-    .sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k] as Json)}`).join(',')}}`;
-}
-
-function clip(s: string | undefined, max: number): string | undefined {
-  if (s === undefined) return undefined;
-  return s.length > max ? `${s.slice(0, max)}…` : s;
-}
-
-function intOrUndefined(n: number | undefined): number | undefined {
-  return n !== undefined && Number.isFinite(n) ? Math.round(n) : undefined;
-}
-
-function digestHex(d: Uint8Array | string | undefined): string | undefined {
-  if (d === undefined) return undefined;
-  if (typeof d === 'string') {
-    // Never fail a request over the form of its digest; keep what was given, bounded.
-    return /^[0-9a-fA-F]*$/.test(d) ? d.slice(0, 256).toLowerCase() : clip(d, 256);
-  }
-  return Buffer.from(d.buffer, d.byteOffset, Math.min(d.byteLength, 128)).toString('hex');
-}
-
-/** The record's fields before seq/prev/hash are added; picks known fields only. */
-function recordBody(rec: AuditInput): { [k: string]: Json | undefined } {
-  const verification =
-    rec.verification ?? (rec.front !== 'local' && rec.op === 'sign' ? 'blind' : undefined);
-  const r = rec.requester;
-  return {
-    time: (rec.time ?? new Date()).toISOString(),
-    front: rec.front,
-    peer: clip(rec.peer, 256),
-    host: clip(rec.host, 256),
-    tokenId: clip(rec.tokenId, 128),
-    fingerprint: clip(rec.fingerprint, 128),
-    keygrip: clip(rec.keygrip, 128),
-    op: rec.op,
-    hashAlgo:
-      typeof rec.hashAlgo === 'string' && !/^\d{1,6}$/.test(rec.hashAlgo)
-        ? clip(rec.hashAlgo, 32)
-        : intOrUndefined(rec.hashAlgo === undefined ? undefined : Number(rec.hashAlgo)),
-    digest: digestHex(rec.digest),
-    decision: rec.decision,
-    reason: clip(rec.reason, 1024),
-    rule: clip(rec.rule, 1024),
-    durationMs: intOrUndefined(rec.durationMs),
-    verification,
-    content: rec.content
-      ? {
-          kind: clip(rec.content.kind, 32),
-          bytes: intOrUndefined(rec.content.bytes),
-          sha256: clip(rec.content.sha256, 64),
-          summary: clip(rec.content.summary, 300),
-          files: rec.content.files
-            ? {
-                proven: rec.content.files.proven === true,
-                count: intOrUndefined(rec.content.files.count),
-                first: rec.content.files.first?.slice(0, 8).map((p) => clip(p, 200) ?? ''),
-                why: clip(rec.content.files.why, 200),
-              }
-            : undefined,
-        }
-      : undefined,
-    requester: r
-      ? {
-          pid: intOrUndefined(r.pid),
-          uid: intOrUndefined(r.uid),
-          command: clip(r.command, 1024),
-          user: clip(r.user, 256),
-          name: clip(r.name, 64),
-          parents: r.parents?.slice(0, MAX_AUDITED_PARENTS).map((p) => ({
-            pid: intOrUndefined(p.pid),
-            name: clip(p.name, 64),
-            command: clip(p.command, 256),
-          })),
-        }
-      : undefined,
-  };
-}
-
-/** Why a line is not the record that should follow `prev`/`seq`, or undefined if it is. */
-function checkLine(
-  line: Buffer,
-  expect: { seq: number; prev: string },
-): { reason: string } | { seq: number } {
-  if (line.length === 0) return { reason: 'empty line' };
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(line.toString('utf8'));
-  } catch {
-    return { reason: 'not valid JSON' };
-  }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-    return { reason: 'not a JSON object' };
-  }
-  const obj = parsed as { [k: string]: Json | undefined };
-  const { seq, prev, hash } = obj;
-  if (typeof seq !== 'number' || !Number.isSafeInteger(seq)) return { reason: 'no valid seq' };
-  if (typeof prev !== 'string' || !/^[0-9a-f]{64}$/.test(prev)) {
-    return { reason: 'no valid prev hash' };
-  }
-  if (typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash)) {
-    return { reason: 'no valid hash' };
-  }
-  let canonical: string;
-  try {
-    canonical = canonicalJson(obj);
-  } catch {
-    return { reason: 'not a valid record' };
-  }
-  if (!Buffer.from(canonical, 'utf8').equals(line)) {
-    return { reason: 'its bytes are not in canonical form (the line was edited)' };
-  }
-  const withoutHash = { ...obj, hash: undefined };
-  if (sha256Hex(canonicalJson(withoutHash)) !== hash) {
-    return { reason: 'its hash does not match its contents (the record was edited)' };
-  }
-  if (seq !== expect.seq) {
-    return {
-      reason: `its sequence number is ${seq}, expected ${expect.seq} (records are missing, repeated or reordered)`,
-    };
-  }
-  if (prev !== expect.prev) {
-    return { reason: 'its prev hash does not match the record before it' };
-  }
-  return { seq };
-}
-
-/**
- * Checks the whole chain, streaming. Throws only when the file cannot be read (e.g. ENOENT);
- * every kind of damage is a result naming the first broken record (1-based line).
- */
-export async function verifyAuditLog(path: string): Promise<AuditVerifyResult> {
-  const fh = await open(path, 'r');
-  try {
-    const chunk = Buffer.alloc(64 * 1024);
-    let pending = Buffer.alloc(0);
-    let expect = { seq: 1, prev: GENESIS_PREV };
-    let record = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(chunk, 0, chunk.length, null);
-      if (bytesRead === 0) break;
-      pending = Buffer.concat([pending, chunk.subarray(0, bytesRead)]);
-      let start = 0;
-      for (let nl = pending.indexOf(NL, start); nl !== -1; nl = pending.indexOf(NL, start)) {
-        record++;
-        const line = pending.subarray(start, nl);
-        if (line.length > MAX_RECORD_BYTES) {
-          return { ok: false, record, reason: 'it is longer than any record keytether writes' };
-        }
-        const r = checkLine(line, expect);
-        if ('reason' in r) return { ok: false, record, reason: r.reason };
-        expect = { seq: r.seq + 1, prev: sha256Hex(line) };
-        start = nl + 1;
-      }
-      pending = Buffer.from(pending.subarray(start));
-      if (pending.length > MAX_RECORD_BYTES) {
-        return {
-          ok: false,
-          record: record + 1,
-          reason: 'it is longer than any record keytether writes',
-        };
-      }
-    }
-    if (pending.length > 0) {
-      return { ok: false, record: record + 1, reason: 'it is truncated (no line end)' };
-    }
-    return { ok: true, records: record };
-  } finally {
-    await fh.close();
-  }
-}
+export {
+  AuditError,
+  canonicalJson,
+  GENESIS_PREV,
+  MAX_RECORD_BYTES,
+  type AuditDecision,
+  type AuditInput,
+  type AuditVerification,
+} from './record.js';
+export { verifyAuditLog, walkAuditLog, type AuditVerifyResult, type ChainEnd } from './verify.js';
 
 /**
  * `write`: each record is handed to the kernel (write(2) completed) before the result goes back,
@@ -292,28 +61,47 @@ export class AuditLog {
   readonly path: string;
   readonly sync: AuditSync;
   #fh: FileHandle | undefined;
+  #lock: AuditLock | undefined;
+  #head: HeadFile | undefined;
   #seq: number;
   #prev: string;
+  /** The file's size after the last record this log wrote (or found): anything else is not ours. */
+  #size: number;
   #pending: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #broken: Error | undefined;
   #observers = new Set<(rec: AuditInput) => void>();
+  #failureObservers = new Set<(e: AuditError) => void>();
 
-  private constructor(path: string, fh: FileHandle, seq: number, prev: string, sync: AuditSync) {
+  private constructor(
+    path: string,
+    fh: FileHandle,
+    lock: AuditLock,
+    head: HeadFile,
+    end: { seq: number; prev: string; size: number },
+    sync: AuditSync,
+  ) {
     this.path = path;
     this.#fh = fh;
-    this.#seq = seq;
-    this.#prev = prev;
+    this.#lock = lock;
+    this.#head = head;
+    this.#seq = end.seq;
+    this.#prev = end.prev;
+    this.#size = end.size;
     this.sync = sync;
   }
 
   /**
    * Opens (creating 0600) and continues the chain from the last record. Refuses a file others
-   * can read or write, and one whose last record is damaged, since appending would bury it.
+   * can read or write, one whose last record is damaged (appending would bury it), one another
+   * holder is writing (lock.ts), and one that ends before its head file says it did (head.ts).
    */
   static async open(path: string, opts: { sync?: AuditSync } = {}): Promise<AuditLog> {
-    const fh = await open(path, 'a+', 0o600);
+    const lock = await acquireAuditLock(path);
+    let fh: FileHandle | undefined;
+    let head: HeadFile | undefined;
     try {
+      fh = await open(path, 'a+', 0o600);
       const info = await fh.stat();
       if (!info.isFile()) throw new AuditError(`audit log ${path} is not a regular file`);
       if ((info.mode & 0o077) !== 0) {
@@ -322,9 +110,40 @@ export class AuditLog {
         );
       }
       const { seq, prev } = await readTail(fh, info.size, path);
-      return new AuditLog(path, fh, seq, prev, opts.sync ?? 'write');
+      const recorded = await readHead(path);
+      if (recorded.kind === 'damaged') {
+        throw new AuditError(
+          `the audit log's head file ${recorded.file} is damaged: run keytether audit verify, and move both files aside to start a new log`,
+        );
+      }
+      if (recorded.kind === 'ok') {
+        // Only the last record is at hand here; a head that lags the log (a crash between the
+        // append and the head's update) is checked in full by keytether audit verify.
+        const why = endMismatch(
+          seq,
+          (n) => (n === seq ? prev : undefined),
+          seq > recorded.end.records ? { records: 0, hash: GENESIS_PREV } : recorded.end,
+          'its head file',
+        );
+        if (why !== undefined) {
+          throw new AuditError(
+            `audit log ${path}: ${why}; run keytether audit verify, and move the log and ${path}.head aside to start a new log`,
+          );
+        }
+      }
+      head = HeadFile.openSync(path);
+      return new AuditLog(
+        path,
+        fh,
+        lock,
+        head,
+        { seq, prev, size: info.size },
+        opts.sync ?? 'write',
+      );
     } catch (e) {
-      await fh.close();
+      head?.close();
+      await fh?.close();
+      await lock.release();
       throw e;
     }
   }
@@ -358,11 +177,25 @@ export class AuditLog {
     return () => this.#observers.delete(fn);
   }
 
+  /**
+   * Calls FN when records could not be written (their requests are refused), so the holder's user
+   * hears of it where they look, not only the remote gpg.
+   */
+  onWriteFailed(fn: (e: AuditError) => void): () => void {
+    this.#failureObservers.add(fn);
+    return () => this.#failureObservers.delete(fn);
+  }
+
   async close(): Promise<void> {
     while (this.#flushing) await this.#flushing;
     const fh = this.#fh;
     this.#fh = undefined;
     await fh?.close();
+    this.#head?.close();
+    this.#head = undefined;
+    const lock = this.#lock;
+    this.#lock = undefined;
+    await lock?.release();
   }
 
   async #drain(): Promise<void> {
@@ -383,6 +216,13 @@ export class AuditLog {
             p.resolve();
           }
         } catch (e) {
+          for (const fn of this.#failureObservers) {
+            try {
+              fn(e as AuditError);
+            } catch {
+              // As for onRecorded.
+            }
+          }
           for (const p of batch) p.reject(e as Error);
         }
       }
@@ -417,22 +257,58 @@ export class AuditLog {
       prev = sha256Hex(text);
     }
     const data = Buffer.from(lines.join(''), 'utf8');
+    const fd = fh.fd;
+    const size = fstatSync(fd).size;
+    if (size !== this.#size) {
+      // Someone else appended (or cut): chaining on from our last record would fork the chain.
+      this.#broken = new Error(`its size changed from ${this.#size} to ${size} bytes`);
+      throw new AuditError(
+        `audit log ${this.path} was changed by another process while this holder had it open (${this.#broken.message}); refusing to fork its chain: run keytether audit verify`,
+      );
+    }
     try {
       let off = 0;
       while (off < data.length) {
-        const bytesWritten = writeSync(fh.fd, data, off, data.length - off);
+        // A full disk can take part of a write without an error; the next write then fails.
+        const bytesWritten = writeSync(fd, data, off, data.length - off);
         if (bytesWritten <= 0) throw new Error('the disk accepted no bytes');
         off += bytesWritten;
       }
       if (this.sync === 'fsync') await fh.datasync();
+      // A record counts as written only with the head that proves it is there (on a full disk the
+      // head's first write needs a block of its own, which the log's last one may not).
+      this.#head!.write({ records: seq, hash: prev });
     } catch (e) {
-      // A partial line may now be on disk; any later record would be chained after damage.
-      this.#broken = e as Error;
-      throw new AuditError(`cannot write audit log ${this.path}: ${(e as Error).message}`);
+      throw this.#undo(size, e as NodeJS.ErrnoException);
     }
     this.#seq = seq;
     this.#prev = prev;
+    this.#size = size + data.length;
   }
+
+  /**
+   * Cuts a failed batch back off the file, so none of its records (not even part of a line) is
+   * left to be chained after; the requests are refused. Only if that fails too is the log broken.
+   */
+  #undo(size: number, e: NodeJS.ErrnoException): AuditError {
+    const why = describeIoError(e);
+    try {
+      ftruncateSync(this.#fh!.fd, size);
+    } catch (t) {
+      this.#broken = e;
+      return new AuditError(
+        `cannot write audit log ${this.path} (${why}), and cutting the partial record off failed (${describeIoError(t as NodeJS.ErrnoException)}): run keytether audit verify`,
+      );
+    }
+    return new AuditError(`cannot write audit log ${this.path}: ${why}`);
+  }
+}
+
+/** `no space left on device (ENOSPC)` rather than Node's `ENOSPC: no space left on device, write`. */
+function describeIoError(e: NodeJS.ErrnoException): string {
+  if (!e.code) return e.message;
+  const text = e.message.replace(/^[A-Z]+: /, '').replace(/, \w+( '.*')?$/, '');
+  return `${text} (${e.code})`;
 }
 
 async function readTail(

@@ -39,3 +39,8 @@ export function operationLine(rec: AuditInput, now: Date = new Date()): string {
     chain === undefined ? '' : ` by ${chain}${rec.front === 'local' ? '' : ' (server says)'}`;
   return `${time} ${who}${by}: ${what}: ${rec.decision}${reason}${summary}`;
 }
+
+/** The holder's line when records cannot be written: their requests were refused. */
+export function auditFailureLine(e: Error, now: Date = new Date()): string {
+  return `${now.toISOString().slice(11, 19)} ${e.message}; the request was refused (nothing is signed or decrypted without its record)`;
+}

@@ -14,7 +14,7 @@ import type {
   Requester,
   SignRequest,
 } from '../../protocol/keyholder.js';
-import type { AuditLog } from '../audit/audit.js';
+import { AuditError, type AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
 import {
   approvalScope,
@@ -216,13 +216,21 @@ export class Holder implements KeyHolder {
           }
         : {}),
     };
+    // No record, no result: a request whose record cannot be written is refused, and the
+    // refusal is not recorded again (the log cannot take it either).
+    let unrecorded: GpgError | undefined;
     const record = async (decision: string, reason: string) => {
-      await this.#d.audit.append({
-        ...base,
-        decision,
-        reason,
-        durationMs: this.#now() - started,
-      } as Parameters<AuditLog['append']>[0]);
+      try {
+        await this.#d.audit.append({
+          ...base,
+          decision,
+          reason,
+          durationMs: this.#now() - started,
+        } as Parameters<AuditLog['append']>[0]);
+      } catch (e) {
+        unrecorded = auditRefusal(e);
+        throw unrecorded;
+      }
     };
 
     if (!found || !entry || !entry.usage.some((u) => usable(op, u, requester.front))) {
@@ -289,7 +297,7 @@ export class Holder implements KeyHolder {
       return result;
     } catch (e) {
       const err = toGpgError(e);
-      if (err.code === ErrorCode.NOT_CONFIRMED) throw err;
+      if (err.code === ErrorCode.NOT_CONFIRMED || err === unrecorded) throw err;
       const canceled = err.code === ErrorCode.CANCELED || err.code === ErrorCode.FULLY_CANCELED;
       await record(canceled ? 'canceled' : 'failed', err.message);
       throw err;
@@ -297,6 +305,15 @@ export class Holder implements KeyHolder {
       key?.release?.();
     }
   }
+}
+
+/** What the requester hears when the holder cannot write a request's audit record. */
+function auditRefusal(e: unknown): GpgError {
+  const cause = e instanceof AuditError ? e.message.replace(/^.*?: /, '') : String(e);
+  return new GpgError(
+    ErrorCode.GENERAL,
+    `request refused: the holder cannot write its audit log (${cause})`,
+  );
 }
 
 /**

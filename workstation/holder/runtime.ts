@@ -3,7 +3,7 @@
 // and an in-process `keytether ssh` behave the same.
 
 import path from 'node:path';
-import { AuditLog } from '../audit/audit.js';
+import { AuditError, AuditLog } from '../audit/audit.js';
 import { ApprovalMemory } from '../policy/approvals.js';
 import type { Config } from '../home/config.js';
 import type { UnlockedKey } from '../crypto/index.js';
@@ -71,7 +71,13 @@ export async function openHolderRuntime(
   await ensureHome(home);
   const keystore = await Keystore.open(home);
   const gpgAgent = await openGpgAgent(config, opts);
-  const audit = await AuditLog.open(path.join(home, 'audit.jsonl'), { sync: config.auditSync });
+  // Every refusal to open the log (in use, damaged, cut short, loose mode) is the user's to act on.
+  const audit = await AuditLog.open(path.join(home, 'audit.jsonl'), {
+    sync: config.auditSync,
+  }).catch(async (e: unknown) => {
+    await gpgAgent?.close();
+    throw e instanceof AuditError ? new UserError(e.message) : e;
+  });
   const cache = new UnlockCache<UnlockedKey>({
     defaultTtlMs: config.defaultCacheTtlMs,
     maxTtlMs: config.maxCacheTtlMs,

@@ -84,6 +84,14 @@ export interface RelayClient {
   close(): Promise<void>;
 }
 
+/**
+ * While the relay is simply not there (connection refused or reset, or it went away), asking
+ * again costs it nothing, so the holder asks at least this often: back within about 5 s of a
+ * relay restart, however long it was down. A relay that answers with a refusal is asked as
+ * rarely as maxBackoffMs allows.
+ */
+const UNREACHABLE_MAX_BACKOFF_MS = 2_500;
+
 /** The relay caps messages at 1 MiB; data frames stay well below it. */
 const MAX_MESSAGE_BYTES = 1 << 20;
 const MAX_STREAMS = 1024;
@@ -176,7 +184,12 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       const text = CLOSE_TEXT[code] ?? `connection closed (${code}${reason ? `: ${reason}` : ''})`;
       // A certificate sentence says more than the close that follows it.
       if (wasConnected || lastError === undefined || code !== 1006) lastError = text;
-      const delay = backoffDelay(attempt++, minMs, maxMs);
+      const gone = code === 1006 || code === 1001;
+      const delay = backoffDelay(
+        attempt++,
+        minMs,
+        gone ? Math.min(maxMs, UNREACHABLE_MAX_BACKOFF_MS) : maxMs,
+      );
       if (wasConnected || attempt === 1) {
         log(`relay ${opts.url}: ${text}; retrying in ${(delay / 1000).toFixed(1)} s`);
       }
