@@ -206,6 +206,7 @@ export function serveTunnel(
         keygrip: msg.keygrip,
         requester,
         ...(msg.description !== undefined ? { description: msg.description } : {}),
+        ...(msg.pinentryMode !== undefined ? { pinentryMode: msg.pinentryMode } : {}),
       };
       if (msg.type === 'sign') {
         const pending = dropContent(msg.id);

@@ -11,6 +11,7 @@ import type {
   Inventory,
   KeyEntry,
   KeyHolder,
+  NoPromptMode,
   Requester,
   SignRequest,
 } from '../../protocol/keyholder.js';
@@ -30,7 +31,7 @@ import type { Keystore } from '../keystore/index.js';
 import type { UnlockedKey } from '../crypto/index.js';
 import type { PassphraseAsker } from '../pinentry/pinentry.js';
 import type { Backend, KeyOperator } from '../backends/backend.js';
-import { mergeInventories } from '../backends/backend.js';
+import { mergeInventories, noPromptError } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
 import { describeRequester, requestedByLine } from '../backends/requester-text.js';
 import { InventoryWatch } from './inventory-watch.js';
@@ -154,12 +155,21 @@ export class Holder implements KeyHolder {
       },
       (key) => key.sign(req.hashAlgo, req.digest),
       req,
+      req.pinentryMode,
     );
   }
 
   async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-    return this.#run('decrypt', req.keygrip, req.requester, req.description, signal, {}, (key) =>
-      key.decrypt(req.ciphertext),
+    return this.#run(
+      'decrypt',
+      req.keygrip,
+      req.requester,
+      req.description,
+      signal,
+      {},
+      (key) => key.decrypt(req.ciphertext),
+      undefined,
+      req.pinentryMode,
     );
   }
 
@@ -172,6 +182,7 @@ export class Holder implements KeyHolder {
     extra: { hashAlgo?: string; digest?: string },
     act: (key: KeyOperator) => T | Promise<T>,
     signRequest?: SignRequest,
+    noPrompt?: NoPromptMode,
   ): Promise<T> {
     const started = this.#now();
     const found = await this.#find(keygrip);
@@ -263,7 +274,16 @@ export class Holder implements KeyHolder {
     let decision = 'allowed';
     let key: KeyOperator | undefined;
     try {
-      key = await found.backend.open(entry, { description, requester, signal });
+      // A client that must never be prompted hears so before any key is touched.
+      if (verdict.action === 'confirm' && noPrompt) {
+        throw noPromptError(noPrompt, 'the confirmation this policy asks for');
+      }
+      key = await found.backend.open(entry, {
+        description,
+        requester,
+        signal,
+        ...(noPrompt ? { pinentryMode: noPrompt } : {}),
+      });
       if (verdict.action === 'confirm') {
         const ok = await this.#d.pinentry.confirm(
           { description: confirmText(op, entry, requester, extra.digest, clear?.content?.lines) },
