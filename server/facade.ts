@@ -6,6 +6,7 @@
 import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
+import type { ClientDeadlines } from '../protocol/assuan/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
@@ -20,6 +21,10 @@ export interface FacadeOptions {
   onEvent?: (e: AgentEvent) => void;
   /** How the process behind each connection is found; `false` skips the lookup. */
   peerLookup?: PeerLookupOptions | false;
+  /** Deadlines on clients that owe us bytes; default AGENT_CLIENT_DEADLINES. */
+  deadlines?: ClientDeadlines;
+  /** Where a line about a cut client goes; default stderr. */
+  log?: (line: string) => void;
 }
 
 export interface Facade {
@@ -54,6 +59,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   let closing: Promise<void> | undefined;
   // `keytether git-sign` hands the payload over on one connection, gpg signs on another.
   const content = new ContentStore({ collectObjects: collectCommitObjects });
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
 
   const server = await listenAt(opts.socketPath, (sock) => {
     if (closing) {
@@ -70,6 +76,8 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
       requester: () => requesterWithPeer(requester, sock, opts.peerLookup),
       content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
+      ...(opts.deadlines ? { deadlines: opts.deadlines } : {}),
+      onCut: (why) => log(`keytether: cut a client of ${opts.socketPath}: ${why}`),
     })
       .catch(() => {})
       .finally(() => sock.destroy());

@@ -85,6 +85,13 @@ export interface ControlServerOptions {
   /** keytether's version (packageVersion()). */
   version: string;
   relays?: RelaySource;
+  /**
+   * The whole request line must arrive within this long of connecting (default 10 s), so a
+   * client that connects and says nothing, or dribbles, holds a connection slot no longer.
+   */
+  requestTimeoutMs?: number;
+  /** Where a line about a cut client goes; default stderr. */
+  log?: (line: string) => void;
 }
 
 export interface ControlServer {
@@ -218,13 +225,22 @@ export async function startControlServer(
   };
 
   const watchInventory = inventoryWatcher(rt.holder);
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
 
   const serve = async (sock: net.Socket): Promise<void> => {
     let line: string;
     try {
-      line = await readLine(sock, REQUEST_TIMEOUT_MS);
+      line = await readLine(sock, opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
     } catch (e) {
-      refuse(sock, e instanceof ControlProtocolError ? e.message : 'the request failed');
+      const why = e instanceof ControlProtocolError ? e.message : 'the request failed';
+      if (e instanceof ControlProtocolError && e.overdue) {
+        log(`keytether: cut a client of ${socketPath}: ${why}`);
+        // It may not be reading either: say why, then let go of it at once.
+        if (sock.writable) sock.end(`ERR ${why}\n`);
+        setImmediate(() => sock.destroy());
+        return;
+      }
+      refuse(sock, why);
       return;
     }
     const words = line.split(' ');
