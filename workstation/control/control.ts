@@ -30,9 +30,11 @@ import {
   type Front,
   type FrontStatus,
   type RecentOperation,
+  type RateLimitStatus,
   type RelaySource,
   type StatusDocument,
 } from './status.js';
+import { RequestLimiter } from '../holder/request-limits.js';
 import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
 
 export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
@@ -216,7 +218,14 @@ export async function startControlServer(
         };
       }),
       recent: await withLabels([...recent]),
+      ...rateLimits(),
     };
+  };
+
+  const rateLimits = (): { rateLimits?: RateLimitStatus[] } => {
+    const limiter = (rt.holder as { limiter?: unknown }).limiter;
+    const alerts = limiter instanceof RequestLimiter ? limiter.alerts() : [];
+    return alerts.length > 0 ? { rateLimits: alerts } : {};
   };
 
   const refuse = (sock: net.Socket, why: string): void => {
