@@ -167,3 +167,110 @@ t.test('a remote side flooding 300 requests: refused at once, at most 4 prompts'
   );
   t.same(await verifyAuditLog(w.auditFile), { ok: true, records: recs.length });
 });
+
+t.test('a flood of requests for unknown keys: ten records and one summary', async (t) => {
+  const w = await holderWorld(t, {
+    policy: [{ action: 'allow', clearSign: 'off' }],
+    refusals: (audit) => new RefusalSummary(audit, { windowMs: 1000 }),
+  });
+  const summary = new Promise<AuditInput>((resolve) => {
+    const stop = w.audit.onRecorded((rec) => {
+      if (/more requests/.test(rec.reason ?? '')) {
+        stop();
+        resolve(rec);
+      }
+    });
+  });
+  const requester: Requester = { front: 'ssh', host: 'scan.example' };
+  const unknown = 'AB'.repeat(20);
+  const started = performance.now();
+  const codes = new Set<number | undefined>();
+  for (let i = 0; i < 50; i++) {
+    const e = await w.holder.sign({ keygrip: unknown, hashAlgo: 8, digest, requester }).then(
+      () => undefined,
+      (err: unknown) => toGpgError(err),
+    );
+    codes.add(e?.code);
+  }
+  t.same([...codes], [ErrorCode.NO_SECKEY], 'each is refused as gpg-agent would: No secret key');
+  t.equal((await w.records()).length, 10, 'only the first ten of the window are written');
+  const rec = await summary;
+  const took = performance.now() - started;
+  t.ok(
+    took >= 900 && took < 5000,
+    `the summary came with the window's end (${Math.round(took)} ms)`,
+  );
+  t.match(rec, {
+    front: 'ssh',
+    host: 'scan.example',
+    decision: 'failed',
+    reason:
+      '40 more requests for unknown keys from scan.example refused in the last 1 s, not recorded one by one (last: no such key)',
+  });
+  const recs = await w.records();
+  t.equal(recs.length, 11);
+  t.same(await verifyAuditLog(w.auditFile), { ok: true, records: 11 }, 'the chain is intact');
+});
+
+t.test('per-token rate limit: refusals past the burst, one alert, a status line', async (t) => {
+  const limiter = new RequestLimiter({ token: { perMinute: 6, burst: 5 } });
+  const w = await holderWorld(t, { policy: [{ action: 'allow', clearSign: 'off' }], limiter });
+  const requester: Requester = { front: 'relay', tokenId: 'ktt_ratetest' };
+  const outcomes: (number | 'signed')[] = [];
+  for (let i = 0; i < 10; i++) {
+    outcomes.push(
+      await w.holder.sign({ keygrip: w.grip, hashAlgo: 8, digest, requester }).then(
+        () => 'signed' as const,
+        (e: unknown) => toGpgError(e).code,
+      ),
+    );
+  }
+  t.same(outcomes, [...Array(5).fill('signed'), ...Array(5).fill(ErrorCode.LIMIT_REACHED)]);
+  const recs = await w.records();
+  t.equal(recs.filter((r) => r.decision === 'allowed').length, 5);
+  const denied = recs.filter((r) => r.decision === 'denied');
+  t.equal(
+    denied[0]?.reason,
+    'rate limit: token ktt_ratetest asked for more than 5 at once and 6 a minute (burst alert)',
+    'the first refusal is the burst alert',
+  );
+  t.equal(denied.length, 5);
+
+  // Another token and the workstation itself are not affected.
+  const other = await w.holder.sign({
+    keygrip: w.grip,
+    hashAlgo: 8,
+    digest,
+    requester: { front: 'relay', tokenId: 'ktt_other' },
+  });
+  t.ok(other.length > 0, 'another token still signs');
+
+  const home = path.join(w.dir, 'home');
+  await mkdir(home, { mode: 0o700 });
+  const control = await startControlServer(
+    { holder: w.holder, cache: { entries: () => [] }, audit: w.audit },
+    { home, version: '9.9.9' },
+  );
+  t.teardown(() => control.close());
+  const doc = await requestStatus(home);
+  t.match(doc?.rateLimits, [{ kind: 'token', id: 'ktt_ratetest', refused: 5, active: true }]);
+  t.match(
+    formatStatus(doc!),
+    /\nrate limits:\n {2}token ktt_ratetest: over its rate since \S+, 5 requests refused; refusing\n/,
+  );
+});
+
+t.test('per-key rate limit applies across tokens and servers, never to local', async (t) => {
+  const limiter = new RequestLimiter({ key: { perMinute: 6, burst: 3 } });
+  const w = await holderWorld(t, { policy: [{ action: 'allow', clearSign: 'off' }], limiter });
+  const ask = (requester: Requester) =>
+    w.holder.sign({ keygrip: w.grip, hashAlgo: 8, digest, requester }).then(
+      () => 'signed',
+      (e: unknown) => toGpgError(e).detail,
+    );
+  t.equal(await ask({ front: 'ssh', host: 'a.example' }), 'signed');
+  t.equal(await ask({ front: 'relay', tokenId: 'ktt_one' }), 'signed');
+  t.equal(await ask({ front: 'ssh', host: 'b.example' }), 'signed');
+  t.match(await ask({ front: 'relay', tokenId: 'ktt_two' }), /^rate limit: key [0-9A-F]{40} /);
+  t.equal(await ask({ front: 'local' }), 'signed', "the workstation's own gpg is not limited");
+});

@@ -70,12 +70,12 @@ export class RefusalSummary {
     w.suppressed++;
     w.last = rec;
     if (!w.timer) {
+      // Kept referenced: a process must not exit with a summary unwritten (close() flushes).
       const win = w;
       win.timer = setTimeout(
         () => void this.#close(key, win).catch(() => undefined),
         Math.max(0, win.start + this.#windowMs - now),
       );
-      win.timer.unref();
     }
   }
 
