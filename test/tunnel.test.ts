@@ -683,6 +683,23 @@ t.test('an oversize frame closes the link before its payload is buffered', async
   t.same(reader.push(Buffer.alloc(100)), [], 'input after the error is ignored');
 });
 
+t.test('the holder refuses an oversize frame from the facade the same way', async (t) => {
+  const [serverEnd, clientEnd] = await socketPair(t);
+  const peer = new RawPeer(clientEnd);
+  const server = serveTunnel(new SimpleHolder(), serverEnd, { software: SOFTWARE });
+  peer.hello('facade');
+  await server.ready;
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32BE(DEFAULT_MAX_FRAME_BYTES + 1);
+  peer.write(Buffer.concat([prefix, Buffer.alloc(1000)]));
+  const { reason } = await server.closed;
+  t.equal(
+    reason,
+    `bad data from the server: received a frame of ${DEFAULT_MAX_FRAME_BYTES + 1} bytes, more than the ${DEFAULT_MAX_FRAME_BYTES} allowed`,
+  );
+  t.equal((await peer.next('close')).reason, reason, 'the facade is told why');
+});
+
 t.test('a holder never sends a frame the facade would refuse', async (t) => {
   const holder = new SimpleHolder();
   holder.inventory = async () => ({
