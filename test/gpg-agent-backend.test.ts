@@ -128,6 +128,18 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
     );
   });
 
+  await t.test('--pinentry-mode error: a locked key fails at once, no pinentry', async (t) => {
+    const before = (await pin.invocations()).length;
+    const r = await gpg(
+      g,
+      ['--pinentry-mode', 'error', '-u', alice.fingerprint, '--detach-sign'],
+      'data\n',
+    );
+    t.not(r.code, 0, 'gpg fails');
+    t.match(r.stderr, /No pinentry/, "gpg-agent's own answer for pinentry-mode error");
+    t.equal((await pin.invocations()).length, before, "gpg-agent's pinentry was not started");
+  });
+
   // gpg 2.4's gpgconf names the system's agent, so its own agent is found beside its gpg.
   for (const client of gpgClients().filter((c) => c.gpgconf)) {
     await t.test(`${client.label}: sign, clearsign, decrypt, list`, async (t) => {

@@ -223,7 +223,7 @@ export class GpgAgentBackend implements Backend {
       return r.status.find((s) => s.keyword === 'KEYINFO')?.args;
     });
     const info = line !== undefined ? parseKeyInfoArgs(line) : undefined;
-    const cached = line?.split(' ')[6] === '1';
+    const cached = line?.split(' ')[4] === '1'; // KEYINFO's fifth field: 1 when cached
     if (!info) return; // the operation itself then fails as the agent says
     if (info.type === 'T') throw noPromptError(mode, 'the smartcard key');
     if (info.flags.includes('c')) throw noPromptError(mode, 'confirming the key');
