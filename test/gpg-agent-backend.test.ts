@@ -183,9 +183,10 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
   t.equal(recs[0]?.decision, 'canceled', 'the cancel is audited');
   t.equal(recs[0]?.op, 'sign');
   t.match(String(recs[0]?.reason), /Operation cancelled/);
+  t.match(recs[1], { decision: 'failed', reason: /pinentry-mode=error: unlocking the key/ });
   t.ok(
-    recs.slice(1).every((r) => r.decision === 'allowed'),
-    'everything after it was allowed',
+    recs.slice(2).every((r) => r.decision === 'allowed'),
+    'everything after them was allowed',
   );
   t.ok(recs.some((r) => r.op === 'decrypt' && r.fingerprint !== undefined));
   const ver = await runCli(['audit', 'verify'], { env: { KEYTETHER_HOME: home } });

@@ -213,15 +213,27 @@ export class GpgAgentBackend implements Backend {
   }
 
   /**
-   * The extra socket refuses `OPTION pinentry-mode`, so the agent cannot be told not to prompt;
-   * instead a key it would prompt for (protected and not cached, on a card, or marked confirm)
-   * is refused here, before the agent is asked.
+   * The extra socket refuses `OPTION pinentry-mode` (and KEYINFO), so the agent cannot be told
+   * not to prompt; instead a key it would prompt for (protected and not cached, on a card, or
+   * marked confirm) is refused here, as the normal socket describes it, before the agent is asked.
    */
   async #refuseIfPrompting(grip: string, mode: 'cancel' | 'error'): Promise<void> {
-    const line = await this.#withConnection(async (conn) => {
-      const r = await conn.transact(`KEYINFO ${grip}`, { timeoutMs: QUERY_TIMEOUT_MS });
-      return r.status.find((s) => s.keyword === 'KEYINFO')?.args;
-    });
+    let line: string | undefined;
+    try {
+      const conn = await AgentConnection.open(
+        this.dirs.agentSocket,
+        'normal',
+        this.#opts.onCommand,
+      );
+      try {
+        const r = await conn.transact(`KEYINFO ${grip}`, { timeoutMs: QUERY_TIMEOUT_MS });
+        line = r.status.find((s) => s.keyword === 'KEYINFO')?.args;
+      } finally {
+        conn.close();
+      }
+    } catch (e) {
+      throw toGpgError(e);
+    }
     const info = line !== undefined ? parseKeyInfoArgs(line) : undefined;
     const cached = line?.split(' ')[4] === '1'; // KEYINFO's fifth field: 1 when cached
     if (!info) return; // the operation itself then fails as the agent says
