@@ -83,6 +83,13 @@ export interface ProcessClaim {
 /** The most parents a requester carries. */
 export const MAX_PARENTS = 8;
 
+/**
+ * gpg's `--pinentry-mode cancel|error` (`OPTION pinentry-mode`): the requester must never be
+ * prompted, so where the holder would open a pinentry (a passphrase, a confirmation) it answers
+ * as gpg-agent does instead: `cancel` → GPG_ERR_CANCELED, `error` → GPG_ERR_NO_PIN_ENTRY.
+ */
+export type NoPromptMode = 'cancel' | 'error';
+
 export interface SignRequest {
   keygrip: string;
   /** OpenPGP / libgcrypt hash id as sent in `SETHASH <algo> <hex>` (8 = SHA-256, 10 = SHA-512…). */
@@ -91,6 +98,8 @@ export interface SignRequest {
   /** gpg's `SETKEYDESC` text, already decoded (plus → space, %XX → byte), or undefined. */
   description?: string;
   requester: Requester;
+  /** Set when the client asked never to be prompted (see NoPromptMode). */
+  pinentryMode?: NoPromptMode;
   /**
    * The bytes the server says it is signing (handed to its facade by `keytether git-sign`). A
    * claim until the holder recomputes the digest from it: only then is it shown as verified.
@@ -126,6 +135,7 @@ export interface DecryptRequest {
   ciphertext: Uint8Array;
   description?: string;
   requester: Requester;
+  pinentryMode?: NoPromptMode;
 }
 
 export interface DecryptResult {

@@ -6,6 +6,7 @@
 import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
+import type { ClientDeadlines } from '../protocol/assuan/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
 import { listenAt, removeSocket } from '../system/unix-socket.js';
@@ -23,6 +24,10 @@ export interface FacadeOptions {
   peerLookup?: PeerLookupOptions | false;
   /** Where `keytether git-sign` was written: its shell half leaves payload files there. */
   payloadDir?: string;
+  /** Deadlines on clients that owe us bytes; default AGENT_CLIENT_DEADLINES. */
+  deadlines?: ClientDeadlines;
+  /** Where a line about a cut client goes; default stderr. */
+  log?: (line: string) => void;
 }
 
 export interface Facade {
@@ -62,6 +67,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
       ? { readPayloadFile: payloadFileReader(opts.payloadDir) }
       : {}),
   });
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
 
   const server = await listenAt(opts.socketPath, (sock) => {
     if (closing) {
@@ -78,6 +84,8 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
       requester: () => requesterWithPeer(requester, sock, opts.peerLookup),
       content,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
+      ...(opts.deadlines ? { deadlines: opts.deadlines } : {}),
+      onCut: (why) => log(`keytether: cut a client of ${opts.socketPath}: ${why}`),
     })
       .catch(() => {})
       .finally(() => sock.destroy());

@@ -40,6 +40,7 @@ t.test('uncommented, it is a valid config naming every setting and rule field', 
   t.equal(c.backend, DEFAULT_CONFIG.backend, 'backend');
   t.equal(c.auditSync, DEFAULT_CONFIG.auditSync, 'audit-sync');
   t.equal(c.tokenMaxTtlMs, DEFAULT_CONFIG.tokenMaxTtlMs, 'token-max-ttl');
+  t.same(c.limits, DEFAULT_CONFIG.limits, 'the limits');
 });
 
 t.test('every setting has a line of explanation above it', async (t) => {

@@ -128,6 +128,18 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
     );
   });
 
+  await t.test('--pinentry-mode error: a locked key fails at once, no pinentry', async (t) => {
+    const before = (await pin.invocations()).length;
+    const r = await gpg(
+      g,
+      ['--pinentry-mode', 'error', '-u', alice.fingerprint, '--detach-sign'],
+      'data\n',
+    );
+    t.not(r.code, 0, 'gpg fails');
+    t.match(r.stderr, /No pinentry/, "gpg-agent's own answer for pinentry-mode error");
+    t.equal((await pin.invocations()).length, before, "gpg-agent's pinentry was not started");
+  });
+
   // gpg 2.4's gpgconf names the system's agent, so its own agent is found beside its gpg.
   for (const client of gpgClients().filter((c) => c.gpgconf)) {
     await t.test(`${client.label}: sign, clearsign, decrypt, list`, async (t) => {
@@ -171,9 +183,10 @@ t.test('stock gpg through keytether agent --backend gpg-agent', async (t) => {
   t.equal(recs[0]?.decision, 'canceled', 'the cancel is audited');
   t.equal(recs[0]?.op, 'sign');
   t.match(String(recs[0]?.reason), /Operation cancelled/);
+  t.match(recs[1], { decision: 'failed', reason: /pinentry-mode=error: unlocking the key/ });
   t.ok(
-    recs.slice(1).every((r) => r.decision === 'allowed'),
-    'everything after it was allowed',
+    recs.slice(2).every((r) => r.decision === 'allowed'),
+    'everything after them was allowed',
   );
   t.ok(recs.some((r) => r.op === 'decrypt' && r.fingerprint !== undefined));
   const ver = await runCli(['audit', 'verify'], { env: { KEYTETHER_HOME: home } });

@@ -23,6 +23,7 @@ import type { Inventory, KeyEntry, Requester } from '../protocol/keyholder.js';
 import { atom, encodeSexp, findList, parseSexp } from '../protocol/sexp.js';
 import {
   DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_IN_FLIGHT,
   FrameReader,
   TUNNEL_PROTOCOL,
   decodePayload,
@@ -367,18 +368,18 @@ t.test('inventory() waits for the first push, then times out with NO_AGENT', asy
   t.ok(Date.now() - start < 2000);
 });
 
-t.test('50 concurrent signatures over one socket all verify', async (t) => {
+t.test('as many concurrent signatures as one link serves (32) all verify', async (t) => {
   const { holder, client } = await connected(t);
   await client.ready;
-  const digests = Array.from({ length: 50 }, () => randomBytes(32));
+  const digests = Array.from({ length: DEFAULT_MAX_IN_FLIGHT }, () => randomBytes(32));
   const sigs = await Promise.all(digests.map((d) => client.sign(signRequest(holder, d))));
-  t.equal(sigs.length, 50);
+  t.equal(sigs.length, DEFAULT_MAX_IN_FLIGHT);
   t.ok(
     sigs.every((s, i) => verifies(holder, digests[i]!, s)),
     'every signature verifies against its own digest',
   );
   t.notOk(verifies(holder, digests[1]!, sigs[0]!), 'and not against another one');
-  t.equal(holder.signRequests.length, 50);
+  t.equal(holder.signRequests.length, DEFAULT_MAX_IN_FLIGHT);
   const seen = holder.signRequests[0]!;
   t.same(seen.requester, REQUESTER, 'requester crosses unchanged');
   t.equal(seen.hashAlgo, 8);
@@ -680,6 +681,23 @@ t.test('an oversize frame closes the link before its payload is buffered', async
   );
   t.equal(reader.bufferedBytes, 0, 'nothing of the payload was kept');
   t.same(reader.push(Buffer.alloc(100)), [], 'input after the error is ignored');
+});
+
+t.test('the holder refuses an oversize frame from the facade the same way', async (t) => {
+  const [serverEnd, clientEnd] = await socketPair(t);
+  const peer = new RawPeer(clientEnd);
+  const server = serveTunnel(new SimpleHolder(), serverEnd, { software: SOFTWARE });
+  peer.hello('facade');
+  await server.ready;
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32BE(DEFAULT_MAX_FRAME_BYTES + 1);
+  peer.write(Buffer.concat([prefix, Buffer.alloc(1000)]));
+  const { reason } = await server.closed;
+  t.equal(
+    reason,
+    `bad data from the server: received a frame of ${DEFAULT_MAX_FRAME_BYTES + 1} bytes, more than the ${DEFAULT_MAX_FRAME_BYTES} allowed`,
+  );
+  t.equal((await peer.next('close')).reason, reason, 'the facade is told why');
 });
 
 t.test('a holder never sends a frame the facade would refuse', async (t) => {

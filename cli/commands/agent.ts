@@ -125,6 +125,8 @@ export function register(program: Command): void {
               // The workstation's own gpg, named by the kernel: pid, command and parents.
               requester: () => requesterWithPeer({ front: 'local' }, sock, undefined),
               content,
+              onCut: (why) =>
+                process.stderr.write(`keytether: cut a client of ${socketPath}: ${why}\n`),
             });
           });
         } catch (e) {

@@ -58,6 +58,15 @@ export function formatStatus(doc: StatusDocument): string {
         : `keygrip ${safe(u.keygrip)}`;
     out.push(`  ${name}: forgotten in ${formatRemaining(u.expiresInS)}`);
   }
+  if (doc.rateLimits && doc.rateLimits.length > 0) {
+    out.push('rate limits:');
+    for (const a of doc.rateLimits) {
+      const state = a.active ? 'refusing' : 'back under the limit';
+      out.push(
+        `  ${a.kind} ${safe(a.id)}: over its rate since ${safe(a.since)}, ${plural(a.refused, 'request')} refused; ${state}`,
+      );
+    }
+  }
   out.push('recent operations:');
   if (doc.recent.length === 0) out.push('  none');
   for (const r of [...doc.recent].reverse()) {

@@ -4,7 +4,7 @@
 
 import type { Duplex } from 'node:stream';
 import { serveAssuan } from '../assuan/index.js';
-import type { AssuanCommandContext, AssuanHandler } from '../assuan/index.js';
+import type { AssuanCommandContext, AssuanHandler, ClientDeadlines } from '../assuan/index.js';
 import { ErrorCode, GpgError, toGpgError } from '../gpg-error.js';
 import type { KeyHolder, Requester } from '../keyholder.js';
 import { parseArgs, paramError } from './args.js';
@@ -68,7 +68,21 @@ export interface AgentSessionOptions {
   content?: ContentStore;
   /** One event per command, for the caller's log. Carries command names and errors only. */
   onEvent?: (e: AgentEvent) => void;
+  /** Default AGENT_CLIENT_DEADLINES. */
+  deadlines?: ClientDeadlines;
+  /** One sentence when a client was cut for keeping us waiting (see ClientDeadlines). */
+  onCut?: (sentence: string) => void;
 }
+
+/**
+ * gpg sends its first command the moment it reads the greeting and each line in one write, so
+ * 30 s for the first command (or an inquiry's answer) and 10 s to finish a started line leave a
+ * slow machine two orders of magnitude of room, and cut a client that connects and dribbles.
+ */
+export const AGENT_CLIENT_DEADLINES: Readonly<ClientDeadlines> = Object.freeze({
+  idleMs: 30_000,
+  lineMs: 10_000,
+});
 
 /** libgpg-error GPG_ERR_NOT_TRUSTED, what gpg-agent answers ISTRUSTED for unknown roots. */
 const NOT_TRUSTED = 98;
@@ -195,6 +209,8 @@ export function serveAgent(stream: Duplex, opts: AgentSessionOptions): Promise<v
   return serveAssuan(stream, {
     commands,
     peerPid: opts.peerPid,
+    deadlines: opts.deadlines ?? AGENT_CLIENT_DEADLINES,
+    ...(opts.onCut ? { onCut: opts.onCut } : {}),
     onOption: (name, value) => {
       try {
         applyOption(session, name, value);

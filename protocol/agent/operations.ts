@@ -75,6 +75,7 @@ export async function pkSign(ctx: AssuanCommandContext, c: OperationContext): Pr
       digest: Buffer.from(session.hash.digest),
       description,
       requester: { ...requester },
+      ...(session.noPrompt ? { pinentryMode: session.noPrompt } : {}),
       ...(content ? { content } : {}),
     },
     ctx.signal,
@@ -104,7 +105,13 @@ export async function pkDecrypt(ctx: AssuanCommandContext, c: OperationContext):
   }
   const requester = await c.requester;
   const result = await c.holder.decrypt(
-    { keygrip: session.keygrip, ciphertext, description, requester: { ...requester } },
+    {
+      keygrip: session.keygrip,
+      ciphertext,
+      description,
+      requester: { ...requester },
+      ...(session.noPrompt ? { pinentryMode: session.noPrompt } : {}),
+    },
     ctx.signal,
   );
   // The value is the session key (or the shared point it derives from): send and wipe.

@@ -58,8 +58,10 @@ export function applyOption(session: AgentSession, rawName: string, value: strin
       if (value === undefined || !PINENTRY_MODES.has(value)) {
         throw new GpgError(ErrorCode.INV_VALUE);
       }
-      // Accepted and not kept: passphrases are asked at the holder's pinentry, never taken
-      // from the server (loopback), whatever mode the client wants.
+      // cancel/error are carried to the holder, which answers them as gpg-agent does instead of
+      // prompting; ask, default and loopback all mean the holder's own pinentry (the server
+      // never supplies a passphrase).
+      session.noPrompt = value === 'cancel' || value === 'error' ? value : undefined;
       return;
     case 'pretend-request-origin':
       // Like the real agent: a client may ask to be treated as remote, never the reverse, and a

@@ -1,6 +1,7 @@
 // What one gpg connection has told the agent so far. gpg sends RESET before every
 // SIGKEY/SETKEY sequence, so nothing here outlives a signing or decryption attempt by much.
 
+import type { NoPromptMode } from '../keyholder.js';
 import type { HashSetting } from './args.js';
 
 export class AgentSession {
@@ -16,6 +17,12 @@ export class AgentSession {
    */
   readonly env = new Map<string, string>();
   ephemeral = false;
+  /**
+   * `OPTION pinentry-mode`: `cancel`/`error` travel with each request so the holder never
+   * prompts for it. `loopback` is treated as `ask`: the server never supplies the passphrase.
+   * Kept across RESET, as by gpg-agent (an option, not part of the key selection).
+   */
+  noPrompt: NoPromptMode | undefined;
 
   constructor(restricted: boolean) {
     this.restricted = restricted;

@@ -24,5 +24,6 @@ export {
   type AssuanCommandContext,
   type AssuanHandler,
   type AssuanServerOptions,
+  type ClientDeadlines,
 } from './server.js';
 export { AssuanClient, type TransactOptions, type TransactResult } from './client.js';

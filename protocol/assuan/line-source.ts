@@ -15,6 +15,14 @@ export interface LineSourceOptions {
   maxQueuedBytes?: number;
   /** Called once when the readable side ends or the stream closes/fails. */
   onEnd?: () => void;
+  /**
+   * A line whose first byte has arrived must be complete within this many ms, or `onOverdue`
+   * is called (once): a peer dribbling bytes owes us the rest. Not counted while the stream is
+   * paused because we are behind. Default: no deadline.
+   */
+  lineDeadlineMs?: number;
+  /** A deadline passed (see lineDeadlineMs and next's waitMs); SENTENCE says which. */
+  onOverdue?: (sentence: string) => void;
 }
 
 export class LineSource {
@@ -28,6 +36,11 @@ export class LineSource {
   private closedSeen = false;
   private waiter: (() => void) | null = null;
   private readonly onEnd: (() => void) | undefined;
+  private readonly lineDeadlineMs: number | undefined;
+  private readonly onOverdue: ((sentence: string) => void) | undefined;
+  private lineTimer: NodeJS.Timeout | undefined;
+  private waitTimer: NodeJS.Timeout | undefined;
+  private overdue = false;
   private readonly closeListeners = new Set<() => void>();
   private endNotified = false;
   /** Resolves when the stream has closed or failed (not on a mere half-close). */
@@ -41,6 +54,8 @@ export class LineSource {
     this.reader = new LineReader(opts.maxLineBytes ?? MAX_LINE_BYTES);
     this.maxQueuedBytes = Math.max(opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES, 1);
     this.onEnd = opts.onEnd;
+    this.lineDeadlineMs = opts.lineDeadlineMs;
+    this.onOverdue = opts.onOverdue;
     this.whenClosed = new Promise((resolve) => (this.resolveClosed = resolve));
     stream.on('data', this.onData);
     stream.on('end', this.onEof);
@@ -70,13 +85,61 @@ export class LineSource {
     return this.paused;
   }
 
-  /** The next line event, or null once the input has ended and everything queued was taken. */
-  async next(): Promise<LineEvent | null> {
+  /**
+   * The next line event, or null once the input has ended and everything queued was taken.
+   * With WAIT (the peer owes us a line now: the first command, an inquiry's answer), `onOverdue`
+   * is called when no complete line arrived within `ms`.
+   */
+  async next(wait?: { ms: number; what: string }): Promise<LineEvent | null> {
     for (;;) {
       const ev = this.take();
-      if (ev) return ev;
-      if (this.ended) return null;
+      if (ev) {
+        this.clearWait();
+        return ev;
+      }
+      if (this.ended) {
+        this.clearWait();
+        return null;
+      }
+      if (wait && !this.waitTimer && this.onOverdue) {
+        const { ms, what } = wait;
+        this.waitTimer = setTimeout(() => this.fire(`no ${what} within ${seconds(ms)}`), ms);
+      }
       await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+
+  private clearWait(): void {
+    clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
+  }
+
+  private fire(sentence: string): void {
+    if (this.overdue || this.closedSeen) return;
+    this.overdue = true;
+    this.clearTimers();
+    this.onOverdue?.(sentence);
+  }
+
+  private clearTimers(): void {
+    this.clearWait();
+    clearTimeout(this.lineTimer);
+    this.lineTimer = undefined;
+  }
+
+  // Armed while a started line sits unfinished and we are reading; cleared when it completes.
+  private watchPartialLine(): void {
+    if (this.lineDeadlineMs === undefined || !this.onOverdue || this.overdue) return;
+    const owed = this.reader.bufferedBytes > 0 && !this.paused && !this.ended;
+    if (!owed) {
+      clearTimeout(this.lineTimer);
+      this.lineTimer = undefined;
+    } else if (!this.lineTimer) {
+      const ms = this.lineDeadlineMs;
+      this.lineTimer = setTimeout(
+        () => this.fire(`a command line was not finished within ${seconds(ms)} of its first byte`),
+        ms,
+      );
     }
   }
 
@@ -107,6 +170,7 @@ export class LineSource {
 
   /** Stops listening for data (the error listener stays, see constructor). */
   detach(): void {
+    this.clearTimers();
     this.stream.off('data', this.onData);
     this.stream.off('end', this.onEof);
   }
@@ -123,6 +187,7 @@ export class LineSource {
     if (this.paused && this.queuedBytesCount <= this.maxQueuedBytes / 2 && !this.ended) {
       this.paused = false;
       this.stream.resume();
+      this.watchPartialLine();
     }
     return ev;
   }
@@ -145,6 +210,7 @@ export class LineSource {
       this.paused = true;
       this.stream.pause();
     }
+    this.watchPartialLine();
     this.wake();
   };
 
@@ -168,6 +234,7 @@ export class LineSource {
   };
 
   private notifyEnd(): void {
+    this.clearTimers();
     if (this.endNotified) return;
     this.endNotified = true;
     this.onEnd?.();
@@ -177,4 +244,8 @@ export class LineSource {
 // The LF counts too, so a flood of empty lines is bounded like any other input.
 function eventBytes(ev: LineEvent): number {
   return ev.type === 'line' ? ev.line.length + 1 : 1;
+}
+
+function seconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
 }

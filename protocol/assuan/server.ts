@@ -39,6 +39,21 @@ export interface AssuanServerOptions {
   maxLineBytes?: number;
   /** Unread input queued before the stream is paused; default 64 KiB. */
   maxQueuedBytes?: number;
+  /** Deadlines on a peer that owes us bytes (slowloris); none by default. */
+  deadlines?: ClientDeadlines;
+  /** One sentence when a deadline cut the connection, for the caller's log. */
+  onCut?: (sentence: string) => void;
+}
+
+/**
+ * How long a client may keep us waiting for what it owes: its first command (and an inquiry's
+ * answer) within `idleMs`, and each line within `lineMs` of its first byte. Nothing limits a
+ * client waiting for our answer (a confirmation may take minutes), nor one idle between
+ * commands after its first (gpg hashes a large file between SETHASH's neighbours).
+ */
+export interface ClientDeadlines {
+  idleMs: number;
+  lineMs: number;
 }
 
 const DEFAULT_GREETING = 'Pleased to meet you';
@@ -81,12 +96,32 @@ class Session {
     this.source = new LineSource(stream, {
       maxLineBytes: opts.maxLineBytes ?? MAX_LINE_BYTES,
       maxQueuedBytes: opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES,
+      ...(opts.deadlines
+        ? { lineDeadlineMs: opts.deadlines.lineMs, onOverdue: (s: string) => this.cut(s) }
+        : {}),
     });
     // A half-close (EOF) only means "no more commands": like gpg-agent, the queued ones still run
     // and get their replies. Only a closed or failed stream cancels the command in progress.
     void this.source.whenClosed.then(() =>
       this.abort.abort(new GpgError(ErrorCode.ASS_GENERAL, 'connection closed')),
     );
+  }
+
+  private cut(sentence: string): void {
+    // gpg-agent has no such deadline, so no error code means it; Timeout reads right to gpg.
+    this.writeError(new GpgError(ErrorCode.TIMEOUT, sentence));
+    if (!this.stream.writableEnded) this.stream.end();
+    // The peer may not read either: its socket goes now, not when it drains.
+    setImmediate(() => this.stream.destroy());
+    try {
+      this.opts.onCut?.(sentence);
+    } catch {
+      // A failing logger must not keep the connection.
+    }
+  }
+
+  private idleWait(what: string): { ms: number; what: string } | undefined {
+    return this.opts.deadlines ? { ms: this.opts.deadlines.idleMs, what } : undefined;
   }
 
   async run(): Promise<void> {
@@ -96,10 +131,12 @@ class Session {
         ? `${DEFAULT_GREETING}, process ${this.opts.peerPid}`
         : DEFAULT_GREETING);
     this.writeLine(`OK ${oneLine(greeting, MAX_OUT_LINE_BYTES - 3)}`);
+    let first = true;
     for (;;) {
       if (this.source.closed) break;
       await this.waitForDrain();
-      const ev = await this.source.next();
+      const ev = await this.source.next(first ? this.idleWait('command') : undefined);
+      first = false;
       if (!ev || this.source.closed) break;
       if (ev.type === 'too-long') {
         // gpg-agent 2.2.40 (libassuan) drops the whole connection here without a reply; we answer
@@ -271,7 +308,7 @@ class Session {
     try {
       this.writeLine(oneLine(`INQUIRE ${keyword}${args ? ` ${args}` : ''}`, MAX_OUT_LINE_BYTES));
       for (;;) {
-        const ev = await this.source.next();
+        const ev = await this.source.next(this.idleWait(`answer to INQUIRE ${keyword}`));
         if (!ev || this.source.closed)
           throw new GpgError(ErrorCode.ASS_GENERAL, 'connection closed');
         if (ev.type === 'too-long') {

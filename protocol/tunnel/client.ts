@@ -139,6 +139,16 @@ class Client implements TunnelClient {
     return older;
   }
 
+  /**
+   * The no-prompt mode, for a holder that takes it (protocol 5). An older holder's strict schema
+   * would refuse the request; it gets none and may prompt, as it always did.
+   */
+  private pinentryModeFor(mode: SignRequest['pinentryMode']): {
+    pinentryMode?: 'cancel' | 'error';
+  } {
+    return mode !== undefined && (this.peer?.protocol ?? 1) >= 5 ? { pinentryMode: mode } : {};
+  }
+
   sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
     // Built when sent: what the holder accepts is known only after the handshake.
     const header = () => ({
@@ -147,6 +157,7 @@ class Client implements TunnelClient {
       hashAlgo: req.hashAlgo,
       ...(req.description !== undefined ? { description: req.description } : {}),
       requester: this.requesterFor(req.requester),
+      ...this.pinentryModeFor(req.pinentryMode),
     });
     // A holder on protocol 1 cannot take the payload; it then signs blind, as it always did.
     const content = req.content;
@@ -191,6 +202,7 @@ class Client implements TunnelClient {
           keygrip: req.keygrip,
           ...(req.description !== undefined ? { description: req.description } : {}),
           requester: this.requesterFor(req.requester),
+          ...this.pinentryModeFor(req.pinentryMode),
         },
         req.ciphertext,
       ),

@@ -6,7 +6,7 @@
 // 3: the inventory may name the holder's gpg-agent version (`agentVersion`).
 // 4: a commit's payload may bring the git objects that prove its changed files (`objects` part),
 //    and the requester may name its process (`name`) and that process's parents (`parents`).
-export const TUNNEL_PROTOCOL = 4;
+export const TUNNEL_PROTOCOL = 5;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

@@ -144,6 +144,8 @@ export const SignSchema = z.strictObject({
   description: shortText(LIMITS.descriptionChars).optional(),
   requester: RequesterSchema,
   content: SignContentSchema.optional(),
+  /** gpg's --pinentry-mode cancel|error (tunnel protocol 5): never prompt for this request. */
+  pinentryMode: z.enum(['cancel', 'error']).optional(),
 });
 
 /**
@@ -163,6 +165,7 @@ export const DecryptSchema = z.strictObject({
   keygrip,
   description: shortText(LIMITS.descriptionChars).optional(),
   requester: RequesterSchema,
+  pinentryMode: z.enum(['cancel', 'error']).optional(),
 });
 
 export const SignResultSchema = z.strictObject({ type: z.literal('sign-result'), id: requestId });

@@ -17,8 +17,13 @@ export interface TunnelServerOptions extends TunnelOptions {
   requester?: (claimed: Requester) => Requester;
   /** Registers a change listener; the returned function unsubscribes when the link closes. */
   onInventoryChange?: (changed: () => void) => (() => void) | void;
-  /** Requests served at once on one link; more are refused. Default 256. */
+  /** Requests served at once on one link; more are refused (Limit reached). Default 32. */
   maxInFlight?: number;
+  /**
+   * One sentence when the link first goes over maxInFlight, for the caller's log; not again
+   * until it has been back under it, so a flood is one line, not one per request.
+   */
+  onLimit?: (sentence: string) => void;
 }
 
 export interface TunnelServerHandle {
@@ -31,7 +36,8 @@ export interface TunnelServerHandle {
   readonly closed: Promise<{ reason: string }>;
 }
 
-export const DEFAULT_MAX_IN_FLIGHT = 256;
+/** gpg has one request open per connection; 32 at once on a link is a flood, not a build. */
+export const DEFAULT_MAX_IN_FLIGHT = 32;
 
 export function serveTunnel(
   holder: KeyHolder,
@@ -40,6 +46,7 @@ export function serveTunnel(
 ): TunnelServerHandle {
   const inFlight = new Map<number, AbortController>();
   const maxInFlight = opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+  let overLimit = false;
   let unsubscribe: (() => void) | void = undefined;
   let pushing = false;
   let pushAgain = false;
@@ -191,12 +198,19 @@ export function serveTunnel(
       return;
     }
     if (inFlight.size >= maxInFlight) {
-      replyError(
-        msg.id,
-        new GpgError(ErrorCode.GENERAL, `more than ${maxInFlight} requests at once`),
-      );
+      const sentence = `more than ${maxInFlight} requests at once on this link`;
+      replyError(msg.id, new GpgError(ErrorCode.LIMIT_REACHED, sentence));
+      if (!overLimit) {
+        overLimit = true;
+        try {
+          opts.onLimit?.(`the ${link.peerPlace} sent ${sentence}; refusing the rest`);
+        } catch {
+          // A failing logger must not change what the facade hears.
+        }
+      }
       return;
     }
+    if (inFlight.size < maxInFlight / 2) overLimit = false;
     const controller = new AbortController();
     inFlight.set(msg.id, controller);
     try {
@@ -206,6 +220,7 @@ export function serveTunnel(
         keygrip: msg.keygrip,
         requester,
         ...(msg.description !== undefined ? { description: msg.description } : {}),
+        ...(msg.pinentryMode !== undefined ? { pinentryMode: msg.pinentryMode } : {}),
       };
       if (msg.type === 'sign') {
         const pending = dropContent(msg.id);

@@ -45,12 +45,43 @@ const relays = new WeakMap<FastifyInstance, { hub: RelayHub; limits: RelayLimits
 export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
   const limits: RelayLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const logger = opts.logger ?? { level: 'info', stream: process.stderr };
+  const metrics = createMetrics();
+  // Node's own slowloris guard: a connection whose request head is not complete in time (idle
+  // or dribbling, the upgrade included) is answered 408 and closed. Node checks every
+  // `connectionsCheckingInterval`, so the cut comes between the deadline and one interval later.
+  const deadline = limits.headersDeadlineMs;
+  const timeouts = {
+    headersTimeout: deadline,
+    requestTimeout: deadline,
+    connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(deadline / 4))),
+  };
+  const clientErrorHandler = function (
+    this: FastifyInstance,
+    err: Error & { code?: string },
+    socket: Duplex,
+  ): void {
+    const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    if (timedOut) {
+      metrics.refusals.inc({ reason: 'headers_timeout' });
+      this.log.info(
+        { reason: 'request head not complete in time', deadlineMs: deadline },
+        'refused',
+      );
+    }
+    if (socket.writable) {
+      socket.end(
+        timedOut
+          ? 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
+          : 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
+      );
+    }
+    socket.destroy();
+  };
   // With `https` fastify's instance type changes to an https.Server; the relay only uses what
   // both servers have in common ('upgrade', address()).
   const app = (opts.https
-    ? Fastify({ logger, https: opts.https })
-    : Fastify({ logger })) as unknown as FastifyInstance;
-  const metrics = createMetrics();
+    ? Fastify({ logger, clientErrorHandler, https: { ...opts.https, ...timeouts } })
+    : Fastify({ logger, clientErrorHandler, http: timeouts })) as unknown as FastifyInstance;
   const hub = new RelayHub(app.log, limits, metrics, new TrustedProxies(opts.trustProxy ?? []));
   relays.set(app, { hub, limits, tls: opts.https !== undefined });
   app.register(routes, { metrics });

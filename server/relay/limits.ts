@@ -12,6 +12,11 @@ export interface RelayLimits {
   tokenBurst: number;
   /** Time a new connection has to authenticate. */
   authDeadlineMs: number;
+  /**
+   * Time a new TCP connection has to send its complete HTTP request head (the WebSocket upgrade
+   * is a few hundred bytes in one write), idle or dribbling alike; then 408 and closed.
+   */
+  headersDeadlineMs: number;
   /** On SIGTERM, how long streams in flight may continue before everything is closed. */
   drainMs: number;
   /**
@@ -29,6 +34,7 @@ export const DEFAULT_LIMITS: RelayLimits = {
   tokenRatePerSecond: 50,
   tokenBurst: 50,
   authDeadlineMs: 5000,
+  headersDeadlineMs: 10_000,
   drainMs: 10_000,
   maxBufferedBytes: 4 * 1024 * 1024,
 };

@@ -4,7 +4,14 @@
 // the same way.
 
 import { newestVersion } from '../../protocol/agent/version.js';
-import type { DecryptResult, Inventory, KeyEntry, Requester } from '../../protocol/keyholder.js';
+import { ErrorCode, GpgError } from '../../protocol/gpg-error.js';
+import type {
+  DecryptResult,
+  Inventory,
+  KeyEntry,
+  NoPromptMode,
+  Requester,
+} from '../../protocol/keyholder.js';
 
 /** What a back end hands the holder once a key may be used (after its own unlock step, if any). */
 export interface KeyOperator {
@@ -20,6 +27,8 @@ export interface OpenContext {
   description: string | undefined;
   requester: Requester;
   signal: AbortSignal | undefined;
+  /** The client must not be prompted: a key that needs its passphrase fails (noPromptError). */
+  pinentryMode?: NoPromptMode;
 }
 
 export interface Backend {
@@ -56,4 +65,16 @@ export function mergeInventories(parts: Inventory[]): Inventory {
     if (newest !== undefined) out.agentVersion = newest;
   }
   return out;
+}
+
+/**
+ * What gpg-agent answers where it would have opened a pinentry under `--pinentry-mode cancel` or
+ * `error` (agent/call-pinentry.c, agent_askpin and agent_get_confirmation): GPG_ERR_CANCELED and
+ * GPG_ERR_NO_PIN_ENTRY. WHAT says, for the audit log, which prompt was not opened.
+ */
+export function noPromptError(mode: NoPromptMode, what: string): GpgError {
+  return new GpgError(
+    mode === 'cancel' ? ErrorCode.CANCELED : ErrorCode.NO_PIN_ENTRY,
+    `pinentry-mode=${mode}: ${what} would need the pinentry`,
+  );
 }

@@ -7,7 +7,7 @@ import type { Keystore } from '../keystore/index.js';
 import type { PassphraseAsker } from '../pinentry/pinentry.js';
 import { askUntilUnlocked } from '../pinentry/pinentry.js';
 import type { UnlockCache } from '../holder/unlock-cache.js';
-import type { Backend, KeyOperator, OpenContext } from './backend.js';
+import { noPromptError, type Backend, type KeyOperator, type OpenContext } from './backend.js';
 import { requesterPrefixedText } from './requester-text.js';
 
 export interface BuiltinBackendDeps {
@@ -66,7 +66,9 @@ export class BuiltinBackend implements Backend {
 
   async #unlock(entry: KeyEntry, ctx: OpenContext): Promise<UnlockedKey> {
     const ks = this.#d.keystore;
-    return ks.isProtected(entry.keygrip)
+    const locked = ks.isProtected(entry.keygrip);
+    if (locked && ctx.pinentryMode) throw noPromptError(ctx.pinentryMode, 'unlocking the key');
+    return locked
       ? await askUntilUnlocked(
           this.#d.pinentry,
           {

@@ -15,7 +15,7 @@ import { publicKeySexp } from '../../protocol/keygrip.js';
 import { parseSexp } from '../../protocol/sexp.js';
 import { describePart } from '../keystore/key-part.js';
 import { AgentConnection, type CommandObserver, type PipelineStep } from './agent-connection.js';
-import type { Backend, KeyOperator, OpenContext } from './backend.js';
+import { noPromptError, type Backend, type KeyOperator, type OpenContext } from './backend.js';
 import {
   agentDirs,
   exportPublicKeys,
@@ -161,6 +161,7 @@ export class GpgAgentBackend implements Backend {
     );
     const grip = entry.keygrip.toUpperCase();
     if (!/^[0-9A-F]{40}$/.test(grip)) throw new GpgError(ErrorCode.NO_SECKEY);
+    if (ctx.pinentryMode) await this.#refuseIfPrompting(grip, ctx.pinentryMode);
     return {
       sign: (hashAlgo, digest) => {
         // gpg-agent's own SETHASH rule, checked here so that SETHASH cannot fail in the pipeline.
@@ -209,6 +210,36 @@ export class GpgAgentBackend implements Backend {
           }
         }),
     };
+  }
+
+  /**
+   * The extra socket refuses `OPTION pinentry-mode` (and KEYINFO), so the agent cannot be told
+   * not to prompt; instead a key it would prompt for (protected and not cached, on a card, or
+   * marked confirm) is refused here, as the normal socket describes it, before the agent is asked.
+   */
+  async #refuseIfPrompting(grip: string, mode: 'cancel' | 'error'): Promise<void> {
+    let line: string | undefined;
+    try {
+      const conn = await AgentConnection.open(
+        this.dirs.agentSocket,
+        'normal',
+        this.#opts.onCommand,
+      );
+      try {
+        const r = await conn.transact(`KEYINFO ${grip}`, { timeoutMs: QUERY_TIMEOUT_MS });
+        line = r.status.find((s) => s.keyword === 'KEYINFO')?.args;
+      } finally {
+        conn.close();
+      }
+    } catch (e) {
+      throw toGpgError(e);
+    }
+    const info = line !== undefined ? parseKeyInfoArgs(line) : undefined;
+    const cached = line?.split(' ')[4] === '1'; // KEYINFO's fifth field: 1 when cached
+    if (!info) return; // the operation itself then fails as the agent says
+    if (info.type === 'T') throw noPromptError(mode, 'the smartcard key');
+    if (info.flags.includes('c')) throw noPromptError(mode, 'confirming the key');
+    if (info.protection !== '-' && !cached) throw noPromptError(mode, 'unlocking the key');
   }
 
   async close(): Promise<void> {

@@ -16,7 +16,14 @@ export function controlSocketPath(home: string): string {
   return path.join(home, CONTROL_SOCKET_NAME);
 }
 
-export class ControlProtocolError extends Error {}
+export class ControlProtocolError extends Error {
+  /** The peer did not finish its line in time (rather than sending a bad one). */
+  readonly overdue: boolean;
+  constructor(message: string, overdue = false) {
+    super(message);
+    this.overdue = overdue;
+  }
+}
 
 /**
  * Reads the first LF-terminated line, then leaves the socket paused with whatever followed it
@@ -57,7 +64,7 @@ export function readLine(sock: net.Socket, timeoutMs: number): Promise<string> {
     const onEnd = (): void => finish(new ControlProtocolError('the connection closed'));
     const onError = (e: Error): void => finish(e);
     const timer = setTimeout(
-      () => finish(new ControlProtocolError(`no line within ${timeoutMs / 1000} s`)),
+      () => finish(new ControlProtocolError(`no complete line within ${timeoutMs / 1000} s`, true)),
       timeoutMs,
     );
     timer.unref();

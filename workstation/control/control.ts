@@ -31,9 +31,11 @@ import {
   type Front,
   type FrontStatus,
   type RecentOperation,
+  type RateLimitStatus,
   type RelaySource,
   type StatusDocument,
 } from './status.js';
+import { RequestLimiter } from '../holder/request-limits.js';
 import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
 
 export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
@@ -86,6 +88,13 @@ export interface ControlServerOptions {
   /** keytether's version (packageVersion()). */
   version: string;
   relays?: RelaySource;
+  /**
+   * The whole request line must arrive within this long of connecting (default 10 s), so a
+   * client that connects and says nothing, or dribbles, holds a connection slot no longer.
+   */
+  requestTimeoutMs?: number;
+  /** Where a line about a cut client goes; default stderr. */
+  log?: (line: string) => void;
 }
 
 export interface ControlServer {
@@ -211,7 +220,14 @@ export async function startControlServer(
         };
       }),
       recent: await withLabels([...recent]),
+      ...rateLimits(),
     };
+  };
+
+  const rateLimits = (): { rateLimits?: RateLimitStatus[] } => {
+    const limiter = (rt.holder as { limiter?: unknown }).limiter;
+    const alerts = limiter instanceof RequestLimiter ? limiter.alerts() : [];
+    return alerts.length > 0 ? { rateLimits: alerts } : {};
   };
 
   const refuse = (sock: net.Socket, why: string): void => {
@@ -220,13 +236,22 @@ export async function startControlServer(
   };
 
   const watchInventory = inventoryWatcher(rt.holder);
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
 
   const serve = async (sock: net.Socket): Promise<void> => {
     let line: string;
     try {
-      line = await readLine(sock, REQUEST_TIMEOUT_MS);
+      line = await readLine(sock, opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
     } catch (e) {
-      refuse(sock, e instanceof ControlProtocolError ? e.message : 'the request failed');
+      const why = e instanceof ControlProtocolError ? e.message : 'the request failed';
+      if (e instanceof ControlProtocolError && e.overdue) {
+        log(`keytether: cut a client of ${socketPath}: ${why}`);
+        // It may not be reading either: say why, then let go of it at once.
+        if (sock.writable) sock.end(`ERR ${why}\n`);
+        setImmediate(() => sock.destroy());
+        return;
+      }
+      refuse(sock, why);
       return;
     }
     const words = line.split(' ');

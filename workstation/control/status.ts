@@ -76,6 +76,17 @@ export interface StatusDocument {
   unlocked: UnlockedStatus[];
   /** Oldest first, at most 20. */
   recent: RecentOperation[];
+  /** Burst alerts of the per-token and per-key rate limits, oldest first; absent when none. */
+  rateLimits?: RateLimitStatus[];
+}
+
+export interface RateLimitStatus {
+  kind: 'token' | 'key';
+  id: string;
+  since: string;
+  refused: number;
+  /** Still refusing; false once the rate is back under the limit. */
+  active: boolean;
 }
 
 /** The agent's relay clients as the status needs them (RelayClientsHandle fits), or a getter. */
@@ -163,6 +174,18 @@ const StatusSchema = z.object({
       }),
     )
     .max(RECENT_KEPT),
+  rateLimits: z
+    .array(
+      z.object({
+        kind: z.enum(['token', 'key']),
+        id: z.string().max(128),
+        since: z.string().max(64),
+        refused: z.number().int().nonnegative(),
+        active: z.boolean(),
+      }),
+    )
+    .max(100)
+    .optional(),
 });
 
 /** The running agent's status, or undefined when no agent runs for HOME. */

@@ -16,6 +16,7 @@ import {
   type TunnelServerHandle,
 } from '../../protocol/tunnel/index.js';
 import { UserError } from '../../system/user-error.js';
+import { linkLimits } from '../holder/holder.js';
 import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 export function parseTunnelHost(encoded: string): string | undefined {
@@ -72,6 +73,7 @@ export function startTunnel(
     requester: (claimed) => ({ ...claimedRequester(claimed), front: 'ssh', host }),
     // `keytether ssh` passes these pushes on to its server, so imports reach gpg there too.
     ...(watchInventory ? { onInventoryChange: watchInventory } : {}),
+    ...linkLimits(holder),
   });
   void live.handle.closed.then(() => tunnels.delete(live));
   sock.resume();

@@ -11,6 +11,7 @@ import type {
   Inventory,
   KeyEntry,
   KeyHolder,
+  NoPromptMode,
   Requester,
   SignRequest,
 } from '../../protocol/keyholder.js';
@@ -30,10 +31,12 @@ import type { Keystore } from '../keystore/index.js';
 import type { UnlockedKey } from '../crypto/index.js';
 import type { PassphraseAsker } from '../pinentry/pinentry.js';
 import type { Backend, KeyOperator } from '../backends/backend.js';
-import { mergeInventories } from '../backends/backend.js';
+import { mergeInventories, noPromptError } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
 import { describeRequester, requestedByLine } from '../backends/requester-text.js';
 import { InventoryWatch } from './inventory-watch.js';
+import { RefusalSummary } from '../audit/rate-summary.js';
+import { RequestLimiter } from './request-limits.js';
 
 export interface HolderDeps {
   keystore: Keystore;
@@ -53,6 +56,10 @@ export interface HolderDeps {
    * Default 2000.
    */
   inventoryPollMs?: number;
+  /** Rate limits and prompt slots; default DEFAULT_REQUEST_LIMITS. */
+  limiter?: RequestLimiter;
+  /** How refusals a remote can repeat at will are audited; default one per minute per kind. */
+  refusals?: RefusalSummary;
 }
 
 export const DEFAULT_INVENTORY_POLL_MS = 2000;
@@ -74,15 +81,29 @@ export class Holder implements KeyHolder {
   readonly #now: () => number;
   readonly #backends: Backend[];
   readonly #inventoryListeners = new Set<{ fn: () => void }>();
+  readonly #limiter: RequestLimiter;
+  readonly #refusals: RefusalSummary;
   #watch: InventoryWatch | undefined;
   #stopCacheWatch: (() => void) | undefined;
 
   constructor(deps: HolderDeps) {
     this.#d = deps;
     this.#now = deps.now ?? Date.now;
+    this.#limiter = deps.limiter ?? new RequestLimiter({}, this.#now);
+    this.#refusals = deps.refusals ?? new RefusalSummary(deps.audit, { now: this.#now });
     this.#backends = deps.backends ?? [
       new BuiltinBackend({ keystore: deps.keystore, pinentry: deps.pinentry, cache: deps.cache }),
     ];
+  }
+
+  /** Its limits, for the tunnels serving it and for `keytether status`. */
+  get limiter(): RequestLimiter {
+    return this.#limiter;
+  }
+
+  /** Writes pending refusal summaries (before the audit log closes). */
+  flushRefusals(): Promise<void> {
+    return this.#refusals.flush();
   }
 
   async inventory(): Promise<Inventory> {
@@ -154,12 +175,21 @@ export class Holder implements KeyHolder {
       },
       (key) => key.sign(req.hashAlgo, req.digest),
       req,
+      req.pinentryMode,
     );
   }
 
   async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-    return this.#run('decrypt', req.keygrip, req.requester, req.description, signal, {}, (key) =>
-      key.decrypt(req.ciphertext),
+    return this.#run(
+      'decrypt',
+      req.keygrip,
+      req.requester,
+      req.description,
+      signal,
+      {},
+      (key) => key.decrypt(req.ciphertext),
+      undefined,
+      req.pinentryMode,
     );
   }
 
@@ -172,6 +202,7 @@ export class Holder implements KeyHolder {
     extra: { hashAlgo?: string; digest?: string },
     act: (key: KeyOperator) => T | Promise<T>,
     signRequest?: SignRequest,
+    noPrompt?: NoPromptMode,
   ): Promise<T> {
     const started = this.#now();
     const found = await this.#find(keygrip);
@@ -232,6 +263,15 @@ export class Holder implements KeyHolder {
         throw unrecorded;
       }
     };
+    // A refusal the remote side can repeat at will: summarised beyond a few a minute.
+    const refused = async (decision: 'denied' | 'failed', reason: string, what: string) => {
+      await this.#refusals.refused(
+        { ...base, decision, reason, durationMs: this.#now() - started } as Parameters<
+          AuditLog['append']
+        >[0],
+        what,
+      );
+    };
 
     if (!found || !entry || !entry.usage.some((u) => usable(op, u, requester.front))) {
       const why = !entry
@@ -239,8 +279,15 @@ export class Holder implements KeyHolder {
         : op === 'sign' && entry.usage.includes('certify')
           ? 'key is certify-only: it signs nothing for a remote'
           : `key cannot ${op}`;
-      await record('failed', why);
+      await refused('failed', why, entry ? `for keys that cannot ${op}` : 'for unknown keys');
       throw gpgErr('NO_SECKEY');
+    }
+    const rate = this.#limiter.take(requester, entry.keygrip);
+    if (!rate.ok) {
+      // The first refusal of a burst is the alert, always on record; the rest are summarised.
+      if (rate.first) await record('denied', `${rate.sentence} (burst alert)`);
+      else await refused('denied', rate.sentence, `over the ${rate.kind} rate limit`);
+      throw new GpgError(ErrorCode.LIMIT_REACHED, rate.sentence);
     }
     const asked: PolicyRequest = {
       front: requester.front,
@@ -256,7 +303,7 @@ export class Holder implements KeyHolder {
     if (processes.length > 0) asked.processes = processes;
     const verdict = decide(this.#d.policy, asked, this.#d.approvals, this.#now());
     if (verdict.action === 'deny') {
-      await record('denied', `policy: ${verdict.rule}`);
+      await refused('denied', `policy: ${verdict.rule}`, 'denied by policy');
       throw gpgErr('FORBIDDEN');
     }
     const blindRefusal =
@@ -264,14 +311,33 @@ export class Holder implements KeyHolder {
         ? refuseBlind(verdict.clearSign, clear?.why)
         : undefined;
     if (blindRefusal !== undefined) {
-      await record('denied', blindRefusal);
+      await refused('denied', blindRefusal, 'refused as blind signatures');
       throw new GpgError(ErrorCode.FORBIDDEN, blindRefusal);
+    }
+    let promptSlot: (() => void) | undefined;
+    if (verdict.action === 'confirm' && !noPrompt) {
+      promptSlot = this.#limiter.enterPrompt(requester);
+      if (!promptSlot) {
+        const n = this.#limiter.limits.promptsPerOrigin;
+        const why = `more than ${n} confirmations already waiting for ${describeRequester(requester)}`;
+        await refused('denied', why, 'beyond the confirmations waiting');
+        throw new GpgError(ErrorCode.LIMIT_REACHED, why);
+      }
     }
 
     let decision = 'allowed';
     let key: KeyOperator | undefined;
     try {
-      key = await found.backend.open(entry, { description, requester, signal });
+      // A client that must never be prompted hears so before any key is touched.
+      if (verdict.action === 'confirm' && noPrompt) {
+        throw noPromptError(noPrompt, 'the confirmation this policy asks for');
+      }
+      key = await found.backend.open(entry, {
+        description,
+        requester,
+        signal,
+        ...(noPrompt ? { pinentryMode: noPrompt } : {}),
+      });
       if (verdict.action === 'confirm') {
         const ok = await this.#d.pinentry.confirm(
           { description: confirmText(op, entry, requester, extra.digest, clear?.content?.lines) },
@@ -302,6 +368,7 @@ export class Holder implements KeyHolder {
       await record(canceled ? 'canceled' : 'failed', err.message);
       throw err;
     } finally {
+      promptSlot?.();
       key?.release?.();
     }
   }
@@ -382,3 +449,18 @@ export function inventoryWatcher(
 }
 
 export { GpgError };
+
+/**
+ * The serveTunnel options that bound one link to HOLDER (its requestsPerLink), with a log line
+ * on stderr when a link floods; the default cap for a holder without limits of its own.
+ */
+export function linkLimits(holder: KeyHolder): {
+  maxInFlight?: number;
+  onLimit: (sentence: string) => void;
+} {
+  const limiter = (holder as { limiter?: RequestLimiter }).limiter;
+  return {
+    ...(limiter instanceof RequestLimiter ? { maxInFlight: limiter.limits.requestsPerLink } : {}),
+    onLimit: (sentence) => process.stderr.write(`keytether: ${sentence}\n`),
+  };
+}

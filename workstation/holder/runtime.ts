@@ -5,6 +5,7 @@
 import path from 'node:path';
 import { AuditError, AuditLog } from '../audit/audit.js';
 import { ApprovalMemory } from '../policy/approvals.js';
+import { RequestLimiter } from './request-limits.js';
 import type { Config } from '../home/config.js';
 import type { UnlockedKey } from '../crypto/index.js';
 import { Holder } from './holder.js';
@@ -99,6 +100,7 @@ export async function openHolderRuntime(
     audit,
     cache,
     approvals: new ApprovalMemory(),
+    limiter: new RequestLimiter(config.limits),
   });
   return {
     holder,
@@ -111,6 +113,7 @@ export async function openHolderRuntime(
       await gpgAgent?.close();
       // Unlocked keys die with the process, but zero them deliberately rather than trusting GC.
       cache.clear();
+      await holder.flushRefusals().catch(() => undefined);
       await audit.close();
     },
   };

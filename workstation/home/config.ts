@@ -6,6 +6,12 @@ import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
+import {
+  DEFAULT_REQUEST_LIMITS,
+  limitsFromFile,
+  limitsSchemaShape,
+  type RequestLimits,
+} from './limits-config.js';
 
 /** A config file or flag the holder cannot use; the message is one sentence for the user. */
 export class ConfigError extends Error {
@@ -78,6 +84,8 @@ export interface Config {
   tokenMaxTtlMs: number;
   /** User rules in file order, flag rules first; the built-in defaults are in policy.ts. */
   policy: PolicyRule[];
+  /** Per link, origin, token and key (limits-config.ts). */
+  limits: RequestLimits;
   /** The file the settings were read from, or undefined when none existed. */
   file: string | undefined;
 }
@@ -94,6 +102,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   relay: [],
   tokenMaxTtlMs: 30 * 86_400_000,
   policy: [],
+  limits: DEFAULT_REQUEST_LIMITS,
   file: undefined,
 });
 
@@ -217,6 +226,7 @@ const fileSchema = z.strictObject({
     .union([z.string().min(1).max(2048), z.array(z.string().min(1).max(2048)).max(64)])
     .optional(),
   'token-max-ttl': duration.optional(),
+  ...limitsSchemaShape,
   policy: z.array(ruleSchema).max(MAX_RULES).optional(),
 });
 
@@ -400,6 +410,7 @@ export function parseConfig(text: string, file: string): Config {
       const line = findLine(text, ['policy', i]);
       return toRule(r, `policy rule ${i + 1} in ${file}${line ? ` (line ${line})` : ''}`);
     }),
+    limits: limitsFromFile(c),
     file,
   };
 }

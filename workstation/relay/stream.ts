@@ -27,6 +27,7 @@ import {
   type SealAcceptResult,
 } from './seal.js';
 import { tokenScopedHolder } from '../tokens/scoped-holder.js';
+import { linkLimits } from '../holder/holder.js';
 
 const MAX_DATA_CHUNK = 256 * 1024;
 
@@ -130,6 +131,7 @@ export function serveRelayStream(
         (opts.holder as { onInventoryChange?: (fn: () => void) => () => void }).onInventoryChange?.(
           changed,
         ),
+      ...linkLimits(opts.holder),
     });
   });
 }

@@ -7,7 +7,7 @@ import type { KeyHolder } from '../../protocol/keyholder.js';
 import { claimedRequester } from '../../protocol/keyholder.js';
 import { serveTunnel } from '../../protocol/tunnel/index.js';
 import { UserError } from '../../system/user-error.js';
-import { inventoryWatcher } from '../holder/holder.js';
+import { inventoryWatcher, linkLimits } from '../holder/holder.js';
 import { execChannel, shellQuote, sshLastError } from './connect.js';
 
 export interface SshSessionOptions {
@@ -153,6 +153,7 @@ export async function runSshSession(opts: SshSessionOptions): Promise<SshSession
     // really came from, the host this workstation connected to.
     requester: (claimed) => ({ ...claimedRequester(claimed), front: 'ssh', host: opts.host }),
     ...(watchInventory ? { onInventoryChange: watchInventory } : {}),
+    ...linkLimits(opts.holder),
   });
   void opts.holderClosed?.then(({ reason }) =>
     tunnel.close(`the keytether agent on this workstation went away (${reason})`),
