@@ -352,35 +352,52 @@ t.test('facade refusals', async (t) => {
   await h.closed;
 });
 
-t.test('per-token rate limit', async (t) => {
-  // A bucket of 2 that practically never refills, so the outcome does not depend on timing.
-  const r = await startRelay(t, { tokenRatePerSecond: 0.0001, tokenBurst: 2 });
-  const id = newIdentity();
-  const h = await holder(t, r.ws, id);
-  t.equal((await h.json()).type, 'ok');
-  const pub = publicPart(makeToken(id));
+t.test(
+  'per-token rate limit: new streams are refused, a stream in use is slowed down',
+  async (t) => {
+    // 5 messages a second, bursts of 3: the stream open takes one, two data messages the rest.
+    const r = await startRelay(t, { tokenRatePerSecond: 5, tokenBurst: 3 });
+    const id = newIdentity();
+    const h = await holder(t, r.ws, id);
+    t.equal((await h.json()).type, 'ok');
+    const pub = publicPart(makeToken(id));
 
-  const a = await facade(r.ws, pub);
-  t.same(await a.json(), { type: 'ok' }, 'request 1: the stream opens');
-  const open = await h.frame();
-  a.ws.send(Buffer.from('one'));
-  const d = await h.frame();
-  t.same([d.kind, d.payload.toString()], [MuxKind.Data, 'one'], 'request 2: data is forwarded');
-  a.ws.send(Buffer.from('two'));
-  t.same(await a.closed, { code: 4008, reason: 'rate limited' }, 'request 3 is refused');
-  const c = await h.frame();
-  t.same([c.kind, c.streamId], [MuxKind.Close, open.streamId], 'the holder is told');
+    const a = await facade(r.ws, pub);
+    t.same(await a.json(), { type: 'ok' }, 'the stream opens');
+    const open = await h.frame();
+    // Eight messages at once: two fit the burst, the others wait for the bucket (200 ms each).
+    const sent = performance.now();
+    for (let i = 1; i <= 8; i++) a.ws.send(Buffer.from(`m${i}`));
+    const got: string[] = [];
+    for (let i = 1; i <= 8; i++) {
+      const d = await h.frame();
+      t.equal(d.streamId, open.streamId);
+      got.push(d.payload.toString());
+    }
+    const ms = performance.now() - sent;
+    t.same(
+      got,
+      ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7', 'm8'],
+      'every message arrives, in order',
+    );
+    // Six over the burst at 5/s: at least about a second, less than the old cut-off would allow.
+    t.ok(ms >= 900, `spread over ${Math.round(ms)} ms by the rate`);
+    t.equal(a.ws.readyState, a.ws.OPEN, 'the stream stays open');
 
-  const b = await facade(r.ws, pub);
-  t.equal((await b.closed).code, 4008, 'a new stream with the same token is refused too');
-
-  const other = await facade(r.ws, publicPart(makeToken(id)));
-  t.same(await other.json(), { type: 'ok' }, 'another token has its own bucket');
-  t.match(await metricsText(r.app), /keytether_relay_refusals_total\{reason="rate_limited"\} 2/);
-  other.ws.close();
-  h.ws.close();
-  await Promise.all([other.closed, h.closed]);
-});
+    // With the bucket empty, a new stream on the same token is refused.
+    const b = await facade(r.ws, pub);
+    t.equal((await b.closed).code, 4008, 'a new stream with an empty bucket is refused');
+    const other = await facade(r.ws, publicPart(makeToken(id)));
+    t.same(await other.json(), { type: 'ok' }, 'another token has its own bucket');
+    const m = await metricsText(r.app);
+    t.match(m, /keytether_relay_refusals_total\{reason="rate_limited"\} 1/);
+    t.match(m, /keytether_relay_throttled_total [1-9]/);
+    a.ws.close();
+    other.ws.close();
+    h.ws.close();
+    await Promise.all([a.closed, other.closed, h.closed]);
+  },
+);
 
 t.test('per-address connection limit', async (t) => {
   const r = await startRelay(t, { maxConnectionsPerAddress: 2 });

@@ -66,6 +66,17 @@ export class RateLimiter {
     return ok;
   }
 
+  /** How long until `key`'s bucket holds one request's worth again; 0 when it does now. */
+  waitMs(key: string): number {
+    const b = this.buckets.get(key);
+    if (!b) return 0;
+    const tokens = Math.min(
+      this.burst,
+      b.tokens + ((this.now() - b.at) / 1000) * this.ratePerSecond,
+    );
+    return tokens >= 1 ? 0 : Math.ceil(((1 - tokens) / this.ratePerSecond) * 1000);
+  }
+
   private prune(t: number): void {
     for (const [k, b] of this.buckets) {
       if (b.tokens + ((t - b.at) / 1000) * this.ratePerSecond >= this.burst) this.buckets.delete(k);

@@ -11,6 +11,7 @@ export interface RelayMetrics {
   streams: Counter;
   requests: Counter;
   refusals: Counter<'reason'>;
+  throttled: Counter;
   latency: Histogram;
 }
 
@@ -42,6 +43,11 @@ export function createMetrics(): RelayMetrics {
       name: 'keytether_relay_refusals_total',
       help: 'Connections refused or closed by the relay, by reason',
       labelNames: ['reason'],
+      registers: [registry],
+    }),
+    throttled: new Counter({
+      name: 'keytether_relay_throttled_total',
+      help: "Times a facade stream was slowed down for sending faster than its token's rate",
       registers: [registry],
     }),
     latency: new Histogram({

@@ -17,6 +17,8 @@ import { CloseCode, isOpen, wsReason } from './wire.js';
 // 4008 is the spec's code for a peer the relay will not serve at the rate it asks for; a facade
 // that does not read its answers is one.
 const SLOW_READER_REASON = 'facade is not reading';
+/** A throttled facade is read again after at most this long, whatever its token's rate. */
+const MAX_THROTTLE_MS = 5000;
 
 export interface Holder {
   ws: WebSocket;
@@ -37,6 +39,11 @@ export interface Stream {
   pendingSince: number | undefined;
   /** Not read from until the holder's socket has taken what is queued for it. */
   paused: boolean;
+  /** Not read from until the token's bucket refills: the facade sends faster than its rate. */
+  throttle: NodeJS.Timeout | undefined;
+  /** Messages that came over the rate, forwarded in order as the bucket refills. */
+  held: Buffer[];
+  heldBytes: number;
 }
 
 /** The open streams of every holder, counted so that shutdown can wait for them to end. */
@@ -62,6 +69,9 @@ export class StreamRouter {
       ended: false,
       pendingSince: undefined,
       paused: false,
+      throttle: undefined,
+      held: [],
+      heldBytes: 0,
     };
     holder.streams.set(id, stream);
     this.count++;
@@ -101,12 +111,14 @@ export class StreamRouter {
   }
 
   fromFacade(s: Stream, data: Buffer): void {
-    if (!this.rate.take(s.tid)) {
-      this.metrics.refusals.inc({ reason: 'rate_limited' });
-      s.log.info({ code: CloseCode.RateLimited, reason: 'rate limited' }, 'refused');
-      this.endStream(s, { facadeCode: CloseCode.RateLimited, reason: 'rate limited' });
+    if (s.held.length > 0 || !this.rate.take(s.tid)) {
+      this.hold(s, data);
       return;
     }
+    this.forward(s, data);
+  }
+
+  private forward(s: Stream, data: Buffer): void {
     this.metrics.requests.inc();
     s.pendingSince ??= performance.now();
     const to = s.holder.ws;
@@ -122,11 +134,54 @@ export class StreamRouter {
     s.log.debug({ buffered: to.bufferedAmount }, 'facade paused: the holder is behind');
     to.send(encodeMux(MuxKind.Data, s.id, data), () => {
       s.paused = false;
-      if (!s.ended && isOpen(s.facade)) {
-        s.facade.resume();
-        s.log.debug('facade resumed');
-      }
+      this.resume(s);
     });
+  }
+
+  /**
+   * Over its token's rate, a stream is slowed, not cut: the message waits, in order with any
+   * before it, and the facade is not read again until the bucket has let all of them through. A
+   * CI job sending a large payload to be clear-signed (many sealed records) or signing in a burst
+   * then takes longer instead of losing every signature in flight; a flood only fills its own TCP
+   * window. What is held is bounded like a holder's send queue; beyond it the stream ends.
+   */
+  private hold(s: Stream, data: Buffer): void {
+    s.held.push(data);
+    s.heldBytes += data.length;
+    if (s.heldBytes > this.limits.maxBufferedBytes) {
+      this.metrics.refusals.inc({ reason: 'rate_limited' });
+      s.log.info({ code: CloseCode.RateLimited, reason: 'rate limited' }, 'refused');
+      this.endStream(s, { facadeCode: CloseCode.RateLimited, reason: 'rate limited' });
+      return;
+    }
+    if (s.throttle !== undefined) return;
+    this.metrics.throttled.inc();
+    s.log.debug('facade throttled: over its token rate');
+    s.facade.pause();
+    this.release(s);
+  }
+
+  /** Forwards held messages as the bucket allows, then reads the facade again. */
+  private release(s: Stream): void {
+    const waitMs = Math.max(1, Math.min(this.rate.waitMs(s.tid), MAX_THROTTLE_MS));
+    s.throttle = setTimeout(() => {
+      s.throttle = undefined;
+      if (s.ended) return;
+      while (s.held.length > 0 && this.rate.take(s.tid)) {
+        const data = s.held.shift()!;
+        s.heldBytes -= data.length;
+        this.forward(s, data);
+      }
+      if (s.held.length > 0) this.release(s);
+      else this.resume(s);
+    }, waitMs);
+    s.throttle.unref();
+  }
+
+  private resume(s: Stream): void {
+    if (s.ended || s.paused || s.throttle !== undefined || !isOpen(s.facade)) return;
+    s.facade.resume();
+    s.log.debug('facade resumed');
   }
 
   /**
@@ -136,6 +191,8 @@ export class StreamRouter {
   endStream(s: Stream, how: { reason: string; facadeCode?: number; fromHolder?: boolean }): void {
     if (s.ended) return;
     s.ended = true;
+    clearTimeout(s.throttle);
+    s.held = [];
     s.holder.streams.delete(s.id);
     this.count--;
     if (!how.fromHolder && isOpen(s.holder.ws)) {
