@@ -209,7 +209,7 @@ export function buildProgram(): Command {
   program
     .description(
       'Use your gpg keys from servers and CI while they stay on your workstation.\n' +
-        'Workstation: keys, agent, ssh, token, status, audit. Server/CI: relay, connect, serve.',
+        'Workstation: keys, agent, ssh, token, status, audit. Server/CI: relay, connect, serve. Both: doctor.',
     )
     .version(packageVersion(), '-V, --version', 'print the version')
     .option(

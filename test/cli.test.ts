@@ -31,6 +31,7 @@ const TOP_COMMANDS = [
   'token',
   'status',
   'audit',
+  'doctor',
   'relay',
   'connect',
   'serve',
