@@ -28,6 +28,7 @@ const ON_PATH = [
   'python3',
   'openssl',
   'tmux',
+  'iptables',
   'systemd-analyze',
   'systemd-socket-activate',
 ];
