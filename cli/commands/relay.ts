@@ -3,7 +3,13 @@
 
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { buildRelay, listenRelay, shutdownRelay } from '../../server/relay/index.js';
+import type { FastifyInstance } from 'fastify';
+import {
+  buildRelay,
+  listenRelay,
+  reloadRelayTls,
+  shutdownRelay,
+} from '../../server/relay/index.js';
 import { UsageError, UserError } from '../../system/user-error.js';
 import { action, collect, examples } from '../program.js';
 import { TrustedProxies } from '../../server/relay/client-address.js';
@@ -48,6 +54,57 @@ function waitForSignal(): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * SIGHUP: read the certificate and key files again and serve them to new connections (what
+ * certbot's deploy hook or `systemctl reload` asks for). Without TLS there is nothing to reload,
+ * but the signal must still not kill the relay, as Node's default action would.
+ */
+function reloadOnHangup(app: FastifyInstance, files?: { cert: string; key: string }): () => void {
+  let busy = false;
+  // A SIGHUP during a reload may be for files renewed after this reload read them: run once more.
+  let again = false;
+  const onHup = (): void => {
+    if (!files) {
+      app.log.info('SIGHUP: the relay serves no TLS, nothing to reload');
+      return;
+    }
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    void reloadRelayTls(app, async () => ({
+      cert: await readPem('--tls-cert', files.cert),
+      key: await readPem('--tls-key', files.key),
+    }))
+      .then(
+        (c) =>
+          app.log.info(
+            {
+              subject: c.subject,
+              notAfter: new Date(c.notAfter).toISOString(),
+              fingerprint: c.fingerprint,
+            },
+            'tls certificate reloaded',
+          ),
+        (e: Error) =>
+          app.log.warn(
+            { reason: e.message },
+            'tls reload failed; still serving the previous certificate',
+          ),
+      )
+      .finally(() => {
+        busy = false;
+        if (again) {
+          again = false;
+          onHup();
+        }
+      });
+  };
+  process.on('SIGHUP', onHup);
+  return () => process.off('SIGHUP', onHup);
+}
+
 export function register(program: Command): void {
   program
     .command('relay')
@@ -56,6 +113,7 @@ export function register(program: Command): void {
       examples(
         'keytether relay --listen 127.0.0.1:0',
         'keytether relay --listen 0.0.0.0:7878 --tls-cert relay.crt --tls-key relay.key',
+        'kill -HUP <pid>   # after renewing relay.crt/relay.key: new connections get the new pair',
       ),
     )
     .description('run the relay; prints "listening: <base URL>"')
@@ -89,8 +147,8 @@ export function register(program: Command): void {
         let app;
         try {
           app = buildRelay({ ...(https ? { https } : {}), trustProxy });
-        } catch {
-          throw new UserError('the TLS certificate or key is not valid PEM, or they do not match');
+        } catch (e) {
+          throw new UserError(`${(e as Error).message}; check --tls-cert and --tls-key`);
         } finally {
           https?.key.fill(0);
         }
@@ -106,8 +164,15 @@ export function register(program: Command): void {
             `cannot listen on ${flags.listen} (${code}); choose another address with --listen`,
           );
         }
+        const stopReloading = reloadOnHangup(
+          app,
+          flags.tlsCert !== undefined && flags.tlsKey !== undefined
+            ? { cert: flags.tlsCert, key: flags.tlsKey }
+            : undefined,
+        );
         process.stdout.write(`listening: ${url}\n`);
         await signal;
+        stopReloading();
         await shutdownRelay(app);
       }),
     );

@@ -3,6 +3,7 @@
 // by a RelayHub that shares the app's logger.
 
 import type { IncomingMessage } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import Fastify, {
@@ -14,15 +15,17 @@ import { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
 import { createMetrics, type RelayMetrics } from './metrics.js';
 import { RelayHub } from './hub.js';
 import { TrustedProxies } from './client-address.js';
+import { checkTlsPair, replaceCertificate, type CertificateSummary, type TlsPair } from './tls.js';
 
 export { CloseCode } from './hub.js';
 export { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
+export type { CertificateSummary, TlsPair } from './tls.js';
 
 export interface RelayOptions {
   /** fastify/pino logger options; default: JSON lines at level info on stderr. */
   logger?: FastifyServerOptions['logger'];
   /** Serve https:// (and wss://) with this PEM certificate and key. */
-  https?: { cert: string | Buffer; key: string | Buffer };
+  https?: TlsPair;
   limits?: Partial<RelayLimits>;
   /**
    * Reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed for the client's
@@ -39,13 +42,24 @@ const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metr
   });
 };
 
-const relays = new WeakMap<FastifyInstance, { hub: RelayHub; limits: RelayLimits; tls: boolean }>();
+interface RelayState {
+  hub: RelayHub;
+  limits: RelayLimits;
+  metrics: RelayMetrics;
+  tls: boolean;
+}
 
-/** A relay, not yet listening. `app.inject()` works on it; `listenRelay` starts it. */
+const relays = new WeakMap<FastifyInstance, RelayState>();
+
+/**
+ * A relay, not yet listening. `app.inject()` works on it; `listenRelay` starts it. Throws an
+ * Error with a one-sentence message when `https` is not a usable certificate and key.
+ */
 export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
   const limits: RelayLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const logger = opts.logger ?? { level: 'info', stream: process.stderr };
-  const metrics = createMetrics();
+  const metrics = createMetrics(opts.https !== undefined);
+  if (opts.https) metrics.certificateNotAfter.set(checkTlsPair(opts.https).notAfter / 1000);
   // Node's own slowloris guard: a connection whose request head is not complete in time (idle
   // or dribbling, the upgrade included) is answered 408 and closed. Node checks every
   // `connectionsCheckingInterval`, so the cut comes between the deadline and one interval later.
@@ -83,7 +97,7 @@ export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
     ? Fastify({ logger, clientErrorHandler, https: { ...opts.https, ...timeouts } })
     : Fastify({ logger, clientErrorHandler, http: timeouts })) as unknown as FastifyInstance;
   const hub = new RelayHub(app.log, limits, metrics, new TrustedProxies(opts.trustProxy ?? []));
-  relays.set(app, { hub, limits, tls: opts.https !== undefined });
+  relays.set(app, { hub, limits, metrics, tls: opts.https !== undefined });
   app.register(routes, { metrics });
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
     hub.handleUpgrade(req, socket, head),
@@ -104,6 +118,35 @@ export async function listenRelay(
   const scheme = relays.get(app)?.tls ? 'https' : 'http';
   const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return `${scheme}://${h}:${addr.port}`;
+}
+
+/**
+ * Serves the pair LOAD reads to new TLS connections from now on (SIGHUP after a certificate
+ * renewal); open connections keep theirs. Rejects, and keeps serving the old pair, when LOAD
+ * fails, the pair is not usable or the relay was started without TLS. LOAD's key buffer is zeroed
+ * once used.
+ */
+export async function reloadRelayTls(
+  app: FastifyInstance,
+  load: () => Promise<{ cert: Buffer; key: Buffer }>,
+): Promise<CertificateSummary> {
+  const r = relays.get(app);
+  if (!r?.tls)
+    throw new Error('the relay was started without TLS; there is no certificate to reload');
+  let pair: { cert: Buffer; key: Buffer } | undefined;
+  let summary: CertificateSummary;
+  try {
+    pair = await load();
+    summary = replaceCertificate(app.server as unknown as HttpsServer, pair);
+  } catch (e) {
+    r.metrics.tlsReloads.inc({ result: 'failed' });
+    throw e;
+  } finally {
+    pair?.key.fill(0);
+  }
+  r.metrics.tlsReloads.inc({ result: 'ok' });
+  r.metrics.certificateNotAfter.set(summary.notAfter / 1000);
+  return summary;
 }
 
 /**

@@ -13,10 +13,23 @@ export interface RelayMetrics {
   refusals: Counter<'reason'>;
   throttled: Counter;
   latency: Histogram;
+  /** These two are absent from /metrics on a relay without TLS. */
+  certificateNotAfter: Gauge;
+  tlsReloads: Counter<'result'>;
 }
 
-export function createMetrics(): RelayMetrics {
+/** TLS: whether the relay serves TLS; its certificate series exist only then. */
+export function createMetrics(tls = false): RelayMetrics {
   const registry = new Registry();
+  const tlsRegisters = tls ? [registry] : [];
+  const tlsReloads = new Counter({
+    name: 'keytether_relay_tls_reloads_total',
+    help: 'TLS certificate reloads (SIGHUP) by result; a failed one keeps the old certificate',
+    labelNames: ['result'],
+    registers: tlsRegisters,
+  });
+  tlsReloads.inc({ result: 'ok' }, 0);
+  tlsReloads.inc({ result: 'failed' }, 0);
   const connections = new Gauge({
     name: 'keytether_relay_connections',
     help: 'Open WebSocket connections by role',
@@ -56,5 +69,11 @@ export function createMetrics(): RelayMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
+    certificateNotAfter: new Gauge({
+      name: 'keytether_relay_tls_certificate_not_after_seconds',
+      help: 'When the TLS certificate being served expires (Unix time); absent without TLS',
+      registers: tlsRegisters,
+    }),
+    tlsReloads,
   };
 }
