@@ -11,7 +11,8 @@ import {
   shutdownRelay,
 } from '../../server/relay/index.js';
 import { UsageError, UserError } from '../../system/user-error.js';
-import { action, collect, examples } from '../program.js';
+import { action, collect, examples, packageVersion } from '../program.js';
+import { relayOpenApi } from '../../server/relay/openapi.js';
 import { TrustedProxies } from '../../server/relay/client-address.js';
 
 interface RelayFlags {
@@ -19,6 +20,7 @@ interface RelayFlags {
   tlsCert?: string;
   tlsKey?: string;
   trustProxy?: string[];
+  openapi?: boolean;
 }
 
 /** `HOST:PORT`, `[V6]:PORT`; port 0 lets the system pick one. */
@@ -125,8 +127,13 @@ export function register(program: Command): void {
       'a reverse proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable)',
       collect,
     )
+    .option('--openapi', "print the OpenAPI 3.1 document of the relay's HTTP routes and exit")
     .action(
       action(async (flags: RelayFlags) => {
+        if (flags.openapi) {
+          process.stdout.write(`${JSON.stringify(relayOpenApi(packageVersion()), null, 2)}\n`);
+          return;
+        }
         const { host, port } = parseListen(flags.listen);
         const trustProxy = flags.trustProxy ?? [];
         try {

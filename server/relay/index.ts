@@ -15,6 +15,8 @@ import { DEFAULT_LIMITS, type RelayLimits } from './limits.js';
 import { createMetrics, type RelayMetrics } from './metrics.js';
 import { RelayHub } from './hub.js';
 import { TrustedProxies } from './client-address.js';
+import type { z } from 'zod';
+import type { HealthSchema } from './openapi.js';
 import { checkTlsPair, replaceCertificate, type CertificateSummary, type TlsPair } from './tls.js';
 
 export { CloseCode } from './hub.js';
@@ -35,7 +37,22 @@ export interface RelayOptions {
 }
 
 const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metrics }) => {
-  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/healthz', async (): Promise<z.infer<typeof HealthSchema>> => ({ ok: true }));
+  // A WebSocket upgrade never reaches these ('upgrade' is handled below); a plain request, such
+  // as someone checking the URL with curl, learns what the endpoint is instead of a bare 404.
+  for (const url of ['/v1/holder', '/v1/facade']) {
+    app.get(url, async (_req, reply) =>
+      reply
+        .code(426)
+        .header('upgrade', 'websocket')
+        .header('connection', 'upgrade')
+        .send({
+          statusCode: 426,
+          error: 'Upgrade Required',
+          message: `${url} is a WebSocket endpoint: keytether connects to it with wss:// or ws://`,
+        }),
+    );
+  }
   app.get('/metrics', async (_req, reply) => {
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();
