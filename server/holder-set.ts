@@ -21,6 +21,7 @@ export class HolderSet implements KeyHolder {
   /** Newest last: the most recent session is most likely the one the user is working in. */
   private readonly members: KeyHolder[] = [];
   private readonly emptyListeners: (() => void)[] = [];
+  private readonly addListeners: (() => void)[] = [];
 
   get size(): number {
     return this.members.length;
@@ -32,6 +33,7 @@ export class HolderSet implements KeyHolder {
       throw new GpgError(ErrorCode.GENERAL, 'too many sessions share this socket');
     }
     this.members.push(holder);
+    for (const fn of this.addListeners.splice(0)) fn();
     let removed = false;
     return () => {
       if (removed) return;
@@ -45,6 +47,11 @@ export class HolderSet implements KeyHolder {
   /** Called once, the next time the last holder leaves. */
   onEmpty(fn: () => void): void {
     this.emptyListeners.push(fn);
+  }
+
+  /** Called once, the next time a holder joins. */
+  onAdded(fn: () => void): void {
+    this.addListeners.push(fn);
   }
 
   async inventory(): Promise<Inventory> {

@@ -32,6 +32,11 @@ export interface ServeStdioOptions {
   socket?: string;
   importKeys?: boolean;
   replace?: boolean;
+  /**
+   * After the link ends without a deliberate close, keep serving the socket this long with no
+   * holder (gpg gets "No agent running" at once) so a reconnecting session can attach to it.
+   */
+  lingerMs?: number;
   /** `keytether/<version>`, announced in the tunnel hello. */
   software: string;
   input?: NodeJS.ReadableStream;
@@ -55,6 +60,14 @@ function isCleanClose(reason: string): boolean {
     reason.startsWith('the workstation closed the tunnel:') ||
     reason === STOPPED
   );
+}
+
+const SESSION_ENDED = 'the session ended';
+
+// Only a close the workstation sent (or a signal here) is final; a bare end of stdin is what a
+// dropped link looks like from here.
+function isFinalClose(reason: string): boolean {
+  return reason.startsWith('the workstation closed the tunnel:') || reason === STOPPED;
 }
 
 function exitStatus(reason: string): number {
@@ -118,6 +131,7 @@ interface Session {
   up: () => Promise<void>;
   announce: () => void;
   stopped: Promise<void>;
+  lingerMs: number | undefined;
 }
 
 function isAddrInUse(e: unknown): boolean {
@@ -129,6 +143,8 @@ async function runServing(s: Session): Promise<number | 'retry'> {
   const set = new HolderSet();
   const attached = new Set<TunnelClient>();
   let closing = false;
+  /** Why the attached session that left last went: a lingering facade ends with a clean one. */
+  let lastLeft: string | undefined;
   let control: net.Server;
   try {
     // The control socket doubles as the lock: whoever binds it serves the agent socket.
@@ -140,7 +156,10 @@ async function runServing(s: Session): Promise<number | 'retry'> {
       }
       const tc = tunnelClient(sock, { software: s.software });
       attached.add(tc);
-      void tc.closed.then(() => attached.delete(tc));
+      void tc.closed.then(({ reason }) => {
+        attached.delete(tc);
+        lastLeft = reason;
+      });
       tc.ready.then(
         () => {
           if (closing) return tc.close('the serving session ended');
@@ -187,6 +206,10 @@ async function runServing(s: Session): Promise<number | 'retry'> {
       s.log(`this session ended; ${s.socketPath} stays up for the other sessions using it`);
       await Promise.race([new Promise<void>((r) => set.onEmpty(r)), s.stopped]);
     }
+    if (s.lingerMs !== undefined && !isFinalClose(reason)) {
+      await linger(s, set, () => lastLeft);
+      return 0;
+    }
     return exitStatus(reason);
   } finally {
     closing = true;
@@ -201,6 +224,35 @@ async function runServing(s: Session): Promise<number | 'retry'> {
     await new Promise<void>((r) => control.close(() => r()));
     await removeSocket(s.ctlPath);
     process.off('exit', removeAtExit);
+  }
+}
+
+/**
+ * `keytether ssh --reconnect`: the link is gone but the workstation will be back. Staying the
+ * serving process keeps the socket path and gpg.conf's `no-autostart` exactly as they were, so
+ * gpg in between fails at once with "No agent running" (the empty holder set's answer) instead of
+ * hanging or starting a local gpg-agent over the socket, and the next session's `serve --stdio`
+ * finds this one by the control socket and attaches its holder here. Every time the set empties
+ * again after a dropped link the wait starts over; a workstation that never comes back leaves
+ * after lingerMs, one that stops on purpose ends this too.
+ */
+async function linger(
+  s: Session,
+  set: HolderSet,
+  lastLeft: () => string | undefined,
+): Promise<void> {
+  for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    const joined = await Promise.race([
+      new Promise<boolean>((r) => set.onAdded(() => r(true))),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), s.lingerMs))),
+      s.stopped.then(() => false),
+    ]);
+    clearTimeout(timer);
+    if (!joined) return;
+    await Promise.race([new Promise<void>((r) => set.onEmpty(r)), s.stopped]);
+    // The reconnected session was stopped on purpose (Ctrl-C on the workstation): so is this.
+    if (set.size > 0 || lastLeft()?.endsWith(`: ${SESSION_ENDED}`)) return;
   }
 }
 
@@ -241,13 +293,17 @@ async function runAttached(s: Session): Promise<number | 'retry'> {
   s.announce();
   const ended = await Promise.race([ownClosed, handle.closed.then(() => null)]);
   if (ended === null) return 'retry';
-  handle.close('the session ended');
+  // A lingering serving facade (--linger) tells a stop from a dropped link by this reason.
+  handle.close(isFinalClose(ended.own) ? SESSION_ENDED : 'the link to the workstation dropped');
   return exitStatus(ended.own);
 }
 
 export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
   const env = opts.env ?? process.env;
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  // A lingering facade outlives the SSH connection that gave it stderr: a write there failing
+  // must not end the process.
+  if (opts.lingerMs !== undefined && opts.log === undefined) process.stderr.on('error', () => {});
   const input = opts.input ?? process.stdin;
   const output = opts.output ?? process.stdout;
 
@@ -322,6 +378,7 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
     up,
     announce,
     stopped,
+    lingerMs: opts.lingerMs,
   };
 
   try {

@@ -4,13 +4,14 @@
 import type { Command } from 'commander';
 import { serveStdio } from '../../server/serve-stdio.js';
 import { UsageError } from '../../system/user-error.js';
-import { action, examples, packageVersion } from '../program.js';
+import { action, durationArg, examples, packageVersion } from '../program.js';
 
 interface ServeFlags {
   stdio?: boolean;
   socket?: string;
   importKeys?: boolean;
   replace?: boolean;
+  linger?: number;
 }
 
 export function register(program: Command): void {
@@ -22,6 +23,11 @@ export function register(program: Command): void {
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
     .option('--import-keys', "import the holder's public keys into this host's keyring")
     .option('--replace', 'take over the socket from a running gpg-agent')
+    .option(
+      '--linger <duration>',
+      "when the link drops, keep the socket answering 'No agent running' this long for a reconnecting session",
+      durationArg,
+    )
     .action(
       action(async (flags: ServeFlags) => {
         if (!flags.stdio) {
@@ -31,6 +37,7 @@ export function register(program: Command): void {
           ...(flags.socket !== undefined ? { socket: flags.socket } : {}),
           importKeys: flags.importKeys ?? false,
           replace: flags.replace ?? false,
+          ...(flags.linger !== undefined ? { lingerMs: flags.linger } : {}),
           software: `keytether/${packageVersion()}`,
         });
       }),

@@ -19,6 +19,7 @@ import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
+import { keepLinked } from '../../workstation/ssh/reconnect.js';
 import { UserError } from '../../system/user-error.js';
 import {
   action,
@@ -57,6 +58,9 @@ const IN_PROCESS_OPTIONS = [
   'gnupgHome',
 ] as const;
 
+/** How long the server keeps the socket for a workstation that lost its link (--reconnect). */
+const LINGER_MS = 10 * 60_000;
+
 function optionFlag(name: string): string {
   return `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }
@@ -87,8 +91,10 @@ export function register(program: Command): void {
       '--replace',
       "stop a gpg-agent running on HOST's socket (gpgconf --kill gpg-agent) and serve it instead",
     )
-    // Not built yet: accepted so scripts get the sentence below, but not offered in --help.
-    .addOption(new Option('--reconnect').hideHelp())
+    .option(
+      '--reconnect',
+      "when the link drops, connect again with backoff and print 'reconnected: SOCKET'; gpg on HOST fails at once meanwhile",
+    )
     .option(
       '--no-agent',
       'run a holder in-process even when a keytether agent is running on this workstation',
@@ -130,9 +136,6 @@ export function register(program: Command): void {
     )
     .action(
       action(async (destination: string, flags: SshFlags, cmd: Command) => {
-        if (flags.reconnect) {
-          throw new UserError('--reconnect is not available yet; run keytether ssh without it');
-        }
         if (flags.socket !== undefined) {
           throw new UserError(
             'reusing a running keytether agent (--socket) is not available yet; run without --socket',
@@ -232,7 +235,8 @@ export function register(program: Command): void {
         const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
         for (const s of signals) process.on(s, onSignal);
 
-        try {
+        let readyCount = 0;
+        const once = async () => {
           const client = await connectSsh(target, {
             ...(flags.acceptNew ? { acceptNew: true } : {}),
             onNotice: notice,
@@ -244,8 +248,10 @@ export function register(program: Command): void {
               host: target.host,
               remoteCommand: flags.remoteCommand,
               ...(flags.remoteSocket !== undefined ? { remoteSocket: flags.remoteSocket } : {}),
-              importKeys: flags.importKeys ?? false,
+              // The keys were imported when the first link came up; a reconnect is kept quick.
+              importKeys: (flags.importKeys ?? false) && readyCount === 0,
               replace: flags.replace ?? false,
+              ...(flags.reconnect ? { lingerMs: LINGER_MS } : {}),
               software,
               onReady: (p) => {
                 session ??= {
@@ -254,7 +260,8 @@ export function register(program: Command): void {
                   since: new Date().toISOString(),
                   requests: 0,
                 };
-                process.stdout.write(`ready: ${p}\n`);
+                // A script waits for one `ready:`; a resumed link is news, not a new start.
+                process.stdout.write(`${readyCount++ === 0 ? 'ready' : 'reconnected'}: ${p}\n`);
               },
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
               signal: stop.signal,
@@ -268,6 +275,18 @@ export function register(program: Command): void {
             });
           } finally {
             client.end();
+          }
+        };
+        try {
+          if (flags.reconnect) {
+            await keepLinked({
+              once,
+              readyCount: () => readyCount,
+              signal: stop.signal,
+              onNotice: notice,
+            });
+          } else {
+            await once();
           }
           return 0;
         } finally {

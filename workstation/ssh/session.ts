@@ -21,6 +21,8 @@ export interface SshSessionOptions {
   importKeys?: boolean;
   /** Pass --replace to serve: stop a gpg-agent on the server socket first. */
   replace?: boolean;
+  /** Pass --linger to serve: the socket outlives a dropped link this long (see serve-stdio). */
+  lingerMs?: number;
   /** `keytether/<version>`. */
   software: string;
   /** The server said gpg can use its socket now. */
@@ -59,12 +61,13 @@ const STOP_REASON = 'interrupted on the workstation';
  */
 export function serveCommand(
   remoteCommand: string,
-  opts: { remoteSocket?: string; importKeys?: boolean; replace?: boolean } = {},
+  opts: { remoteSocket?: string; importKeys?: boolean; replace?: boolean; lingerMs?: number } = {},
 ): string {
   const args = ['serve', '--stdio'];
   if (opts.remoteSocket !== undefined) args.push('--socket', opts.remoteSocket);
   if (opts.importKeys) args.push('--import-keys');
   if (opts.replace) args.push('--replace');
+  if (opts.lingerMs !== undefined) args.push('--linger', `${opts.lingerMs}ms`);
   return [remoteCommand, ...args.map(shellQuote)].join(' ');
 }
 
