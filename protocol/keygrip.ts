@@ -10,7 +10,29 @@ export type { CurveName } from './curves.js';
 export { curveBits, curveFromName, curveFromOid, oidToDotted } from './curves.js';
 
 export type PublicKeyParams =
-  { kind: 'rsa'; n: Uint8Array; e: Uint8Array } | { kind: 'ecc'; curve: CurveName; q: Uint8Array };
+  | { kind: 'rsa'; n: Uint8Array; e: Uint8Array }
+  | { kind: 'dsa'; p: Uint8Array; q: Uint8Array; g: Uint8Array; y: Uint8Array }
+  | { kind: 'elg'; p: Uint8Array; g: Uint8Array; y: Uint8Array }
+  | { kind: 'ecc'; curve: CurveName; q: Uint8Array };
+
+/** The parameters libgcrypt hashes for DSA ("pqgy") and ElGamal ("pgy"), in its order. */
+type DiscreteLogParams = Extract<PublicKeyParams, { kind: 'dsa' | 'elg' }>;
+
+function discreteLogParts(pk: DiscreteLogParams): [string, Uint8Array][] {
+  if (pk.kind === 'dsa') {
+    return [
+      ['p', pk.p],
+      ['q', pk.q],
+      ['g', pk.g],
+      ['y', pk.y],
+    ];
+  }
+  return [
+    ['p', pk.p],
+    ['g', pk.g],
+    ['y', pk.y],
+  ];
+}
 
 export function keygrip(pk: PublicKeyParams): string {
   return keygripBytes(pk).toString('hex').toUpperCase();
@@ -23,6 +45,16 @@ export function keygripBytes(pk: PublicKeyParams): Buffer {
     const n = mpiStd(pk.n);
     if (n.length === 0) throw new Error('RSA modulus is empty');
     return sha1.update(n).digest();
+  }
+  if (pk.kind === 'dsa' || pk.kind === 'elg') {
+    // libgcrypt's generic grip: each element as `(1:<name><len>:<mpi>)`, the MPI as gpg
+    // stores it (with the sign byte), like RSA's n.
+    for (const [name, raw] of discreteLogParts(pk)) {
+      const value = mpiStd(raw);
+      if (value.length === 0) throw new Error(`${pk.kind.toUpperCase()} ${name} is empty`);
+      sha1.update(`(1:${name}${value.length}:`, 'latin1').update(value).update(')', 'latin1');
+    }
+    return sha1.digest();
   }
   const c = CURVES[pk.curve];
   if (c === undefined) throw new Error(`unsupported curve ${String(pk.curve)}`);
@@ -83,6 +115,13 @@ export function publicKeySexpTree(pk: PublicKeyParams): Sexp[] {
     return [
       atom('public-key'),
       [atom('rsa'), [atom('n'), mpiStd(pk.n)], [atom('e'), mpiStd(pk.e)]],
+    ];
+  }
+  if (pk.kind === 'dsa' || pk.kind === 'elg') {
+    const parts = discreteLogParts(pk);
+    return [
+      atom('public-key'),
+      [atom(pk.kind), ...parts.map(([n, v]): Sexp => [atom(n), mpiStd(v)])],
     ];
   }
   const ecc: Sexp[] = [atom('ecc'), [atom('curve'), atom(pk.curve)]];

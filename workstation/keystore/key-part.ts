@@ -20,9 +20,10 @@ export interface KeyPart {
   isPrimary: boolean;
   /** gpg's spelling: rsa3072, ed25519, cv25519, nistp256, brainpoolP256r1… */
   algorithm: string;
-  /** Undefined for algorithms this holder cannot serve (DSA, ElGamal, Ed448…). */
+  /** Undefined for algorithms whose keygrip is not known here (Ed448, X448…). */
   keygrip: string | undefined;
   publicKey: PublicKeyParams | undefined;
+  /** Undefined when the builtin store cannot use the secret (DSA, ElGamal): gpg-agent can. */
   materialKind: SecretKeyMaterial['kind'] | undefined;
   /**
    * Usage as words, in gpg's order (certify, sign, encrypt, auth) — words rather than gpg's
@@ -41,6 +42,8 @@ const ECDH = 18;
 const ECDSA = 19;
 const EDDSA_LEGACY = 22;
 const ED25519 = 27;
+const ELGAMAL_IDS = new Set([16, 20]);
+const DSA = 17;
 
 const FALLBACK_NAMES: Record<number, string> = {
   16: 'elg',
@@ -119,6 +122,21 @@ export function describeAlgorithm(packet: KeyPacket): AlgorithmInfo {
       algorithm: CURVE_ALGO_NAMES[curve],
       publicKey: { kind: 'ecc', curve, q },
       materialKind: kind,
+    };
+  }
+  if (algo === DSA || ELGAMAL_IDS.has(algo)) {
+    const p = bytesParam(params, 'p');
+    const q = bytesParam(params, 'q');
+    const g = bytesParam(params, 'g');
+    const y = bytesParam(params, 'y');
+    const name = algo === DSA ? 'dsa' : 'elg';
+    if (!p || !g || !y || (algo === DSA && !q)) {
+      return { algorithm: name, publicKey: undefined, materialKind: undefined };
+    }
+    return {
+      algorithm: `${name}${bitLength(p)}`,
+      publicKey: algo === DSA ? { kind: 'dsa', p, q: q!, g, y } : { kind: 'elg', p, g, y },
+      materialKind: undefined,
     };
   }
   return {
