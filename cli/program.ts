@@ -11,6 +11,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { UsageError, UserError } from '../system/user-error.js';
 import * as agent from './commands/agent.js';
 import * as audit from './commands/audit.js';
+import * as completion from './commands/completion.js';
 import * as connect from './commands/connect.js';
 import * as doctor from './commands/doctor.js';
 import * as keys from './commands/keys.js';
@@ -46,6 +47,7 @@ const COMMAND_MODULES: readonly CommandModule[] = [
   connect,
   serve,
   gitSign,
+  completion,
 ];
 
 /**

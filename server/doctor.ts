@@ -1,7 +1,7 @@
 // `keytether doctor --server`: what on this machine would stop gpg from reaching a keytether
 // facade, or let something else answer in its place — the gpg that is installed, the agent
 // socket it uses and who listens there, gpg.conf's no-autostart, and systemd starting gpg-agent
-// on that socket behind keytether's back.
+// on that socket behind keytether's back; and sshd's settings (sshd-check.ts).
 
 import { execFile } from 'node:child_process';
 import { existsSync, realpathSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
 import type { Finding } from '../system/diagnosis.js';
 import { probeSocket } from '../system/unix-socket.js';
 import { gnupgDirs } from './gnupg-dirs.js';
+import { diagnoseSshd } from './sshd-check.js';
 
 const MIN_GPG: [number, number] = [2, 2];
 /** sun_path holds 108 bytes with its NUL. */
@@ -76,7 +77,10 @@ function enabledGpgAgentSockets(env: NodeJS.ProcessEnv): string[] {
   return [...found];
 }
 
-export async function diagnoseServer(env: NodeJS.ProcessEnv = process.env): Promise<Finding[]> {
+export async function diagnoseServer(
+  env: NodeJS.ProcessEnv = process.env,
+  opts: { sshdConfig?: string } = {},
+): Promise<Finding[]> {
   const out: Finding[] = [];
   const version = await gpgVersion(env);
   if (version === undefined) {
@@ -168,5 +172,8 @@ export async function diagnoseServer(env: NodeJS.ProcessEnv = process.env): Prom
       fix: `systemctl --user mask --now ${units.join(' ')}`,
     });
   }
+  out.push(
+    ...(await diagnoseSshd(opts.sshdConfig !== undefined ? { config: opts.sshdConfig } : {})),
+  );
   return out;
 }
