@@ -115,12 +115,11 @@ export function register(program: Command): void {
       examples(
         'keytether relay --listen 127.0.0.1:0',
         'keytether relay --listen 0.0.0.0:7878 --tls-cert relay.crt --tls-key relay.key',
-        'kill -HUP <pid>   # after renewing relay.crt/relay.key: new connections get the new pair',
       ),
     )
     .description('run the relay; prints "listening: <base URL>"')
     .option('--listen <host:port>', 'address to listen on (port 0 picks one)', '127.0.0.1:7878')
-    .option('--tls-cert <file>', 'TLS certificate (PEM)')
+    .option('--tls-cert <file>', 'TLS certificate (PEM); SIGHUP re-reads it and --tls-key')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option(
       '--trust-proxy <addr>',
