@@ -12,7 +12,7 @@ import { describeKey } from '../workstation/keystore/key-part.js';
 import { publicKeySexp } from '../protocol/keygrip.js';
 import { clientHome, generateKey, makeGnupgHome, type TempGnupg } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
-import { spawnCli, waitForLine } from './support/cli.js';
+import { runCli, spawnCli, waitForLine } from './support/cli.js';
 
 /** gpg's own keygrips, in listing order (`grp` records). */
 async function gpgKeygrips(g: TempGnupg): Promise<string[]> {
@@ -75,6 +75,26 @@ t.test('DSA + ElGamal through --backend gpg-agent', async (t) => {
 
   const tmp = await mkdtemp('/tmp/ktdsa-');
   t.teardown(() => rm(tmp, { recursive: true, force: true }));
+
+  await t.test('the builtin store refuses it, naming the gpg-agent back end', async (t) => {
+    const sec = await ws.gpg([
+      '--batch',
+      '--pinentry-mode',
+      'loopback',
+      '--passphrase',
+      '',
+      '--export-secret-keys',
+      dsa.fingerprint,
+    ]);
+    t.equal(sec.code, 0, sec.stderr);
+    const env = { KEYTETHER_HOME: path.join(tmp, 'builtin-home') };
+    const imp = await runCli(['keys', 'import'], { env, input: sec.stdout });
+    t.not(imp.code, 0, 'import fails');
+    t.match(imp.stderr, /dsa2048 part the builtin store cannot use.*--backend gpg-agent/);
+    t.equal(imp.stderr.trim().split('\n').length, 1, 'one line');
+    const list = await runCli(['keys', 'list', '--json'], { env });
+    t.same(JSON.parse(list.stdout), [], 'nothing was stored');
+  });
   const socket = path.join(tmp, 'S.agent');
   const child: ChildProcess = await spawnCli(
     ['agent', '--socket', socket, '--backend', 'gpg-agent', '--gnupg-home', ws.home],

@@ -142,6 +142,13 @@ export class Keystore {
           `${source} holds only stubs of key ${fpr} (no secret key material, e.g. keys on a smartcard or exported with --export-secret-subkeys of a stub); export it from the machine that has the secret keys`,
         );
       }
+      const unusable = describeKey(merged).find((p) => p.secret && !p.materialKind);
+      if (unusable) {
+        // Storing it would list a key that then fails every operation with "No secret key".
+        throw new UserError(
+          `${source}: key ${fpr} has a ${unusable.algorithm} part the builtin store cannot use (DSA, ElGamal, Ed448 and X448 are served only by the workstation's gpg-agent); keep it in your GnuPG home and run keytether with --backend gpg-agent`,
+        );
+      }
       prepared.push({ key: merged, created: !old });
     }
     const results: ImportResult[] = [];
