@@ -154,6 +154,31 @@ export interface KeyHolder {
   /** Returns a canonical `(7:sig-val…)` S-expression. */
   sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array>;
   decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult>;
+  /**
+   * An ssh-agent signature (protocol/ssh-agent). Unlike `sign`, the holder gets the data itself
+   * and hashes it (`hash`; EdDSA hashes inside the algorithm), so policy sees what is signed.
+   * Optional: a holder without it makes the ssh-agent front refuse every signature.
+   */
+  sshSign?(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array>;
+}
+
+/** One ssh-agent SIGN_REQUEST, with what the front read from the data. */
+export interface SshSignRequest {
+  keygrip: string;
+  /** The bytes to sign, unhashed. */
+  data: Uint8Array;
+  /** The digest for ECDSA/RSA; absent for EdDSA. `sha1` only for plain ssh-rsa. */
+  hash?: 'sha1' | 'sha256' | 'sha384' | 'sha512';
+  /** `login` (a user-auth request), `sshsig` (`ssh-keygen -Y sign`), or `unknown`. */
+  purpose: 'login' | 'sshsig' | 'unknown';
+  /** For `login`: the remote user; for `sshsig`: the namespace (`git`). */
+  subject?: string;
+  /**
+   * For `login`: the destination's host key (OpenSSH fingerprint, `SHA256:…`) when the client
+   * bound this connection to that session with session-bind@openssh.com and the ids match.
+   */
+  destination?: string;
+  requester: Requester;
 }
 
 /**
