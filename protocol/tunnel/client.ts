@@ -11,9 +11,10 @@ import type {
   KeyHolder,
   Requester,
   SignRequest,
+  SshSignRequest,
 } from '../keyholder.js';
 import { Link, type PeerInfo, type TunnelOptions } from './link.js';
-import { LIMITS, type Message } from './messages.js';
+import { LIMITS, sanitize, type Message } from './messages.js';
 
 export interface TunnelClientOptions extends TunnelOptions {
   /** How long inventory() waits for the holder's first push before failing. Default 10 s. */
@@ -26,6 +27,8 @@ export interface TunnelClient extends KeyHolder {
   /** Resolves once the handshake succeeded and the first inventory arrived; rejects on close. */
   readonly ready: Promise<void>;
   readonly closed: Promise<{ reason: string }>;
+  /** Always there on a tunnel; a holder older than protocol 6 makes it refuse (Not supported). */
+  sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array>;
   /** Returns a function that removes the listener again. */
   on(ev: 'inventory', fn: (inv: Inventory) => void): () => void;
   on(ev: 'close', fn: (reason: string) => void): () => void;
@@ -35,7 +38,12 @@ export interface TunnelClient extends KeyHolder {
 export const DEFAULT_INVENTORY_TIMEOUT_MS = 10_000;
 
 type Pending =
-  | { kind: 'sign'; resolve: (v: Uint8Array) => void; reject: (e: GpgError) => void; done(): void }
+  | {
+      kind: 'sign' | 'ssh-sign';
+      resolve: (v: Uint8Array) => void;
+      reject: (e: GpgError) => void;
+      done(): void;
+    }
   | {
       kind: 'decrypt';
       resolve: (v: DecryptResult) => void;
@@ -193,6 +201,35 @@ class Client implements TunnelClient {
     });
   }
 
+  async sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    if (req.data.length > LIMITS.sshDataBytes) {
+      throw new GpgError(ErrorCode.INV_LENGTH, 'ssh-agent data too large for the tunnel');
+    }
+    if (!this.link.isOpen && this.closeReason === undefined) await this.handshake;
+    // An older holder would read an unknown message type as bad data and drop the whole link.
+    if (this.peer && this.peer.protocol < 6) {
+      throw new GpgError(
+        ErrorCode.NOT_SUPPORTED,
+        `the workstation's keytether (${sanitize(this.peer.software, 60)}) has no ssh-agent support; upgrade it`,
+      );
+    }
+    return this.request('ssh-sign', signal, (id) =>
+      this.link.send(
+        {
+          type: 'ssh-sign',
+          id,
+          keygrip: req.keygrip,
+          ...(req.hash !== undefined ? { hash: req.hash } : {}),
+          purpose: req.purpose,
+          ...(req.subject !== undefined ? { subject: req.subject } : {}),
+          ...(req.destination !== undefined ? { destination: req.destination } : {}),
+          requester: this.requesterFor(req.requester),
+        },
+        req.data,
+      ),
+    );
+  }
+
   decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
     return this.request('decrypt', signal, (id) =>
       this.link.send(
@@ -213,7 +250,7 @@ class Client implements TunnelClient {
     kind: K,
     signal: AbortSignal | undefined,
     send: (id: number) => boolean | Promise<boolean>,
-  ): Promise<K extends 'sign' ? Uint8Array : DecryptResult> {
+  ): Promise<K extends 'decrypt' ? DecryptResult : Uint8Array> {
     if (!this.link.isOpen) {
       if (this.closeReason !== undefined) throw this.noAgent();
       // Requests made while the handshake is still running wait for it.
@@ -275,6 +312,7 @@ class Client implements TunnelClient {
         return;
       }
       case 'sign-result':
+      case 'ssh-sign-result':
       case 'decrypt-result':
       case 'error': {
         const p = this.pending.get(m.id);
@@ -294,7 +332,7 @@ class Client implements TunnelClient {
         p.done();
         if (m.type === 'error') {
           p.reject(new GpgError(m.code, m.message || undefined, m.source));
-        } else if (p.kind === 'sign') {
+        } else if (p.kind !== 'decrypt') {
           p.resolve(Buffer.from(m.body));
         } else {
           const value = Buffer.from(m.body);

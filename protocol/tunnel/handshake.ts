@@ -6,7 +6,10 @@
 // 3: the inventory may name the holder's gpg-agent version (`agentVersion`).
 // 4: a commit's payload may bring the git objects that prove its changed files (`objects` part),
 //    and the requester may name its process (`name`) and that process's parents (`parents`).
-export const TUNNEL_PROTOCOL = 5;
+// 5: sign and decrypt requests may carry gpg's no-prompt mode (`pinentryMode`).
+// 6: ssh-agent signatures (`ssh-sign`, answered by `ssh-sign-result`); an older holder has
+//    none, so the facade refuses them itself instead of sending what that holder cannot read.
+export const TUNNEL_PROTOCOL = 6;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

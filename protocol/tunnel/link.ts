@@ -65,8 +65,8 @@ const CLOSE_LINGER_MS = 1000;
 const DRAIN_BELOW_BYTES = 1 << 20;
 
 const ACCEPTS: Record<Role, ReadonlySet<MessageType>> = {
-  holder: new Set(['sign', 'decrypt', 'cancel', 'content']),
-  facade: new Set(['inventory', 'sign-result', 'decrypt-result', 'error']),
+  holder: new Set(['sign', 'decrypt', 'cancel', 'content', 'ssh-sign']),
+  facade: new Set(['inventory', 'sign-result', 'decrypt-result', 'ssh-sign-result', 'error']),
 };
 
 function positiveMs(value: number | undefined, fallback: number, name: string): number {

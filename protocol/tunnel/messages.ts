@@ -39,6 +39,9 @@ export const LIMITS = {
   contentNameChars: 1024,
   /** A commit's git objects, on top of its payload (same `content` frames, part `objects`). */
   gitObjectBytes: GIT_OBJECT_LIMITS.bundleBytes,
+  /** An ssh-agent SIGN_REQUEST's data: the whole ssh-agent message is at most this large. */
+  sshDataBytes: 256 * 1024,
+  sshSubjectChars: 1024,
 } as const;
 
 const MAX_ID = 0xffffffff;
@@ -168,6 +171,29 @@ export const DecryptSchema = z.strictObject({
   pinentryMode: z.enum(['cancel', 'error']).optional(),
 });
 
+/**
+ * An ssh-agent signature (tunnel protocol 6): the data to sign is the body, unhashed; the
+ * holder hashes it itself, so what it shows and audits is what gets signed.
+ */
+export const SshSignSchema = z.strictObject({
+  type: z.literal('ssh-sign'),
+  id: requestId,
+  keygrip,
+  hash: z.enum(['sha1', 'sha256', 'sha384', 'sha512']).optional(),
+  purpose: z.enum(['login', 'sshsig', 'unknown']),
+  subject: shortText(LIMITS.sshSubjectChars).optional(),
+  destination: z
+    .string()
+    .regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'expected an OpenSSH SHA256 fingerprint')
+    .optional(),
+  requester: RequesterSchema,
+});
+
+export const SshSignResultSchema = z.strictObject({
+  type: z.literal('ssh-sign-result'),
+  id: requestId,
+});
+
 export const SignResultSchema = z.strictObject({ type: z.literal('sign-result'), id: requestId });
 
 export const DecryptResultSchema = z.strictObject({
@@ -206,6 +232,8 @@ const MESSAGES = {
   sign: { schema: SignSchema, body: { min: 1, max: LIMITS.digestBytes } },
   content: { schema: ContentSchema, body: { min: 1, max: LIMITS.contentChunkBytes } },
   decrypt: { schema: DecryptSchema, body: { min: 1, max: LIMITS.ciphertextBytes } },
+  'ssh-sign': { schema: SshSignSchema, body: { min: 1, max: LIMITS.sshDataBytes } },
+  'ssh-sign-result': { schema: SshSignResultSchema, body: { min: 1, max: LIMITS.sigValBytes } },
   'sign-result': { schema: SignResultSchema, body: { min: 1, max: LIMITS.sigValBytes } },
   'decrypt-result': { schema: DecryptResultSchema, body: { min: 1, max: LIMITS.decryptedBytes } },
   error: { schema: ErrorSchema, body: NO_BODY },
@@ -232,7 +260,7 @@ export type OutHeader = {
 export type DecodeResult =
   | { ok: true; message: Message }
   /**
-   * `id` is set when the frame was a well-formed request (sign/decrypt) whose fields failed
+   * `id` is set when the frame was a well-formed request (sign/decrypt/ssh-sign) whose fields failed
    * validation: that deserves an error reply, not the end of the link.
    */
   | { ok: false; reason: string; type?: string; id?: number };
@@ -290,7 +318,8 @@ export function decodePayload(payload: Buffer): DecodeResult {
   }
   const spec = MESSAGES[type];
   const body = payload.subarray(PAYLOAD_HEAD_BYTES + headerBytes);
-  const isRequest = type === 'sign' || type === 'decrypt' || type === 'content';
+  const isRequest =
+    type === 'sign' || type === 'decrypt' || type === 'content' || type === 'ssh-sign';
   const rawId = obj['id'];
   const replyId =
     isRequest &&

@@ -191,7 +191,9 @@ export function serveTunnel(
     }
   };
 
-  const serve = async (msg: MessageOf<'sign'> | MessageOf<'decrypt'>): Promise<void> => {
+  const serve = async (
+    msg: MessageOf<'sign'> | MessageOf<'decrypt'> | MessageOf<'ssh-sign'>,
+  ): Promise<void> => {
     if (refusedContent.delete(msg.id)) return; // already answered with the refusal
     if (inFlight.has(msg.id)) {
       link.close(`bad data from the ${link.peerPlace}: request id ${msg.id} is already in use`);
@@ -216,6 +218,31 @@ export function serveTunnel(
     try {
       let requester: Requester = msg.requester;
       if (opts.requester) requester = opts.requester(requester);
+      if (msg.type === 'ssh-sign') {
+        if (!holder.sshSign) {
+          throw new GpgError(ErrorCode.NOT_SUPPORTED, 'this key holder makes no ssh signatures');
+        }
+        const sig = await holder.sshSign(
+          {
+            keygrip: msg.keygrip,
+            data: Buffer.from(msg.body),
+            purpose: msg.purpose,
+            ...(msg.hash !== undefined ? { hash: msg.hash } : {}),
+            ...(msg.subject !== undefined ? { subject: msg.subject } : {}),
+            ...(msg.destination !== undefined ? { destination: msg.destination } : {}),
+            requester,
+          },
+          controller.signal,
+        );
+        if (controller.signal.aborted || link.closed) return;
+        if (
+          sig.length > LIMITS.sigValBytes ||
+          !link.send({ type: 'ssh-sign-result', id: msg.id }, sig)
+        ) {
+          replyError(msg.id, new GpgError(ErrorCode.GENERAL, 'signature too large for the tunnel'));
+        }
+        return;
+      }
       const common = {
         keygrip: msg.keygrip,
         requester,
@@ -296,6 +323,7 @@ export function serveTunnel(
       switch (msg.type) {
         case 'sign':
         case 'decrypt':
+        case 'ssh-sign':
           void serve(msg);
           return;
         case 'content':

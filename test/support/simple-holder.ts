@@ -17,6 +17,7 @@ import type {
   KeyEntry,
   KeyHolder,
   SignRequest,
+  SshSignRequest,
 } from '../../protocol/keyholder.js';
 import { keygrip, publicKeySexp } from '../../protocol/keygrip.js';
 import { encodeSexp, atom, findList, parseSexp } from '../../protocol/sexp.js';
@@ -121,5 +122,31 @@ export class SimpleHolder implements KeyHolder {
     const value = Buffer.concat([Buffer.of(0x40), shared]);
     shared.fill(0);
     return { value };
+  }
+}
+
+/** A SimpleHolder whose Ed25519 key also authenticates, signing ssh-agent requests as they come. */
+export class SshSimpleHolder extends SimpleHolder {
+  readonly sshRequests: SshSignRequest[] = [];
+
+  constructor(opts: { extraEntries?: KeyEntry[] } = {}) {
+    super(opts);
+    this.signKey.entry.usage = ['sign', 'auth'];
+  }
+
+  async sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    this.sshRequests.push({ ...req, data: Buffer.from(req.data) });
+    await this.beforeOperation?.(signal);
+    const e = this.nextError;
+    if (e !== undefined) {
+      this.nextError = undefined;
+      throw e;
+    }
+    if (req.keygrip !== this.signKey.entry.keygrip) throw new GpgError(ErrorCode.NO_SECKEY);
+    const rs = cryptoSign(null, req.data, this.signKey.privateKey);
+    return encodeSexp([
+      atom('sig-val'),
+      [atom('eddsa'), [atom('r'), rs.subarray(0, 32)], [atom('s'), rs.subarray(32)]],
+    ]);
   }
 }
