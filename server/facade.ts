@@ -39,7 +39,7 @@ export interface Facade {
 }
 
 /** Who runs gpg here, as far as this process can tell without asking the kernel per peer. */
-function localRequester(front: Requester['front']): Requester {
+export function localRequester(front: Requester['front']): Requester {
   const r: Requester = { front };
   try {
     r.host = hostname();

@@ -12,6 +12,7 @@ import type {
   KeyEntry,
   KeyHolder,
   SignRequest,
+  SshSignRequest,
 } from '../protocol/keyholder.js';
 
 /** Bounds the merged inventory whatever the holders push (each is already size-checked). */
@@ -77,6 +78,14 @@ export class HolderSet implements KeyHolder {
 
   async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
     return (await this.holderFor(req.keygrip)).decrypt(req, signal);
+  }
+
+  async sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    const holder = await this.holderFor(req.keygrip);
+    if (!holder.sshSign) {
+      throw new GpgError(ErrorCode.NOT_SUPPORTED, 'this key holder makes no ssh signatures');
+    }
+    return holder.sshSign(req, signal);
   }
 
   private async inventories(): Promise<{ holder: KeyHolder; inv: Inventory }[]> {

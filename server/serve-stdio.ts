@@ -27,11 +27,14 @@ import { gnupgDirs, succeeds, type GnupgDirs } from './gnupg-dirs.js';
 import { ensureNoAutostart, importCertificates, removeOwnNoAutostart } from './gnupg-setup.js';
 import { writeGitSignProgram } from './git-sign.js';
 import { HolderSet } from './holder-set.js';
+import { serveSshAgentBeside, sshAgentSocketPath } from './ssh-agent-socket.js';
 
 export interface ServeStdioOptions {
   socket?: string;
   importKeys?: boolean;
   replace?: boolean;
+  /** Serve an ssh-agent socket beside the gpg-agent one (default true; `--no-ssh-agent`). */
+  sshAgent?: boolean;
   /**
    * After the link ends without a deliberate close, keep serving the socket this long with no
    * holder (gpg gets "No agent running" at once) so a reconnecting session can attach to it.
@@ -132,6 +135,9 @@ interface Session {
   announce: () => void;
   stopped: Promise<void>;
   lingerMs: number | undefined;
+  sshAgent: boolean;
+  /** The ssh-agent socket announced after `ready:`, once one serves this session. */
+  sshAgentPath: string | undefined;
 }
 
 function isAddrInUse(e: unknown): boolean {
@@ -190,6 +196,7 @@ async function runServing(s: Session): Promise<number | 'retry'> {
   };
   process.on('exit', removeAtExit);
   let facade: Facade | undefined;
+  let sshAgent: { close(): Promise<void> } | undefined;
   try {
     facade = await startFacade({
       socketPath: s.socketPath,
@@ -198,6 +205,11 @@ async function runServing(s: Session): Promise<number | 'retry'> {
       payloadDir: s.homedir,
     });
     await s.up();
+    // Over the same set: attached sessions serve it too, and it lingers with the gpg socket.
+    if (s.sshAgent) {
+      sshAgent = await serveSshAgentBeside(s.socketPath, s.homedir, set, s.log);
+      s.sshAgentPath = sshAgent ? sshAgentSocketPath(s.socketPath) : undefined;
+    }
     const removeOwn = set.add(s.own);
     void s.own.closed.then(removeOwn);
     s.announce();
@@ -218,6 +230,7 @@ async function runServing(s: Session): Promise<number | 'retry'> {
     const last = attached.size === 0;
     for (const tc of attached) tc.close('the serving session ended');
     await facade?.close();
+    await sshAgent?.close();
     // Before the control socket goes: while it is bound no new session can start serving, so a
     // session starting now adds the line again rather than seeing this one about to go.
     if (last) await restoreGpgConf(s);
@@ -290,6 +303,8 @@ async function runAttached(s: Session): Promise<number | 'retry'> {
     handle.close('the session ended');
     return exitStatus(linked.own);
   }
+  const sshPath = sshAgentSocketPath(s.socketPath);
+  s.sshAgentPath = s.sshAgent && (await probeSocket(sshPath)) === 'live' ? sshPath : undefined;
   s.announce();
   const ended = await Promise.race([ownClosed, handle.closed.then(() => null)]);
   if (ended === null) return 'retry';
@@ -366,6 +381,7 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
   const announce = () => {
     if (!announced) log(`ready: ${socketPath}`);
     else log(`now serving through ${socketPath} again`);
+    if (session.sshAgentPath !== undefined) log(`ssh-agent: ${session.sshAgentPath}`);
     announced = true;
   };
   const session: Session = {
@@ -379,6 +395,8 @@ export async function serveStdio(opts: ServeStdioOptions): Promise<number> {
     announce,
     stopped,
     lingerMs: opts.lingerMs,
+    sshAgent: opts.sshAgent ?? true,
+    sshAgentPath: undefined,
   };
 
   try {

@@ -12,6 +12,8 @@ interface ServeFlags {
   importKeys?: boolean;
   replace?: boolean;
   linger?: number;
+  /** false with --no-ssh-agent. */
+  sshAgent?: boolean;
 }
 
 export function register(program: Command): void {
@@ -23,6 +25,7 @@ export function register(program: Command): void {
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
     .option('--import-keys', "import the holder's public keys into this host's keyring")
     .option('--replace', 'take over the socket from a running gpg-agent')
+    .option('--no-ssh-agent', 'serve no ssh-agent socket (SSH_AUTH_SOCK) beside the gpg-agent one')
     .option(
       '--linger <duration>',
       "when the link drops, keep the socket answering 'No agent running' this long for a reconnecting session",
@@ -37,6 +40,7 @@ export function register(program: Command): void {
           ...(flags.socket !== undefined ? { socket: flags.socket } : {}),
           importKeys: flags.importKeys ?? false,
           replace: flags.replace ?? false,
+          sshAgent: flags.sshAgent !== false,
           ...(flags.linger !== undefined ? { lingerMs: flags.linger } : {}),
           software: `keytether/${packageVersion()}`,
         });

@@ -43,6 +43,8 @@ interface SshFlags extends ConfigFlags {
   reconnect?: boolean;
   /** false with --no-agent. */
   agent?: boolean;
+  /** false with --no-ssh-agent. */
+  sshAgent?: boolean;
   gnupgHome?: string;
 }
 
@@ -94,6 +96,10 @@ export function register(program: Command): void {
     .option(
       '--reconnect',
       "when the link drops, connect again with backoff and print 'reconnected: SOCKET'; gpg on HOST fails at once meanwhile",
+    )
+    .option(
+      '--no-ssh-agent',
+      "serve no ssh-agent socket on HOST (default: one, printed as 'ssh-agent: SOCKET')",
     )
     .option(
       '--no-agent',
@@ -236,6 +242,7 @@ export function register(program: Command): void {
         for (const s of signals) process.on(s, onSignal);
 
         let readyCount = 0;
+        let sshAgentPath: string | undefined;
         const once = async () => {
           const client = await connectSsh(target, {
             ...(flags.acceptNew ? { acceptNew: true } : {}),
@@ -251,6 +258,7 @@ export function register(program: Command): void {
               // The keys were imported when the first link came up; a reconnect is kept quick.
               importKeys: (flags.importKeys ?? false) && readyCount === 0,
               replace: flags.replace ?? false,
+              ...(flags.sshAgent === false ? { sshAgent: false } : {}),
               ...(flags.reconnect ? { lingerMs: LINGER_MS } : {}),
               software,
               onReady: (p) => {
@@ -262,6 +270,11 @@ export function register(program: Command): void {
                 };
                 // A script waits for one `ready:`; a resumed link is news, not a new start.
                 process.stdout.write(`${readyCount++ === 0 ? 'ready' : 'reconnected'}: ${p}\n`);
+              },
+              onSshAgent: (p) => {
+                // Said again only when a reconnected link serves it elsewhere.
+                if (p !== sshAgentPath) process.stdout.write(`ssh-agent: ${p}\n`);
+                sshAgentPath = p;
               },
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
               signal: stop.signal,

@@ -21,12 +21,16 @@ export interface SshSessionOptions {
   importKeys?: boolean;
   /** Pass --replace to serve: stop a gpg-agent on the server socket first. */
   replace?: boolean;
+  /** false passes --no-ssh-agent to serve: no ssh-agent socket on the server. */
+  sshAgent?: boolean;
   /** Pass --linger to serve: the socket outlives a dropped link this long (see serve-stdio). */
   lingerMs?: number;
   /** `keytether/<version>`. */
   software: string;
   /** The server said gpg can use its socket now. */
   onReady: (socketPath: string) => void;
+  /** The server serves an ssh-agent socket for this session there (said after `ready:`). */
+  onSshAgent?: (socketPath: string) => void;
   /** Every other line the server wrote to stderr. */
   onRemoteLine: (line: string) => void;
   /** Aborting ends the session deliberately (Ctrl-C): the server then removes its socket. */
@@ -56,17 +60,25 @@ const KEPT_LINES = 20;
 const STOP_REASON = 'interrupted on the workstation';
 
 /**
- * `<cmd> serve --stdio [--socket P] [--import-keys] [--replace]`, arguments quoted for the remote
+ * `<cmd> serve --stdio [--socket P] [--import-keys] [--replace] [--no-ssh-agent]`, arguments quoted for the remote
  * shell.
  */
 export function serveCommand(
   remoteCommand: string,
-  opts: { remoteSocket?: string; importKeys?: boolean; replace?: boolean; lingerMs?: number } = {},
+  opts: {
+    remoteSocket?: string;
+    importKeys?: boolean;
+    replace?: boolean;
+    lingerMs?: number;
+    sshAgent?: boolean;
+  } = {},
 ): string {
   const args = ['serve', '--stdio'];
   if (opts.remoteSocket !== undefined) args.push('--socket', opts.remoteSocket);
   if (opts.importKeys) args.push('--import-keys');
   if (opts.replace) args.push('--replace');
+  // Only when asked: a server's older keytether would refuse the unknown flag.
+  if (opts.sshAgent === false) args.push('--no-ssh-agent');
   if (opts.lingerMs !== undefined) args.push('--linger', `${opts.lingerMs}ms`);
   return [remoteCommand, ...args.map(shellQuote)].join(' ');
 }
@@ -129,6 +141,11 @@ export async function runSshSession(opts: SshSessionOptions): Promise<SshSession
     if (m && !ready) {
       ready = true;
       opts.onReady(m[1]!);
+      return;
+    }
+    const agent = /^ssh-agent: (\/.*)$/.exec(line);
+    if (agent && ready && opts.onSshAgent) {
+      opts.onSshAgent(agent[1]!);
       return;
     }
     lastLines.push(line);
