@@ -31,7 +31,7 @@ t.test('uncommented, it is a valid config naming every setting and rule field', 
     (raw.policy as Record<string, unknown>[]).flatMap((r) => Object.keys(r)),
   );
   for (const key of POLICY_RULE_KEYS) t.ok(ruleFields.has(key), `documents policy field ${key}`);
-  t.equal(c.policy.length, 2);
+  t.equal(c.policy.length, 3);
 
   // Where a setting has a default, the example shows that default.
   t.equal(c.pinentryTimeoutMs, DEFAULT_CONFIG.pinentryTimeoutMs, 'pinentry-timeout');

@@ -33,11 +33,28 @@ export function operationLine(rec: AuditInput, now: Date = new Date()): string {
       : files.proven
         ? ` (${files.count ?? 0} file${files.count === 1 ? '' : 's'} changed, proven)`
         : ' (changed files not proven)';
-  const summary = rec.content ? `; ${displayField(rec.content.summary, 120)}${proof}` : '';
+  const summary = rec.content
+    ? `; ${displayField(rec.content.summary, 120)}${proof}`
+    : rec.ssh
+      ? `; ${sshSummary(rec.ssh)}`
+      : '';
   const chain = rec.requester ? shortProcessChain(rec.requester) : undefined;
   const by =
     chain === undefined ? '' : ` by ${chain}${rec.front === 'local' ? '' : ' (server says)'}`;
   return `${time} ${who}${by}: ${what}: ${rec.decision}${reason}${summary}`;
+}
+
+/** `login as git to github.com`, `SSH signature, namespace git`. */
+export function sshSummary(ssh: NonNullable<AuditInput['ssh']>): string {
+  if (ssh.purpose === 'login') {
+    const to = ssh.destinationName ?? ssh.destination ?? 'an unproven destination';
+    return `login as ${displayField(ssh.subject ?? '?', 64)} to ${displayField(to, 128)}`;
+  }
+  if (ssh.purpose === 'sshsig') {
+    const ns = displayField(ssh.subject ?? '?', 64);
+    return ns === 'git' ? 'git SSH signature (commit or tag)' : `SSH signature, namespace ${ns}`;
+  }
+  return 'SSH signature of data that is neither a login nor an SSHSIG';
 }
 
 /** The holder's line when records cannot be written: their requests were refused. */

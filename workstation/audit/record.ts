@@ -23,7 +23,7 @@ export interface AuditInput {
   /** Absent for `channel` records: the stream failed before any key was named. */
   keygrip?: string;
   /** `channel`: a relayed stream's sealed channel failed (tampering, wrong secret). */
-  op: 'sign' | 'decrypt' | 'channel';
+  op: 'sign' | 'decrypt' | 'ssh-sign' | 'channel';
   /** libgcrypt hash id from SETHASH (8 = SHA-256…), or its name; digits are stored as a number. */
   hashAlgo?: number | string;
   /** The digest that was (or would have been) signed; not secret. */
@@ -43,6 +43,17 @@ export interface AuditInput {
     summary: string;
     /** A commit's changed files: proven from git objects, or why not (first paths only). */
     files?: { proven: boolean; count?: number; first?: string[]; why?: string };
+  };
+  /** For `ssh-sign`: what the signed data says it is (the data itself is not recorded). */
+  ssh?: {
+    /** `login`, `sshsig` (`ssh-keygen -Y sign`), `unknown`. */
+    purpose: string;
+    /** The remote user of a login, the namespace of an SSHSIG (`git`). */
+    subject?: string;
+    /** The proven destination host key (`SHA256:…`) and its known_hosts name. */
+    destination?: string;
+    destinationName?: string;
+    dataSha256: string;
   };
   requester?: {
     pid?: number;
@@ -146,6 +157,15 @@ export function recordBody(rec: AuditInput): { [k: string]: Json | undefined } {
                 why: clip(rec.content.files.why, 200),
               }
             : undefined,
+        }
+      : undefined,
+    ssh: rec.ssh
+      ? {
+          purpose: clip(rec.ssh.purpose, 16),
+          subject: clip(rec.ssh.subject, 256),
+          destination: clip(rec.ssh.destination, 128),
+          destinationName: clip(rec.ssh.destinationName, 256),
+          dataSha256: clip(rec.ssh.dataSha256, 64),
         }
       : undefined,
     requester: r

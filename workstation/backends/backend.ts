@@ -17,6 +17,11 @@ import type {
 export interface KeyOperator {
   /** Canonical `(7:sig-val…)`. */
   sign(hashAlgo: number, digest: Uint8Array): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Canonical `(7:sig-val…)` of PureEdDSA over DATA (an SSH ssh-ed25519 signature); absent where
+   * the key or its back end cannot sign a whole message.
+   */
+  signMessage?(data: Uint8Array): Uint8Array | Promise<Uint8Array>;
   decrypt(encVal: Uint8Array): DecryptResult | Promise<DecryptResult>;
   /** Called once when the operation is done with the key (it may be destroyed from then on). */
   release?(): void;

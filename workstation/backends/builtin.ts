@@ -90,6 +90,7 @@ export class BuiltinBackend implements Backend {
   #lease(key: UnlockedKey): KeyOperator {
     return {
       sign: (hashAlgo, digest) => key.sign(hashAlgo, digest),
+      ...(key.signMessage ? { signMessage: (data: Uint8Array) => key.signMessage!(data) } : {}),
       decrypt: (encVal) => key.decrypt(encVal),
       release: this.#d.cache.pin(key),
     };

@@ -61,7 +61,8 @@ const QUERY_TIMEOUT_MS = 10_000;
 // Larger than any sig-val or decrypted value of a supported key.
 const MAX_RESULT_BYTES = 64 * 1024;
 
-// The lengths gpg-agent's SETHASH accepts (MD5 … SHA-512).
+/** gpg-agent 2.4's INQUIRE_MAXLEN for TBSDATA. */
+const MAX_TBS_BYTES = 2048;
 /**
  * libgcrypt hash id → digest length, the algorithms gpg signs with. Anything else is refused here:
  * a SETHASH the agent rejects would still leave PKSIGN in the pipeline to run (and maybe prompt).
@@ -183,6 +184,9 @@ export class GpgAgentBackend implements Backend {
           return r[r.length - 1]!.data;
         });
       },
+      ...(entry.algorithm === 'ed25519'
+        ? { signMessage: (data: Uint8Array) => this.#signMessage(grip, desc, data, ctx.signal) }
+        : {}),
       decrypt: (encVal) =>
         this.#withConnection(async (conn) => {
           let padding: 0 | 1 | undefined;
@@ -212,6 +216,56 @@ export class GpgAgentBackend implements Backend {
     };
   }
 
+  /**
+   * PureEdDSA over a whole message (an SSH signature): gpg-agent 2.3+ takes it with
+   * `SETHASH --inquire` and asks for it as TBSDATA. PKSIGN goes in a second write: pipelined
+   * behind the inquiring SETHASH, libassuan would read it as the inquiry's answer.
+   */
+  #signMessage(
+    grip: string,
+    desc: string,
+    data: Uint8Array,
+    signal: AbortSignal | undefined,
+  ): Promise<Uint8Array> {
+    if (data.length > MAX_TBS_BYTES) {
+      return Promise.reject(
+        new GpgError(ErrorCode.INV_LENGTH, `gpg-agent signs at most ${MAX_TBS_BYTES} bytes whole`),
+      );
+    }
+    return this.#withConnection(async (conn) => {
+      try {
+        await conn.pipeline([
+          ...RESET_FIRST,
+          { command: `SIGKEY ${grip}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+          { command: `SETKEYDESC ${desc}`, opts: { timeoutMs: QUERY_TIMEOUT_MS } },
+          {
+            command: 'SETHASH --inquire',
+            opts: {
+              timeoutMs: QUERY_TIMEOUT_MS,
+              onInquire: (keyword) => (keyword === 'TBSDATA' ? Buffer.from(data) : null),
+            },
+          },
+        ]);
+      } catch (e) {
+        const err = toGpgError(e);
+        // gpg-agent 2.2 has no `SETHASH --inquire` and says "Unsupported algorithm".
+        if (err.code === ErrorCode.UNSUPPORTED_ALGORITHM) {
+          throw new GpgError(
+            ErrorCode.NOT_SUPPORTED,
+            "the workstation's gpg-agent cannot make Ed25519 SSH signatures (gpg-agent 2.3 or later can); use a newer GnuPG or import the key into keytether's own store",
+          );
+        }
+        throw err;
+      }
+      const r = await conn.pipeline([
+        {
+          command: 'PKSIGN',
+          opts: { onInquire: () => null, maxDataBytes: MAX_RESULT_BYTES, signal },
+        },
+      ]);
+      return r[r.length - 1]!.data;
+    });
+  }
   /**
    * The extra socket refuses `OPTION pinentry-mode` (and KEYINFO), so the agent cannot be told
    * not to prompt; instead a key it would prompt for (protected and not cached, on a card, or

@@ -10,6 +10,7 @@
 //                              protocol with the agent as holder. <host> is percent-encoded.
 // Anything else is answered with `ERR <sentence>\n` and the connection is closed.
 
+import { sshSummary } from '../audit/operation-line.js';
 import net from 'node:net';
 import type { KeyHolder } from '../../protocol/keyholder.js';
 import type { AuditInput, AuditLog } from '../audit/audit.js';
@@ -146,6 +147,7 @@ export async function startControlServer(
       op: rec.op,
       ...(rec.verification !== undefined ? { verification: rec.verification } : {}),
       ...(rec.content !== undefined ? { summary: rec.content.summary } : {}),
+      ...(rec.ssh !== undefined ? { summary: sshSummary(rec.ssh) } : {}),
       ...(requestedBy !== undefined ? { requestedBy } : {}),
       ...(rec.keygrip !== undefined ? { keygrip: rec.keygrip } : {}),
       ...(rec.fingerprint !== undefined ? { fingerprint: rec.fingerprint } : {}),

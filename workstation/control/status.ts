@@ -47,7 +47,7 @@ export interface RecentOperation {
   tokenLabel?: string;
   /** The relay's claim of where the facade connected from; never verified, shown as such. */
   relayPeer?: string;
-  op: 'sign' | 'decrypt' | 'channel';
+  op: 'sign' | 'decrypt' | 'ssh-sign' | 'channel';
   /** For signatures: `verified`, `blind` or `local` (clear signing). */
   verification?: string;
   /** What a verified signature covered (a commit's subject, a file's name and hash). */
@@ -164,7 +164,7 @@ const StatusSchema = z.object({
         tokenLabel: z.string().max(MAX_LABEL_CHARS).optional(),
         relayPeer: z.string().max(300).optional(),
         // `channel`: a relayed stream refused before any key was named (wrong secret, tampering).
-        op: z.enum(['sign', 'decrypt', 'channel']),
+        op: z.enum(['sign', 'decrypt', 'ssh-sign', 'channel']),
         verification: z.string().max(32).optional(),
         summary: z.string().max(400).optional(),
         requestedBy: z.string().max(200).optional(),

@@ -36,9 +36,13 @@ export class Ed25519Key {
   }
 
   sign(hashId: number, digest: Uint8Array): Buffer {
-    if (!this.key) throw gpgErr('NO_SECKEY', 'the unlocked key was destroyed');
     hashAlgo(hashId, digest);
-    const sig = sign(null, digest, this.key);
+    return this.signMessage(digest);
+  }
+
+  signMessage(data: Uint8Array): Buffer {
+    if (!this.key) throw gpgErr('NO_SECKEY', 'the unlocked key was destroyed');
+    const sig = sign(null, data, this.key);
     return encodeSexp([
       atom('sig-val'),
       [atom('eddsa'), [atom('r'), sig.subarray(0, 32)], [atom('s'), sig.subarray(32, 64)]],

@@ -15,6 +15,11 @@ export interface UnlockedKey {
   readonly algorithm: string;
   /** Canonical `(7:sig-val…)` over DIGEST, made with hash id HASHALGO (SETHASH numbering). */
   sign(hashAlgo: number, digest: Uint8Array): Buffer;
+  /**
+   * PureEdDSA over DATA itself, as SSH's ssh-ed25519 signs (RFC 8709): only EdDSA keys have it,
+   * the others sign a digest the caller made.
+   */
+  signMessage?(data: Uint8Array): Buffer;
   /** The value gpg expects back for a canonical `(7:enc-val…)`. */
   decrypt(encVal: Uint8Array): DecryptResult;
   /** Zeroes the secret bytes this object holds; afterwards every operation fails. */

@@ -14,8 +14,9 @@ import type {
   NoPromptMode,
   Requester,
   SignRequest,
+  SshSignRequest,
 } from '../../protocol/keyholder.js';
-import { AuditError, type AuditLog } from '../audit/audit.js';
+import { AuditError, type AuditInput, type AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
 import {
   approvalScope,
@@ -33,7 +34,10 @@ import type { PassphraseAsker } from '../pinentry/pinentry.js';
 import type { Backend, KeyOperator } from '../backends/backend.js';
 import { mergeInventories, noPromptError } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
-import { describeRequester, requestedByLine } from '../backends/requester-text.js';
+import { describeRequester } from '../backends/requester-text.js';
+import { defaultKnownHostsFiles, type Destination } from '../policy/destination.js';
+import { confirmText, refuseBlind } from './prompt-text.js';
+import { prepareSshSign } from './ssh-sign.js';
 import { InventoryWatch } from './inventory-watch.js';
 import { RefusalSummary } from '../audit/rate-summary.js';
 import { RequestLimiter } from './request-limits.js';
@@ -60,11 +64,31 @@ export interface HolderDeps {
   limiter?: RequestLimiter;
   /** How refusals a remote can repeat at will are audited; default one per minute per kind. */
   refusals?: RefusalSummary;
+  /** Where SSH login destinations are named; default ~/.ssh/known_hosts and the system file. */
+  knownHostsFiles?: string[];
 }
 
 export const DEFAULT_INVENTORY_POLL_MS = 2000;
 
-type Op = 'sign' | 'decrypt';
+type Op = 'sign' | 'decrypt' | 'ssh-sign';
+
+/** One request as #run carries it through policy, unlock, confirmation and audit. */
+interface RunSpec<T> {
+  op: Op;
+  keygrip: string;
+  requester: Requester;
+  description: string | undefined;
+  signal: AbortSignal | undefined;
+  noPrompt?: NoPromptMode | undefined;
+  /** What the audit record says about the request beyond who and which key. */
+  audit: Pick<AuditInput, 'hashAlgo' | 'digest' | 'ssh'>;
+  act: (key: KeyOperator) => T | Promise<T>;
+  /** For `sign`: the request, so the holder can check the content the server showed. */
+  signRequest?: SignRequest;
+  destination?: Destination;
+  /** The confirmation's text; SHOWN is the verified content, when there is some. */
+  prompt: (entry: KeyEntry, shown?: string[]) => string;
+}
 
 const HASH_NAMES: Record<number, string> = {
   1: 'md5',
@@ -163,47 +187,54 @@ export class Holder implements KeyHolder {
   }
 
   async sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.#run(
-      'sign',
-      req.keygrip,
-      req.requester,
-      req.description,
+    const hashAlgo = HASH_NAMES[req.hashAlgo] ?? String(req.hashAlgo);
+    const digest = Buffer.from(req.digest).toString('hex');
+    return this.#run({
+      op: 'sign',
+      keygrip: req.keygrip,
+      requester: req.requester,
+      description: req.description,
       signal,
-      {
-        hashAlgo: HASH_NAMES[req.hashAlgo] ?? String(req.hashAlgo),
-        digest: Buffer.from(req.digest).toString('hex'),
-      },
-      (key) => key.sign(req.hashAlgo, req.digest),
-      req,
-      req.pinentryMode,
-    );
+      noPrompt: req.pinentryMode,
+      audit: { hashAlgo, digest },
+      act: (key) => key.sign(req.hashAlgo, req.digest),
+      signRequest: req,
+      prompt: (entry, shown) => confirmText('sign', entry, req.requester, digest, shown),
+    });
   }
 
   async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-    return this.#run(
-      'decrypt',
-      req.keygrip,
-      req.requester,
-      req.description,
+    return this.#run({
+      op: 'decrypt',
+      keygrip: req.keygrip,
+      requester: req.requester,
+      description: req.description,
       signal,
-      {},
-      (key) => key.decrypt(req.ciphertext),
-      undefined,
-      req.pinentryMode,
-    );
+      noPrompt: req.pinentryMode,
+      audit: {},
+      act: (key) => key.decrypt(req.ciphertext),
+      prompt: (entry) => confirmText('decrypt', entry, req.requester, undefined),
+    });
   }
 
-  async #run<T>(
-    op: Op,
-    keygrip: string,
-    requester: Requester,
-    description: string | undefined,
-    signal: AbortSignal | undefined,
-    extra: { hashAlgo?: string; digest?: string },
-    act: (key: KeyOperator) => T | Promise<T>,
-    signRequest?: SignRequest,
-    noPrompt?: NoPromptMode,
-  ): Promise<T> {
+  /** An ssh-agent signature: what the data is for is named in policy, prompt and audit. */
+  async sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    const ssh = await prepareSshSign(req, this.#d.knownHostsFiles ?? defaultKnownHostsFiles());
+    return this.#run({
+      op: 'ssh-sign',
+      keygrip: req.keygrip,
+      requester: req.requester,
+      description: undefined,
+      signal,
+      audit: ssh.audit,
+      act: ssh.act,
+      ...(ssh.destination ? { destination: ssh.destination } : {}),
+      prompt: (entry) => ssh.prompt(entry),
+    });
+  }
+
+  async #run<T>(spec: RunSpec<T>): Promise<T> {
+    const { op, keygrip, requester, description, signal, noPrompt, act, signRequest } = spec;
     const started = this.#now();
     const found = await this.#find(keygrip);
     const entry = found?.entry;
@@ -228,7 +259,7 @@ export class Holder implements KeyHolder {
       fingerprint: entry?.fingerprint,
       keygrip: keygrip.toUpperCase(),
       op,
-      ...extra,
+      ...spec.audit,
       verification:
         op === 'sign'
           ? requester.front === 'local'
@@ -298,6 +329,7 @@ export class Holder implements KeyHolder {
       keygrip: entry.keygrip,
       op,
       certifyCapable: entry.usage.includes('certify'),
+      ...(spec.destination ? { destination: spec.destination } : {}),
     };
     const processes = processNames(requester);
     if (processes.length > 0) asked.processes = processes;
@@ -340,7 +372,7 @@ export class Holder implements KeyHolder {
       });
       if (verdict.action === 'confirm') {
         const ok = await this.#d.pinentry.confirm(
-          { description: confirmText(op, entry, requester, extra.digest, clear?.content?.lines) },
+          { description: spec.prompt(entry, clear?.content?.lines) },
           signal,
         );
         if (!ok) {
@@ -390,45 +422,8 @@ function auditRefusal(e: unknown): GpgError {
  */
 function usable(op: Op, u: string, front: Requester['front']): boolean {
   if (op === 'decrypt') return u === 'encrypt';
+  if (op === 'ssh-sign') return u === 'auth';
   return u === 'sign' || (u === 'certify' && front === 'local');
-}
-
-function confirmText(
-  op: Op,
-  entry: KeyEntry,
-  r: Requester,
-  digest: string | undefined,
-  shown?: string[],
-): string {
-  const by = requestedByLine(r);
-  const byLines = by !== undefined ? [by] : [];
-  if (op === 'sign' && shown) {
-    return [
-      `keytether: allow ${describeRequester(r)} to sign with key ${entry.fingerprint}?`,
-      ...byLines,
-      '',
-      ...shown,
-    ].join('\n');
-  }
-  const what =
-    op === 'sign' ? `sign blind${digest ? ` (digest ${digest.slice(0, 16)}…)` : ''}` : 'decrypt';
-  return [
-    `keytether: allow ${describeRequester(r)} to ${what} with key ${entry.fingerprint}?`,
-    ...byLines,
-  ].join('\n');
-}
-
-/**
- * The sentence refusing a blind remote signature, or undefined when policy lets it through. A
- * certify-capable key must not sign what it cannot see by default: the digest could certify an
- * attacker's user id or bind an attacker's subkey to the user's identity.
- */
-function refuseBlind(setting: ClearSignSetting, why: string | undefined): string | undefined {
-  if (setting !== 'required') return undefined;
-  return (
-    `clear-sign required: ${why ?? 'the holder cannot see what it signs'}; ` +
-    `sign with a signing subkey, or through 'keytether git-sign' so the holder can check the data`
-  );
 }
 
 /** Something whose inventory can be watched, as `Holder` can (duck-typed for wrappers). */

@@ -39,7 +39,13 @@ export interface PolicyRule {
   token?: string;
   /** Fingerprint, keygrip, 16-hex-digit long key id, or `*`. */
   key?: string;
-  op?: 'sign' | 'decrypt' | '*';
+  op?: 'sign' | 'decrypt' | 'ssh-sign' | '*';
+  /**
+   * For `ssh-sign` logins: where the server may log in with the key — a `SHA256:` host key
+   * fingerprint, a host name the workstation's known_hosts records for the proven host key, or a
+   * glob over its plain names.
+   */
+  destination?: string;
   /** true: only certify-capable keys; false: only keys that cannot certify. */
   certify?: boolean;
   /**
@@ -185,7 +191,13 @@ const ruleSchema = z
     host: z.string().min(1).max(255).optional(),
     token: z.string().min(1).max(128).optional(),
     key: keySpec.optional(),
-    op: z.enum(['sign', 'decrypt', '*']).optional(),
+    op: z.enum(['sign', 'decrypt', 'ssh-sign', '*']).optional(),
+    destination: z
+      .string()
+      .min(1)
+      .max(255)
+      .regex(/^[^\s,]+$/, 'must be one host name, host:port, glob or SHA256: fingerprint')
+      .optional(),
     certify: z.boolean().optional(),
     process: z
       .string()
@@ -244,6 +256,7 @@ function toRule(r: RuleInput, origin: string): PolicyRule {
   if (r.token !== undefined) rule.token = r.token;
   if (r.key !== undefined) rule.key = r.key === '*' ? '*' : normaliseKeySpec(r.key);
   if (r.op !== undefined) rule.op = r.op;
+  if (r.destination !== undefined) rule.destination = r.destination;
   if (r.certify !== undefined) rule.certify = r.certify;
   if (r.process !== undefined) rule.process = r.process;
   if (r.remember !== undefined) rule.rememberMs = r.remember;

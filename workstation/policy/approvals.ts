@@ -7,14 +7,17 @@ export interface ApprovalScope {
   host?: string;
   tokenId?: string;
   keygrip: string;
-  op: 'sign' | 'decrypt';
+  op: 'sign' | 'decrypt' | 'ssh-sign';
+  /** For `ssh-sign`: the proven destination's host key fingerprint, `''` when none was proven. */
+  destination?: string;
 }
 
 // A bound on remembered approvals, so a flood of distinct hosts cannot grow memory without limit.
 const MAX_GRANTS = 4096;
 
 function scopeKey(s: ApprovalScope): string {
-  return JSON.stringify([s.front, s.host ?? '', s.tokenId ?? '', s.keygrip.toUpperCase(), s.op]);
+  const key = [s.front, s.host ?? '', s.tokenId ?? '', s.keygrip.toUpperCase(), s.op];
+  return JSON.stringify(s.destination === undefined ? key : [...key, s.destination]);
 }
 
 export class ApprovalMemory {

@@ -3,6 +3,7 @@
 
 import type { Requester } from '../../protocol/keyholder.js';
 import type { ApprovalMemory, ApprovalScope } from './approvals.js';
+import { destinationMatches, type Destination } from './destination.js';
 import type { Front, PolicyAction, PolicyRule } from '../home/config.js';
 
 export type { PolicyRule } from '../home/config.js';
@@ -14,8 +15,11 @@ export interface PolicyRequest {
   fingerprint: string;
   primaryFingerprint: string;
   keygrip: string;
-  op: 'sign' | 'decrypt';
+  /** `ssh-sign`: an ssh-agent signature (a login, `ssh-keygen -Y sign`). */
+  op: PolicyOp;
   certifyCapable: boolean;
+  /** For `ssh-sign` logins: the destination the client proved with session-bind. */
+  destination?: Destination;
   /**
    * Program names of the requesting process and of every parent (processNames), as the server
    * reports them; absent when it reported none.
@@ -44,6 +48,8 @@ export function processNames(r: Pick<Requester, 'name' | 'command' | 'parents'>)
   }
   return names;
 }
+
+export type PolicyOp = 'sign' | 'decrypt' | 'ssh-sign';
 
 export type ClearSignSetting = NonNullable<PolicyRule['clearSign']>;
 
@@ -120,6 +126,9 @@ export function ruleMatches(rule: PolicyRule, req: PolicyRequest): boolean {
   if (!optionalGlob(rule.host, req.host)) return false;
   if (!optionalGlob(rule.token, req.tokenId)) return false;
   if (rule.key !== undefined && !keyMatches(rule.key, req)) return false;
+  if (rule.destination !== undefined && !destinationMatches(rule.destination, req.destination)) {
+    return false;
+  }
   // Only ever narrows an allow rule (config.ts refuses it elsewhere): a server that lies about
   // its processes gets at most what the same rule without `process` would give it.
   if (rule.process !== undefined) {
@@ -137,6 +146,7 @@ export function describeRule(rule: PolicyRule): string {
     'token',
     'key',
     'op',
+    'destination',
     'certify',
     'process',
     'action',
@@ -150,9 +160,11 @@ export function describeRule(rule: PolicyRule): string {
 }
 
 function defaultAction(req: PolicyRequest): PolicyAction {
-  // Remote decryption hands a session key to a machine the user cannot see: ask. Remote signing
-  // is allowed, with clear signing guarding certify-capable keys.
-  return req.front !== 'local' && req.op === 'decrypt' ? 'confirm' : 'allow';
+  // Remote decryption hands a session key to a machine the user cannot see: ask. So does a
+  // remote SSH signature: a login signature lets that machine in wherever the key is authorised
+  // (the hijack `ssh -A` allows). Remote OpenPGP signing is allowed, with clear signing guarding
+  // certify-capable keys.
+  return req.front !== 'local' && req.op !== 'sign' ? 'confirm' : 'allow';
 }
 
 /** What a remembered approval for this request covers; pass it to ApprovalMemory.grant. */
@@ -160,6 +172,8 @@ export function approvalScope(req: PolicyRequest): ApprovalScope {
   const scope: ApprovalScope = { front: req.front, keygrip: req.keygrip, op: req.op };
   if (req.host !== undefined) scope.host = req.host;
   if (req.tokenId !== undefined) scope.tokenId = req.tokenId;
+  // "Allow logins to github.com for 10 minutes" must not let the same key log in elsewhere.
+  if (req.op === 'ssh-sign') scope.destination = req.destination?.fingerprint ?? '';
   return scope;
 }
 

@@ -113,7 +113,7 @@ function hashedMatch(field: string, name: string): boolean {
 }
 
 /** OpenSSH semantics: any matching negated pattern vetoes the line; otherwise any positive match. */
-function hostsMatch(hosts: string, name: string): boolean {
+export function hostsMatch(hosts: string, name: string): boolean {
   if (hosts.startsWith('|')) return hashedMatch(hosts, name);
   let matched = false;
   for (const raw of hosts.split(',')) {
@@ -128,7 +128,7 @@ function hostsMatch(hosts: string, name: string): boolean {
   return matched;
 }
 
-async function readKnownHosts(file: string, warnings: string[]): Promise<KnownHostEntry[]> {
+export async function readKnownHosts(file: string, warnings: string[]): Promise<KnownHostEntry[]> {
   let text: string;
   try {
     const st = await stat(file);
