@@ -27,7 +27,8 @@ export const TOKEN_ID_RE = /^ktt_[0-9a-f]{16}$/;
 const B64URL_RE = /^[A-Za-z0-9_-]+$/;
 const FPR40_RE = /^[0-9A-F]{40}$/;
 
-export type TokenOp = 'sign' | 'decrypt';
+/** `ssh-sign`: ssh-agent signatures (logins, `ssh-keygen -Y sign`) with an authentication key. */
+export type TokenOp = 'sign' | 'decrypt' | 'ssh-sign';
 
 const unique = (a: readonly string[]) => new Set(a).size === a.length;
 
@@ -47,9 +48,9 @@ export const TokenPayloadSchema = z
       .max(MAX_TOKEN_KEYS)
       .refine(unique, 'must not repeat a fingerprint'),
     ops: z
-      .array(z.enum(['sign', 'decrypt']))
+      .array(z.enum(['sign', 'decrypt', 'ssh-sign']))
       .min(1)
-      .max(2)
+      .max(3)
       .refine(unique, 'must not repeat an operation'),
     iat: z
       .number()

@@ -20,6 +20,7 @@ import type {
   Inventory,
   KeyHolder,
   SignRequest,
+  SshSignRequest,
 } from '../protocol/keyholder.js';
 import { relayEndpoint, type RelayTrust } from '../protocol/relay/endpoint.js';
 import { parseToken } from '../protocol/token.js';
@@ -29,6 +30,11 @@ import { startFacade, type Facade } from './facade.js';
 import { openFacadeSocket, refusal, RelayRefusal } from './facade-socket.js';
 import { sealFacadeStream } from './seal.js';
 import { gnupgDirs } from './gnupg-dirs.js';
+import {
+  startSshAgentSocket,
+  sshAgentSocketPath,
+  type SshAgentSocket,
+} from './ssh-agent-socket.js';
 import { ensureNoAutostart, importCertificates } from './gnupg-setup.js';
 
 export interface ConnectOptions {
@@ -36,6 +42,8 @@ export interface ConnectOptions {
   /** The full token (or its public part); only the public part leaves this process. */
   token: string;
   socket?: string;
+  /** Serve an ssh-agent socket beside the gpg-agent one (default true; `--no-ssh-agent`). */
+  sshAgent?: boolean;
   /** Run this with a private GNUPGHOME, then exit with its status. */
   command?: string[];
   software: string;
@@ -98,6 +106,10 @@ export class RelayHolder implements KeyHolder {
 
   decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
     return this.#tunnel ? this.#tunnel.decrypt(req, signal) : Promise.reject(this.#down());
+  }
+
+  sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.#tunnel ? this.#tunnel.sshSign(req, signal) : Promise.reject(this.#down());
   }
 
   #down(): GpgError {
@@ -279,6 +291,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
 
   let temp: TempHome | undefined;
   let facade: Facade | undefined;
+  let sshAgent: SshAgentSocket | undefined;
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   let child: ReturnType<typeof spawn> | undefined;
   let interrupted: NodeJS.Signals | undefined;
@@ -344,8 +357,23 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
         }
       },
     });
+    if (opts.sshAgent !== false) {
+      const started = await startSshAgentSocket({
+        socketPath: sshAgentSocketPath(socketPath),
+        holder,
+        front: 'relay',
+        // The holder's refusal (a token without ssh-sign) is one line ssh itself does not print.
+        onEvent: (e) => {
+          if (e.kind === 'refused') log(`ssh-agent: ${e.detail}`);
+        },
+      });
+      if ('refused' in started) log(`no ssh-agent socket: ${started.refused}`);
+      else sshAgent = started;
+    }
+    if (childEnv && sshAgent) childEnv.SSH_AUTH_SOCK = sshAgent.socketPath;
     // With a command, stdout belongs to the command (e.g. `gpg --armor --detach-sign`).
     (childEnv ? log : out)(`ready: ${socketPath}`);
+    if (sshAgent) (childEnv ? log : out)(`ssh-agent: ${sshAgent.socketPath}`);
     if (childEnv) {
       log(
         'git in the command signs through keytether git-sign (gpg.program set via GIT_CONFIG_*); ' +
@@ -377,6 +405,7 @@ export async function runConnect(opts: ConnectOptions): Promise<number> {
     for (const s of signals) process.off(s, onSignal);
     holder.current?.close('stopped on the server');
     await facade?.close();
+    await sshAgent?.close();
     await temp?.cleanup();
     secret.fill(0);
   }

@@ -5,6 +5,7 @@ import { Option, type Command } from 'commander';
 import path from 'node:path';
 import type { Socket } from 'node:net';
 import { ContentStore, serveAgent } from '../../protocol/agent/index.js';
+import { serveSshAgent } from '../../protocol/ssh-agent/index.js';
 import { ConfigError, loadConfig, mergeFlags } from '../../workstation/home/config.js';
 import type { Config, ConfigFlags } from '../../workstation/home/config.js';
 import { auditFailureLine, operationLine } from '../../workstation/audit/operation-line.js';
@@ -23,6 +24,8 @@ interface AgentFlags extends ConfigFlags {
   insecure?: boolean;
   relayCa?: string;
   relayFingerprint?: string;
+  /** false with --no-ssh-agent. */
+  sshAgent?: boolean;
 }
 
 /** Loads config.toml plus flags; a bad flag is a usage error, a bad file a plain failure. */
@@ -54,6 +57,10 @@ export function register(program: Command): void {
     .option(
       '--socket <path>',
       'serve the gpg-agent protocol here (default $KEYTETHER_HOME/S.gpg-agent)',
+    )
+    .option(
+      '--no-ssh-agent',
+      "serve no ssh-agent socket (default: $KEYTETHER_HOME/S.ssh-agent, printed as 'ssh-agent: SOCKET')",
     )
     .option('--relay <url>', 'connect out to this relay (repeatable)', collect)
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
@@ -133,6 +140,29 @@ export function register(program: Command): void {
           await rt.close();
           throw e;
         }
+        // The same holder as an ssh-agent for local ssh, git and ssh-add (SSH_AUTH_SOCK).
+        const sshSocketPath = path.join(home, 'S.ssh-agent');
+        let sshServer: Awaited<ReturnType<typeof listenUnix>> | undefined;
+        if (flags.sshAgent !== false) {
+          sshServer = await listenUnix(sshSocketPath, (sock) => {
+            open.add(sock);
+            sock.on('close', () => open.delete(sock));
+            sock.on('error', () => sock.destroy());
+            let who: ReturnType<typeof requesterWithPeer> | undefined;
+            void serveSshAgent(sock, {
+              holder: rt.holder,
+              requester: () => (who ??= requesterWithPeer({ front: 'local' }, sock, undefined)),
+            }).finally(() => sock.destroy());
+          }).catch(async (e: unknown) => {
+            server.close();
+            await rt.close();
+            throw e;
+          });
+        }
+        const closeSsh = () =>
+          new Promise<void>((resolve) =>
+            sshServer ? sshServer.close(() => resolve()) : resolve(),
+          );
         // Relays come after the local socket, so `ready:` never waits for a slow network.
         const relays = await startRelayClients(rt, config.relay, {
           software: `keytether/${packageVersion()}`,
@@ -141,6 +171,7 @@ export function register(program: Command): void {
           log: (line) => process.stderr.write(`${line}\n`),
         }).catch(async (e: unknown) => {
           server.close();
+          await closeSsh();
           await rt.close();
           throw e instanceof RelayUrlError ? new UsageError(e.message) : e;
         });
@@ -152,11 +183,13 @@ export function register(program: Command): void {
           relays,
         }).catch(async (e: unknown) => {
           server.close();
+          await closeSsh();
           await relays.close();
           await rt.close();
           throw e;
         });
         process.stdout.write(`ready: ${socketPath}\n`);
+        if (sshServer) process.stdout.write(`ssh-agent: ${sshSocketPath}\n`);
         const stopLines = rt.audit.onRecorded((rec) =>
           process.stderr.write(`${operationLine(rec)}\n`),
         );
@@ -186,10 +219,13 @@ export function register(program: Command): void {
         stopLines();
         stopFailures();
         await control.close();
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          for (const s of open) s.destroy();
-        });
+        await Promise.all([
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            for (const s of open) s.destroy();
+          }),
+          closeSsh(),
+        ]);
         await relays.close();
         await rt.close();
         return 0;

@@ -15,6 +15,8 @@ interface ConnectFlags {
   insecure?: boolean;
   relayCa?: string;
   relayFingerprint?: string;
+  /** false with --no-ssh-agent. */
+  sshAgent?: boolean;
 }
 
 export function register(program: Command): void {
@@ -35,6 +37,10 @@ export function register(program: Command): void {
     )
     .option('--token <token>', 'token (default env KEYTETHER_TOKEN)')
     .option('--socket <path>', "socket to serve (default: 'gpgconf --list-dirs agent-socket')")
+    .option(
+      '--no-ssh-agent',
+      "serve no ssh-agent socket (default: one beside the gpg socket, printed as 'ssh-agent: SOCKET' and SSH_AUTH_SOCK for CMD)",
+    )
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
     .option('--relay-ca <file>', `${RELAY_CA_HELP} (env KEYTETHER_RELAY_CA)`)
     .option(
@@ -74,6 +80,7 @@ export function register(program: Command): void {
           token,
           ...(flags.socket !== undefined ? { socket: flags.socket } : {}),
           ...(command.length > 0 ? { command } : {}),
+          ...(flags.sshAgent === false ? { sshAgent: false } : {}),
           software: `keytether/${packageVersion()}`,
           insecure: flags.insecure ?? false,
           trust,

@@ -56,9 +56,9 @@ function out(cmd: Command): (s: string) => void {
 function parseOps(text: string): TokenOp[] {
   const ops = text.split(',').map((s) => s.trim());
   for (const op of ops) {
-    if (op !== 'sign' && op !== 'decrypt') {
+    if (op !== 'sign' && op !== 'decrypt' && op !== 'ssh-sign') {
       throw new UsageError(
-        `'${op.slice(0, 32)}' is not an operation; use --ops sign, decrypt or sign,decrypt`,
+        `'${op.slice(0, 32)}' is not an operation; use --ops with sign, decrypt, ssh-sign or a comma-separated list of them (sign,ssh-sign)`,
       );
     }
   }
@@ -195,7 +195,18 @@ export function resolveKeyName(name: string, keys: NameableKey[]): string {
   return fpr;
 }
 
-const OP_FLAG: Record<TokenOp, string> = { sign: 'sign', decrypt: 'encrypt' };
+const OP_FLAG: Record<TokenOp, string> = { sign: 'sign', decrypt: 'encrypt', 'ssh-sign': 'auth' };
+/** What `gpg --quick-add-key FPR …` adds a subkey for OP with. */
+const OP_SUBKEY: Record<TokenOp, string> = {
+  sign: 'ed25519 sign',
+  decrypt: 'cv25519 encr',
+  'ssh-sign': 'ed25519 auth',
+};
+const OP_CAN: Record<TokenOp, string> = {
+  sign: 'sign',
+  decrypt: 'decrypt (encrypt flag)',
+  'ssh-sign': 'authenticate (ssh-sign)',
+};
 
 /**
  * The fingerprints a token names for the user's name FPR. A subkey stands for itself. A primary
@@ -228,9 +239,13 @@ export function tokenKeys(
       );
       continue;
     }
+    if (op === 'ssh-sign' && primary.usage.includes('auth')) {
+      chosen.add(fpr);
+      continue;
+    }
     throw new UserError(
-      `key ${fpr} has no subkey that can ${op === 'sign' ? 'sign' : 'decrypt (encrypt flag)'}; ` +
-        `add one with "gpg --quick-add-key ${fpr} ${op === 'sign' ? 'ed25519 sign' : 'cv25519 encr'}" ` +
+      `key ${fpr} has no subkey that can ${OP_CAN[op]}; ` +
+        `add one with "gpg --quick-add-key ${fpr} ${OP_SUBKEY[op]}" ` +
         `and import it again, or leave ${op} out of --ops`,
     );
   }
@@ -282,7 +297,11 @@ export function register(program: Command): void {
       'key the token may use (repeatable; fingerprint or key id)',
       collect,
     )
-    .option('--ops <ops>', 'allowed operations: sign[,decrypt]', 'sign')
+    .option(
+      '--ops <ops>',
+      'allowed operations, comma-separated: sign, decrypt, ssh-sign (ssh-agent signatures)',
+      'sign',
+    )
     .option(
       '--ttl <duration>',
       'lifetime, e.g. 90s, 15m, 1h, 2d (default 1h; at most token-max-ttl, 30d unless configured)',

@@ -9,8 +9,9 @@ import type {
   KeyEntry,
   KeyHolder,
   SignRequest,
+  SshSignRequest,
 } from '../../protocol/keyholder.js';
-import type { ParsedToken } from '../../protocol/token.js';
+import type { ParsedToken, TokenOp } from '../../protocol/token.js';
 import type { AuditInput } from '../audit/audit.js';
 
 /**
@@ -32,7 +33,7 @@ export interface TokenAuthority {
     token: ParsedToken;
     fingerprint: string;
     primaryFingerprint: string;
-    op: 'sign' | 'decrypt';
+    op: TokenOp;
     /** SHA-256 (hex) of the secret the facade proved in the sealed channel. */
     secretHash?: string | undefined;
   }): TokenDecision | Promise<TokenDecision>;
@@ -67,7 +68,7 @@ export function tokenScopedHolder(
 ): KeyHolder {
   const tid = token.payload.tid;
   const check = async (
-    op: 'sign' | 'decrypt',
+    op: TokenOp,
     keygrip: string,
     extra: { hashAlgo?: number; digest?: Uint8Array },
   ): Promise<TokenUse | undefined> => {
@@ -139,6 +140,14 @@ export function tokenScopedHolder(
     async decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
       const use = await check('decrypt', req.keygrip, {});
       return counted(use, () => holder.decrypt(req, signal));
+    },
+    async sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
+      const sshSign = holder.sshSign?.bind(holder);
+      if (!sshSign) {
+        throw new GpgError(ErrorCode.NOT_SUPPORTED, 'this key holder makes no ssh signatures');
+      }
+      const use = await check('ssh-sign', req.keygrip, {});
+      return counted(use, () => sshSign(req, signal));
     },
   };
 }
