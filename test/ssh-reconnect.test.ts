@@ -75,7 +75,9 @@ testNeeding(
     ssh.child.stdout!.on('data', (b: Buffer) => {
       const parts = (partial + b.toString()).split('\n');
       partial = parts.pop()!;
-      for (const text of parts) lines.push({ text, at: Date.now() });
+      // The ssh-agent line follows `ready:` (sometimes in its read); reconnects repeat neither.
+      for (const text of parts)
+        if (!text.startsWith('ssh-agent: ')) lines.push({ text, at: Date.now() });
       for (const f of [...waiters]) f();
     });
     const stdoutLine = (n: number) =>
@@ -185,6 +187,20 @@ testNeeding(
     t.ok(total < 60_000, `${CUTS} cuts within a minute (${total} ms)`);
     t.equal(lines.filter((l) => l.text.startsWith('ready:')).length, 0, 'no second ready: line');
     t.notMatch(ssh.stdout(), /^ready: .*\n[^]*^ready: /m, 'stdout has one ready: line');
+    // The ssh-agent socket lingered with the gpg one: the path printed once still answers.
+    const agentSock = `${socketPath}.kt-ssh`;
+    t.equal(
+      ssh
+        .stdout()
+        .match(/^ssh-agent: .*$/gm)
+        ?.join('|'),
+      `ssh-agent: ${agentSock}`,
+    );
+    const list = spawnSync('ssh-add', ['-l'], {
+      env: { ...process.env, SSH_AUTH_SOCK: agentSock },
+      encoding: 'utf8',
+    });
+    t.match(list.stdout + list.stderr, /no identities/, 'ssh-add -l is answered after the cuts');
 
     await ssh.stop('SIGINT');
   },
