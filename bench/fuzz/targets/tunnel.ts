@@ -26,6 +26,7 @@ export interface TunnelCase {
 }
 
 const HEX = '0123456789ABCDEF';
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
 const upperHex = (n: number) =>
   fc.string({ unit: fc.constantFrom(...HEX), minLength: n, maxLength: n });
 const id = fc.integer({ min: 1, max: 0xffffffff });
@@ -113,6 +114,28 @@ const message: fc.Arbitrary<{ header: OutHeader; body: Buffer }> = fc.oneof(
       part: fc.constantFrom('data' as const, 'objects' as const),
     }),
     body: body(1, 300),
+  }),
+  fc.record({
+    header: fc.record(
+      {
+        type: fc.constant('ssh-sign' as const),
+        id,
+        keygrip: upperHex(40),
+        hash: fc.constantFrom('sha1' as const, 'sha256' as const, 'sha512' as const),
+        purpose: fc.constantFrom('login' as const, 'sshsig' as const, 'unknown' as const),
+        subject: fc.string({ maxLength: 30 }),
+        destination: fc
+          .string({ unit: fc.constantFrom(...B64), minLength: 43, maxLength: 43 })
+          .map((s) => `SHA256:${s}`),
+        requester,
+      },
+      { requiredKeys: ['type', 'id', 'keygrip', 'purpose', 'requester'] },
+    ),
+    body: body(1, 400),
+  }),
+  fc.record({
+    header: fc.record({ type: fc.constant('ssh-sign-result' as const), id }),
+    body: body(1, 200),
   }),
   fc.record({
     header: fc.record({ type: fc.constant('sign-result' as const), id }),
