@@ -82,6 +82,11 @@ export interface Config {
   backend: 'builtin' | 'gpg-agent' | 'auto';
   /** GNUPGHOME of the gpg-agent back end (absolute); undefined: $GNUPGHOME or ~/.gnupg. */
   gnupgHome: string | undefined;
+  /**
+   * The workstation's own ssh-agent socket whose keys the holder also offers for SSH signatures
+   * (absolute); undefined: none. `SSH_AUTH_SOCK` in the file means that variable at start.
+   */
+  sshAgentBackend: string | undefined;
   /** `write`: audit records reach the kernel before a result is sent; `fsync`: also the disk. */
   auditSync: 'write' | 'fsync';
   socket: string | undefined;
@@ -103,6 +108,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   maxCacheTtlMs: 7_200_000,
   backend: 'auto',
   gnupgHome: undefined,
+  sshAgentBackend: undefined,
   auditSync: 'write',
   socket: undefined,
   relay: [],
@@ -175,13 +181,20 @@ function normaliseKeySpec(s: string): string {
   return s.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
 }
 
+/** An SSH key's fingerprint as ssh-keygen -l prints it (case matters: it is base64). */
+const SSH_FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
+
 const keySpec = z
   .string()
   .max(100)
   .refine(
-    (s) => s === '*' || /^([0-9A-F]{16}|[0-9A-F]{40}|[0-9A-F]{64})$/.test(normaliseKeySpec(s)),
+    (s) =>
+      s === '*' ||
+      SSH_FINGERPRINT_RE.test(s) ||
+      /^([0-9A-F]{16}|[0-9A-F]{40}|[0-9A-F]{64})$/.test(normaliseKeySpec(s)),
     {
-      message: 'must be "*", a fingerprint, a keygrip or a 16-hex-digit key id',
+      message:
+        'must be "*", a fingerprint, a keygrip, a 16-hex-digit key id or an SSH key\'s SHA256: fingerprint',
     },
   );
 
@@ -232,6 +245,7 @@ const fileSchema = z.strictObject({
   backend: z.enum(['builtin', 'gpg-agent', 'auto']).optional(),
   'audit-sync': z.enum(['write', 'fsync']).optional(),
   'gnupg-home': z.string().min(1).max(4096).optional(),
+  'ssh-agent-backend': z.string().min(1).max(4096).optional(),
   socket: z.string().min(1).max(4096).optional(),
   // One relay is the common case, so a bare string is accepted as well as a list.
   relay: z
@@ -254,7 +268,9 @@ function toRule(r: RuleInput, origin: string): PolicyRule {
   if (r.front !== undefined) rule.front = r.front;
   if (r.host !== undefined) rule.host = r.host;
   if (r.token !== undefined) rule.token = r.token;
-  if (r.key !== undefined) rule.key = r.key === '*' ? '*' : normaliseKeySpec(r.key);
+  if (r.key !== undefined) {
+    rule.key = r.key === '*' || SSH_FINGERPRINT_RE.test(r.key) ? r.key : normaliseKeySpec(r.key);
+  }
   if (r.op !== undefined) rule.op = r.op;
   if (r.destination !== undefined) rule.destination = r.destination;
   if (r.certify !== undefined) rule.certify = r.certify;
@@ -415,6 +431,7 @@ export function parseConfig(text: string, file: string): Config {
       c['gnupg-home'] !== undefined
         ? resolve(dirname(file), expandTilde(c['gnupg-home']))
         : DEFAULT_CONFIG.gnupgHome,
+    sshAgentBackend: agentSocket(c['ssh-agent-backend'], (p) => resolve(dirname(file), p)),
     auditSync: c['audit-sync'] ?? DEFAULT_CONFIG.auditSync,
     socket: c.socket ?? DEFAULT_CONFIG.socket,
     relay: typeof c.relay === 'string' ? [c.relay] : (c.relay ?? []),
@@ -470,6 +487,8 @@ export interface ConfigFlags {
   backend?: string;
   /** `--gnupg-home DIR` (relative to the working directory; `~` expanded). */
   gnupgHome?: string;
+  /** `--ssh-agent-backend SOCKET` (or `SSH_AUTH_SOCK`). */
+  sshAgentBackend?: string;
   auditSync?: string;
   socket?: string;
   relay?: string[];
@@ -539,6 +558,9 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
     out.backend = flags.backend;
   }
   if (flags.gnupgHome !== undefined) out.gnupgHome = resolve(expandTilde(flags.gnupgHome));
+  if (flags.sshAgentBackend !== undefined) {
+    out.sshAgentBackend = agentSocket(flags.sshAgentBackend, (p) => resolve(p));
+  }
   if (flags.auditSync !== undefined) {
     if (flags.auditSync !== 'write' && flags.auditSync !== 'fsync') {
       throw new ConfigError(
@@ -554,4 +576,14 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
     out.policy = [...flags.policy.map(parsePolicyFlag), ...config.policy];
   }
   return out;
+}
+
+/** `SSH_AUTH_SOCK` → that variable's socket (none when unset); a path, made absolute. */
+function agentSocket(
+  value: string | undefined,
+  absolute: (p: string) => string,
+): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'SSH_AUTH_SOCK') return process.env.SSH_AUTH_SOCK || undefined;
+  return absolute(expandTilde(value));
 }
