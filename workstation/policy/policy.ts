@@ -4,9 +4,9 @@
 import type { Requester } from '../../protocol/keyholder.js';
 import type { ApprovalMemory, ApprovalScope } from './approvals.js';
 import { destinationMatches, type Destination } from './destination.js';
-import type { Front, PolicyAction, PolicyRule } from '../home/config.js';
+import type { Front, PolicyAction, PolicyRule } from '../home/policy-rules.js';
 
-export type { PolicyRule } from '../home/config.js';
+export type { PolicyRule } from '../home/policy-rules.js';
 
 export interface PolicyRequest {
   front: Front;
