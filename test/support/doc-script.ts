@@ -4,8 +4,10 @@
 //     clean HOME, PATH, and the variables the document tells its reader to set, e.g.
 //     $KT_SERVER); a block does not see variables another block set, so each doc block is
 //     self-contained;
-//   - a block whose first line is `# on the server` runs there: piped into
-//     `ssh -F ~/.ssh/config "$KT_SERVER" bash -e -s` (the ssh config names the server);
+//   - a block whose first line is `# on PLACE` (`# on the server`, `# on a CI runner`, …) runs
+//     at that place, which the test defines: another environment and account, or, for a place
+//     with `ssh`, piped into `ssh -F ~/.ssh/config "$KT_SERVER" bash -e -s` from the default
+//     place (the ssh config names the server); blocks without it run at the default place;
 //   - a block with a line `… # keeps running; wait for "TEXT"` is what a reader starts in a second
 //     terminal: it is started in the background (its own process group) and the next block runs
 //     once a line of its output starts with TEXT; it is stopped (SIGTERM to the group) at the end.
@@ -21,7 +23,8 @@ export interface DocBlock {
   /** 1-based line of the opening fence. */
   line: number;
   code: string;
-  onServer: boolean;
+  /** From a first line `# on PLACE`; undefined: the default place. */
+  place?: string;
   /** For a block that keeps running: the start of the line to wait for. */
   waitFor?: string;
 }
@@ -36,10 +39,11 @@ export function shBlocks(markdown: string): DocBlock[] {
     for (i++; i < lines.length && !/^```\s*$/.test(lines[i]!); i++) body.push(lines[i]!);
     const code = body.join('\n') + '\n';
     const wait = /# keeps running; wait for "([^"]+)"/.exec(code);
+    const place = /^# on ((?:the|a|an) [\w -]*\w)/.exec(body[0] ?? '')?.[1];
     out.push({
       line: start + 1,
       code,
-      onServer: /^# on the server\b/.test(body[0] ?? ''),
+      ...(place !== undefined ? { place } : {}),
       ...(wait ? { waitFor: wait[1] } : {}),
     });
   }
@@ -53,17 +57,35 @@ export interface BlockRun {
 
 const BLOCK_TIMEOUT_MS = 60_000;
 
-function runBlock(block: DocBlock, env: NodeJS.ProcessEnv): Promise<BlockRun> {
-  const home = env.HOME!;
-  const [cmd, args, input] = block.onServer
+/** Where blocks run: an environment (with HOME), optionally another account, or over ssh. */
+export interface Place {
+  env: NodeJS.ProcessEnv;
+  uid?: number;
+  gid?: number;
+  /** Run the block on $KT_SERVER through the ssh config of this place's HOME. */
+  ssh?: boolean;
+}
+
+function spawnOptions(p: Place) {
+  return {
+    cwd: p.env.HOME,
+    env: p.env,
+    ...(p.uid !== undefined ? { uid: p.uid } : {}),
+    ...(p.gid !== undefined ? { gid: p.gid } : {}),
+  };
+}
+
+function runBlock(block: DocBlock, p: Place): Promise<BlockRun> {
+  const home = p.env.HOME!;
+  const [cmd, args, input] = p.ssh
     ? [
         'ssh',
-        ['-F', path.join(home, '.ssh', 'config'), env.KT_SERVER!, 'bash -e -o pipefail -s'],
+        ['-F', path.join(home, '.ssh', 'config'), p.env.KT_SERVER!, 'bash -e -o pipefail -s'],
         block.code,
       ]
     : ['bash', ['-e', '-o', 'pipefail', '-c', block.code], ''];
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: home, env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { ...spawnOptions(p), stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -83,10 +105,9 @@ interface Background {
   out: () => string;
 }
 
-function startBackground(block: DocBlock, env: NodeJS.ProcessEnv): Promise<Background> {
+function startBackground(block: DocBlock, p: Place): Promise<Background> {
   const child = spawn('bash', ['-e', '-o', 'pipefail', '-c', block.code], {
-    cwd: env.HOME,
-    env,
+    ...spawnOptions(p),
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   });
@@ -129,10 +150,14 @@ function stopGroup(child: ChildProcess): Promise<void> {
 }
 
 /**
- * Runs every ```sh block of DOC (a path under the repository) in order, as a subtest each, and
- * returns what each printed; background blocks are stopped when T ends.
+ * Runs every ```sh block of DOC in order at its place (PLACES[''] is the default one) and returns
+ * what each printed; background blocks are stopped when T ends.
  */
-export async function runDoc(t: Test, doc: string, env: NodeJS.ProcessEnv): Promise<string[]> {
+export async function runDoc(
+  t: Test,
+  doc: string,
+  places: Record<string, Place>,
+): Promise<string[]> {
   const blocks = shBlocks(await readFile(doc, 'utf8'));
   t.ok(blocks.length > 0, `${path.basename(doc)} has sh blocks`);
   const outputs: string[] = [];
@@ -142,8 +167,13 @@ export async function runDoc(t: Test, doc: string, env: NodeJS.ProcessEnv): Prom
   });
   for (const block of blocks) {
     const where = `${path.basename(doc)}:${block.line}`;
+    const place = places[block.place ?? ''];
+    if (!place) {
+      t.fail(`${where} runs "on ${block.place}", a place this test does not have`);
+      return outputs;
+    }
     if (block.waitFor !== undefined) {
-      const started = await startBackground(block, env).then(
+      const started = await startBackground(block, place).then(
         (b) => b,
         (e: Error) => e,
       );
@@ -156,7 +186,7 @@ export async function runDoc(t: Test, doc: string, env: NodeJS.ProcessEnv): Prom
       t.pass(`${where} is running`);
       continue;
     }
-    const r = await runBlock(block, env);
+    const r = await runBlock(block, place);
     outputs.push(r.out);
     if (r.code !== 0) {
       const bg = background.map((b) => b.out()).join('\n--- background ---\n');

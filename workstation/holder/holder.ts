@@ -308,7 +308,7 @@ export class Holder implements KeyHolder {
     }
     const blindRefusal =
       op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
-        ? refuseBlind(verdict.clearSign, clear?.why)
+        ? refuseBlind(verdict.clearSign, clear?.why, asked.certifyCapable)
         : undefined;
     if (blindRefusal !== undefined) {
       await refused('denied', blindRefusal, 'refused as blind signatures');
@@ -423,11 +423,17 @@ function confirmText(
  * certify-capable key must not sign what it cannot see by default: the digest could certify an
  * attacker's user id or bind an attacker's subkey to the user's identity.
  */
-function refuseBlind(setting: ClearSignSetting, why: string | undefined): string | undefined {
+function refuseBlind(
+  setting: ClearSignSetting,
+  why: string | undefined,
+  certifyCapable: boolean,
+): string | undefined {
   if (setting !== 'required') return undefined;
+  // A signing subkey helps only where the default for certify-capable keys is what refused.
+  const subkey = certifyCapable ? 'sign with a signing subkey, or ' : '';
   return (
     `clear-sign required: ${why ?? 'the holder cannot see what it signs'}; ` +
-    `sign with a signing subkey, or through 'keytether git-sign' so the holder can check the data`
+    `${subkey}sign through 'keytether git-sign' (git's gpg.program; "$KEYTETHER_GIT_SIGN" for files) so the holder can check the data`
   );
 }
 
