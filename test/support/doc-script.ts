@@ -186,14 +186,16 @@ export async function runDoc(
       t.pass(`${where} is running`);
       continue;
     }
+    const began = performance.now();
     const r = await runBlock(block, place);
+    const ms = Math.round(performance.now() - began);
     outputs.push(r.out);
     if (r.code !== 0) {
       const bg = background.map((b) => b.out()).join('\n--- background ---\n');
       t.fail(`${where} exited ${r.code}:\n${r.out}\n--- background ---\n${bg}`);
       return outputs;
     }
-    t.pass(`${where} ran`);
+    t.pass(`${where} ran (${ms} ms)`);
   }
   return outputs;
 }
