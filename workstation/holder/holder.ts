@@ -340,7 +340,7 @@ export class Holder implements KeyHolder {
     }
     const blindRefusal =
       op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
-        ? refuseBlind(verdict.clearSign, clear?.why)
+        ? refuseBlind(verdict.clearSign, clear?.why, asked.certifyCapable)
         : undefined;
     if (blindRefusal !== undefined) {
       await refused('denied', blindRefusal, 'refused as blind signatures');
