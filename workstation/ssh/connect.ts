@@ -2,12 +2,14 @@
 // authenticating like OpenSSH's `ssh`: known_hosts decides the host key, the user's agent and
 // identity files log in, and every failure becomes one sentence that says what to do.
 
+import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { AuthMethod, Client, ClientChannel, ConnectConfig } from 'ssh2';
 import { UserError } from '../../system/user-error.js';
 import type { SshTarget } from './config.js';
 import { CountingAgent, IdentityFileAgent } from './identity-agent.js';
 import type { AskPassphrase } from './identity-agent.js';
+import { startProxyCommand, type ProxyProcess } from './proxy-command.js';
 import {
   appendKnownHost,
   blobKeyType,
@@ -16,11 +18,22 @@ import {
   knownHostsName,
 } from './known-hosts.js';
 
+export {
+  execCapture,
+  execChannel,
+  remoteAgentSocket,
+  shellQuote,
+  type ExecOptions,
+  type ExecResult,
+} from './remote-exec.js';
+
 export interface ConnectSshOptions {
   /** `--accept-new`: trust an unknown host key and record it in the first UserKnownHostsFile. */
   acceptNew?: boolean;
-  /** Asked for an encrypted identity's passphrase (the holder's pinentry, later). */
+  /** Asked for an encrypted identity's passphrase (keytether ssh: the pinentry). */
   askPassphrase?: AskPassphrase;
+  /** Where a ProxyCommand's stderr goes: the user's terminal (default) or nowhere. */
+  proxyStderr?: 'inherit' | 'ignore';
   /** Network handshake limit; the clock stops while a passphrase is being asked. Default 20 s
    * or ConnectTimeout. */
   readyTimeoutMs?: number;
@@ -66,14 +79,81 @@ function hostKeyAlgorithms(knownTypes: string[]): string[] {
   return [...new Set([...preferred, ...all])];
 }
 
+/** How a jump host is named in errors: as the user wrote it, with its port unless 22. */
+export function jumpHostName(hop: SshTarget): string {
+  return hop.port === 22 ? hop.host : `${hop.host}:${hop.port}`;
+}
+
+/**
+ * Connects to TARGET the way OpenSSH would: through each of its jump hosts in turn (each one a
+ * full SSH connection of its own, the next tunnelled through the previous one's direct-tcpip
+ * channel), or through its ProxyCommand, or directly. Ending the returned client ends the hops.
+ */
 export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}): Promise<Client> {
-  if (target.proxyJump || target.proxyCommand) {
-    throw new UserError(
-      `cannot reach ${target.host}: its ssh config uses ${target.proxyJump ? 'ProxyJump' : 'ProxyCommand'}, ` +
-        `which keytether ssh does not support yet; connect to a host it can reach directly, or use ` +
-        `OpenSSH's RemoteForward with \`keytether agent\``,
-    );
+  const hops: Client[] = [];
+  const endHops = (): void => {
+    for (const c of hops.splice(0).reverse()) c.end();
+  };
+  let sock: Duplex | undefined;
+  try {
+    for (const [i, hop] of target.jumps.entries()) {
+      const name = jumpHostName(hop);
+      const hopClient = await connectOne(hop, opts, sock).catch((e: unknown) => {
+        throw inJumpHost(name, e);
+      });
+      hops.push(hopClient);
+      sock = await forwardThrough(hopClient, name, target.jumps[i + 1] ?? target);
+    }
+    const client = await connectOne(target, opts, sock);
+    for (const [i, hop] of hops.entries()) {
+      const name = jumpHostName(target.jumps[i]!);
+      // A hop that fails takes the tunnel with it; say which one it was.
+      hop.on('error', (e: Error) =>
+        lastErrors.set(client, new Error(`jump host ${name}: ${e.message}`)),
+      );
+      hop.once('close', () => client.end());
+    }
+    client.once('close', endHops);
+    return client;
+  } catch (e) {
+    endHops();
+    throw e;
   }
+}
+
+function inJumpHost(name: string, e: unknown): Error {
+  const message = e instanceof Error ? e.message : String(e);
+  return e instanceof UserError || !(e instanceof Error)
+    ? new UserError(`jump host ${name}: ${message}`)
+    : e;
+}
+
+/** A direct-tcpip channel from HOP to NEXT's HostName and Port (what `ssh -W` asks for). */
+function forwardThrough(hop: Client, name: string, next: SshTarget): Promise<ClientChannel> {
+  return new Promise((resolve, reject) => {
+    const fail = (why: string): void =>
+      reject(
+        new UserError(
+          `jump host ${name} could not open a connection to ${next.hostName}:${next.port} (${why}); ` +
+            `check that sshd there allows it (AllowTcpForwarding) and that ${next.hostName} is reachable from it`,
+        ),
+      );
+    try {
+      hop.forwardOut('127.0.0.1', 0, next.hostName, next.port, (err, channel) => {
+        if (err) fail(err.message.replace(/^\(SSH\) Channel open failure: /, ''));
+        else resolve(channel);
+      });
+    } catch (e) {
+      fail(e instanceof Error ? e.message : String(e));
+    }
+  });
+}
+
+async function connectOne(
+  target: SshTarget,
+  opts: ConnectSshOptions,
+  sock: Duplex | undefined,
+): Promise<Client> {
   const lookupName = target.hostKeyAlias ?? target.hostName;
   const checkFiles = [...target.knownHostsFiles, ...target.globalKnownHostsFiles];
   const knownTypes = await knownHostKeyTypes(checkFiles, lookupName, target.port);
@@ -85,6 +165,12 @@ export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}
   const timer = handshakeTimer(opts.readyTimeoutMs ?? target.connectTimeoutMs ?? 20_000);
   const fileAgent = new IdentityFileAgent(target.identityFiles, {
     askPassphrase: opts.askPassphrase,
+    login: `${target.user}@${where(target)}`,
+    // With IdentitiesOnly the agent offers nothing of its own, but a listed file whose key it
+    // holds is still signed by it, unprompted, as OpenSSH does.
+    ...(target.identityAgent && target.identitiesOnly
+      ? { agent: new CountingAgent(target.identityAgent) }
+      : {}),
     quietMissing: target.identityFilesDefaulted,
     onPrompt: (active) => (active ? timer.pause() : timer.resume()),
   });
@@ -163,8 +249,13 @@ export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}
     }
   };
 
+  const proxy: ProxyProcess | undefined =
+    !sock && target.proxyCommand
+      ? startProxyCommand(target.proxyCommand, { stderr: opts.proxyStderr ?? 'inherit' })
+      : undefined;
   const client = new ssh2.Client();
   const config: ConnectConfig = {
+    ...(sock ? { sock } : proxy ? { sock: proxy.sock } : {}),
     host: target.hostName,
     port: target.port,
     username: target.user,
@@ -193,9 +284,11 @@ export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}
       if (err) {
         client.on('error', () => {});
         client.end();
+        proxy?.stop();
         reject(err);
         return;
       }
+      if (proxy) client.once('close', () => proxy.stop());
       client.on('error', (e: Error) => lastErrors.set(client, e));
       client.setNoDelay(true);
       resolve(client);
@@ -210,16 +303,30 @@ export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}
         notes.push(err.message);
         return;
       }
-      finish(describeFailure(err, target, hostKeyRefusal, fileAgent, systemAgent));
+      const failure = describeFailure(err, target, hostKeyRefusal, fileAgent, systemAgent);
+      if (err.level === 'client-authentication' || hostKeyRefusal) finish(failure);
+      else finishOrProxy(failure);
     };
-    const onClose = (): void =>
-      finish(
-        hostKeyRefusal ??
-          new UserError(
-            `the SSH connection to ${where(target)} closed during the handshake; check that an SSH ` +
-              `server runs there (try ssh -p ${target.port} ${target.user}@${target.hostName})`,
-          ),
+    // A ProxyCommand that exits explains a lost connection better than the connection can.
+    const finishOrProxy = (err: UserError): void => {
+      if (!proxy) {
+        finish(err);
+        return;
+      }
+      void proxy.endedEarly(1000).then((early) => finish(early ?? err));
+    };
+    const onClose = (): void => {
+      if (hostKeyRefusal) {
+        finish(hostKeyRefusal);
+        return;
+      }
+      finishOrProxy(
+        new UserError(
+          `the SSH connection to ${where(target)} closed during the handshake; check that an SSH ` +
+            `server runs there (try ssh -p ${target.port} ${target.user}@${target.hostName})`,
+        ),
       );
+    };
     timer.start(() =>
       finish(
         new UserError(
@@ -339,124 +446,4 @@ function handshakeTimer(limitMs: number): HandshakeTimer {
       handle = undefined;
     },
   };
-}
-
-export interface ExecOptions {
-  /** Sent as SSH "env" requests; sshd applies only names its AcceptEnv allows. */
-  env?: Record<string, string>;
-}
-
-/** Starts COMMAND on the server and resolves with its channel: stdin/stdout as one duplex stream,
- * stderr as `.stderr`, `'exit'` (code, signal) then `'close'`. This is what the tunnel runs on. */
-export function execChannel(
-  client: Client,
-  command: string,
-  opts: ExecOptions = {},
-): Promise<ClientChannel> {
-  return new Promise((resolve, reject) => {
-    const cb = (err: Error | undefined, channel: ClientChannel): void => {
-      if (err) {
-        reject(new UserError(`could not start \`${command}\` over SSH: ${err.message}`));
-        return;
-      }
-      resolve(channel);
-    };
-    try {
-      if (opts.env) client.exec(command, { env: opts.env }, cb);
-      else client.exec(command, cb);
-    } catch (e) {
-      reject(
-        new UserError(
-          `could not start \`${command}\` over SSH: ${e instanceof Error ? e.message : String(e)}`,
-        ),
-      );
-    }
-  });
-}
-
-export interface ExecResult {
-  code: number | null;
-  signal: string | undefined;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a short command and collects its output (each stream capped at `maxBytes`). */
-export async function execCapture(
-  client: Client,
-  command: string,
-  opts: ExecOptions & { maxBytes?: number; timeoutMs?: number } = {},
-): Promise<ExecResult> {
-  const max = opts.maxBytes ?? 64 * 1024;
-  const channel = await execChannel(client, command, opts);
-  return new Promise((resolve, reject) => {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outLen = 0;
-    let errLen = 0;
-    let code: number | null = null;
-    let signal: string | undefined;
-    const timer = setTimeout(() => {
-      channel.close();
-      reject(
-        new UserError(
-          `\`${command}\` did not finish over SSH within ${Math.round((opts.timeoutMs ?? 30_000) / 1000)} s`,
-        ),
-      );
-    }, opts.timeoutMs ?? 30_000);
-    channel.on('data', (d: Buffer) => {
-      if (outLen < max) out.push(d.subarray(0, max - outLen));
-      outLen += d.length;
-    });
-    channel.stderr.on('data', (d: Buffer) => {
-      if (errLen < max) err.push(d.subarray(0, max - errLen));
-      errLen += d.length;
-    });
-    channel.on('exit', (c: number | null, s?: string) => {
-      code = c;
-      signal = s ?? undefined;
-    });
-    channel.on('close', () => {
-      clearTimeout(timer);
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      });
-    });
-  });
-}
-
-/** Quotes one argument for the remote user's POSIX shell. */
-export function shellQuote(arg: string): string {
-  if (/^[A-Za-z0-9_\/.,:=@%+-]+$/.test(arg)) return arg;
-  return `'${arg.replace(/'/g, `'\\''`)}'`;
-}
-
-/** Where gpg on the server expects its agent: `gpgconf --list-dirs agent-socket` run there. */
-export async function remoteAgentSocket(
-  client: Client,
-  opts: { gpgconf?: string; host?: string } = {},
-): Promise<string> {
-  const gpgconf = opts.gpgconf ?? 'gpgconf';
-  const host = opts.host ?? 'the server';
-  const command = `${shellQuote(gpgconf)} --list-dirs agent-socket`;
-  const res = await execCapture(client, command, { maxBytes: 8192, timeoutMs: 30_000 });
-  const why = res.stderr.trim().split('\n')[0] ?? '';
-  if (res.code !== 0) {
-    throw new UserError(
-      `could not find gpg's agent socket on ${host}: \`${command}\` ` +
-        (res.code === 127 ? 'was not found' : `exited with status ${res.code ?? res.signal}`) +
-        `${why ? ` (${why})` : ''}; install GnuPG 2.1 or later there, or pass --remote-socket PATH`,
-    );
-  }
-  const lines = res.stdout.split('\n').filter((l) => l !== '');
-  const socket = lines[0];
-  if (lines.length !== 1 || !socket || !socket.startsWith('/') || socket.length > 4096) {
-    throw new UserError(
-      `\`${command}\` on ${host} printed something that is not a socket path; pass --remote-socket PATH`,
-    );
-  }
-  return socket;
 }
