@@ -11,14 +11,20 @@ import { resolveSshTarget } from '../workstation/ssh/config.js';
 import { connectSsh, execCapture } from '../workstation/ssh/connect.js';
 import type { ConnectSshOptions } from '../workstation/ssh/connect.js';
 import { pinentryAskPassphrase } from '../workstation/ssh/identity-passphrase.js';
-import { runCli } from './support/cli.js';
+import { shellQuote } from '../workstation/ssh/connect.js';
+import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
+import { cliPath, runCli, spawnCli, waitForLine } from './support/cli.js';
+import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { makePinentryScript, type PinAnswer } from './support/pinentry-script.js';
 import { freePort, sshArgs, startSshd, type Sshd } from './support/sshd.js';
 
+// The target's sessions get an empty GNUPGHOME: the e2e test's keys live on the workstation.
+const server = await makeGnupgHome();
+t.teardown(() => server.cleanup());
 const [jump, jump2, target] = await Promise.all([
   startSshd({ logLevel: 'DEBUG1' }),
   startSshd({ logLevel: 'DEBUG1' }),
-  startSshd(),
+  startSshd({ env: { GNUPGHOME: server.home } }),
 ]);
 t.teardown(() => Promise.all([jump.stop(), jump2.stop(), target.stop()]));
 const work = await mkdtemp('/tmp/kt-proxy-');
@@ -302,6 +308,15 @@ t.test('encrypted identity files are unlocked through the pinentry', async (t) =
     t.notMatch(JSON.stringify(calls), /never asked/);
   });
 
+  await t.test('a reconnect reuses the unlocked key', async (t) => {
+    const { script, ask } = await withPinentry(['right horse']);
+    const unlocked = new Map();
+    for (let i = 0; i < 2; i++) {
+      t.match(await echoThrough(dest([enc]), { askPassphrase: ask, unlocked }), / \d+$/);
+    }
+    t.equal((await script.calls()).length, 1, 'asked once for two connections');
+  });
+
   await t.test('wrong passphrase three times, then the next identity', async (t) => {
     // The PEM key has no public half to offer, so it is unlocked (or given up) first.
     const { script, ask } = await withPinentry(['no', 'nope', 'still no', 'right horse']);
@@ -368,3 +383,82 @@ t.test('encrypted identity files are unlocked through the pinentry', async (t) =
     }
   });
 });
+
+t.test(
+  'keytether ssh -J: ready through the jump host, and a remote signature verifies',
+  async (t) => {
+    const ws = await makeGnupgHome();
+    t.teardown(() => ws.cleanup());
+    const key = await generateKey(ws, {
+      uid: 'Jo Jump <jo@example.org>',
+      algo: 'ed25519',
+      usage: 'sign,cert',
+    });
+    const ktHome = path.join(work, 'kt-e2e');
+    const secrets = path.join(work, 'secret.gpg');
+    await writeFile(secrets, await exportSecretKey(ws, key.fingerprint), { mode: 0o600 });
+    const imp = await runCli(['keys', 'import', secrets], { env: { KEYTETHER_HOME: ktHome } });
+    t.equal(imp.code, 0, imp.stderr);
+    await rm(secrets);
+    const remoteSocket = (await server.run('gpgconf', ['--list-dirs', 'agent-socket'])).stdout
+      .toString()
+      .trim();
+
+    // The login to the target uses an encrypted key, unlocked through --pinentry-program.
+    const loginKey = keygen('e2e_login', 'e2e horse');
+    await target.authorize(await readFile(loginKey + '.pub', 'utf8'));
+    const script = await makePinentryScript({ answers: ['e2e horse'] });
+    t.teardown(() => script.cleanup());
+
+    const cli = await cliPath();
+    const before = forwardsTo(jump, target.port);
+    const child = await spawnCli(
+      [
+        'ssh',
+        ...ALLOW_BLIND_FLAG,
+        '-J',
+        'jump',
+        '-i',
+        loginKey,
+        '--pinentry-program',
+        script.program,
+        'enctarget',
+        '--remote-command',
+        `${shellQuote(process.execPath)} ${shellQuote(cli)}`,
+        '--remote-socket',
+        remoteSocket,
+        '--import-keys',
+      ],
+      { env: { HOME: home, KEYTETHER_HOME: ktHome, SSH_AUTH_SOCK: undefined, ...script.env } },
+    );
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    t.teardown(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    try {
+      const ready = await waitForLine(child.stdout!, /^ready: (.+)$/, 60_000);
+      t.equal(ready[1], remoteSocket);
+    } catch (e) {
+      child.kill('SIGKILL');
+      throw new Error(`no ready: ${(e as Error).message}; stderr: ${stderr}`);
+    }
+    t.equal(forwardsTo(jump, target.port), before + 1, 'the link runs through the jump sshd');
+    const calls = await script.calls();
+    t.equal(calls.length, 1, 'the login key was asked for once');
+    t.match(calls[0]!.find((c) => c.cmd === 'SETDESC')?.text ?? '', loginKey);
+
+    const msg = path.join(work, 'jumped.txt');
+    await writeFile(msg, 'signed beyond the bastion\n');
+    const sig = msg + '.sig';
+    const s = await server.gpg(['--batch', '-u', key.fingerprint, '-o', sig, '--detach-sign', msg]);
+    t.equal(s.code, 0, s.stderr);
+    const v = await server.gpg(['--batch', '--verify', sig, msg]);
+    t.equal(v.code, 0, v.stderr);
+    t.match(v.stderr, /Good signature from "Jo Jump/);
+
+    child.kill('SIGINT');
+    t.equal(await exited, 0, stderr);
+  },
+);

@@ -18,6 +18,7 @@ import { auditFailureLine, operationLine } from '../../workstation/audit/operati
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
+import type { UnlockedIdentities } from '../../workstation/ssh/identity-agent.js';
 import { pinentryAskPassphrase } from '../../workstation/ssh/identity-passphrase.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
 import { keepLinked } from '../../workstation/ssh/reconnect.js';
@@ -81,8 +82,8 @@ export function register(program: Command): void {
     .argument('<destination>', '[USER@]HOST')
     .option('-p, --port <port>', 'SSH port', positiveIntArg)
     .option(
-      '-J, --jump <[user@]host[:port],...>',
-      'connect through these jump hosts, each an SSH login of its own (ProxyJump; none to turn it off)',
+      '-J, --jump <hops>',
+      '[user@]host[:port][,...]: go through these jump hosts, each logged in to on its own (ProxyJump; none: directly)',
     )
     .option(
       '-i, --identity <file>',
@@ -250,6 +251,7 @@ export function register(program: Command): void {
         for (const s of signals) process.on(s, onSignal);
 
         let readyCount = 0;
+        const unlocked: UnlockedIdentities = new Map();
         const once = async () => {
           const client = await connectSsh(target, {
             ...(flags.acceptNew ? { acceptNew: true } : {}),
@@ -257,6 +259,7 @@ export function register(program: Command): void {
               program: config.pinentryProgram,
               timeoutMs: config.pinentryTimeoutMs,
             }),
+            unlocked,
             onNotice: notice,
           });
           try {

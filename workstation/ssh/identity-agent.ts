@@ -3,6 +3,7 @@
 // identity's passphrase is asked for only when that key would actually log in — as OpenSSH does.
 // Both wrappers also remember what they offered, for the "which keys were tried" error sentence.
 
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import ssh2 from 'ssh2';
 import type { ParsedKey, SigningRequestOptions } from 'ssh2';
@@ -26,6 +27,9 @@ export interface PassphraseQuestion {
  * the passphrase) when there is none: cancelled, timed out, no pinentry.
  */
 export type AskPassphrase = (q: PassphraseQuestion) => Promise<Buffer>;
+
+/** Decrypted identities kept for the life of one `keytether ssh`, as ssh-agent would. */
+export type UnlockedIdentities = Map<string, ParsedKey>;
 
 /** OpenSSH's number of passphrase tries per identity. */
 const PASSPHRASE_TRIES = 3;
@@ -74,6 +78,8 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
       askPassphrase?: AskPassphrase | undefined;
       /** `user@host`, for the passphrase dialog. */
       login?: string;
+      /** Identities unlocked by earlier connections of this process: a reconnect asks no one. */
+      unlocked?: UnlockedIdentities | undefined;
       /** The user's ssh-agent: a file whose key it holds is signed there, never unlocked. */
       agent?: ssh2.BaseAgent<ParsedKey>;
       /** Missing files are OpenSSH's unconfigured defaults: skip them silently. */
@@ -235,6 +241,16 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
   }
 
   private async decrypt(file: string, data: Buffer): Promise<ParsedKey | undefined> {
+    // Keyed by content too, so a file replaced since is asked for again.
+    const keptAs = `${file}\0${createHash('sha256').update(data).digest('hex')}`;
+    const kept = this.opts.unlocked?.get(keptAs);
+    if (kept) return kept;
+    const key = await this.askAndDecrypt(file, data);
+    if (key) this.opts.unlocked?.set(keptAs, key);
+    return key;
+  }
+
+  private async askAndDecrypt(file: string, data: Buffer): Promise<ParsedKey | undefined> {
     const ask = this.opts.askPassphrase;
     if (!ask) {
       this.notes.push({ file, outcome: 'no passphrase', detail: 'encrypted and no way to ask' });
