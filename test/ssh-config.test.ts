@@ -204,6 +204,32 @@ t.test('ProxyJump and ProxyCommand: the first obtained wins, as ssh -G says', as
       ['y', 'h2', 2201, 0],
     ],
   );
+  const v6 = resolveSshTarget({
+    target: 'j',
+    jump: '[::1]:2222,::2',
+    configFile: null,
+    systemConfigFile: null,
+    home,
+    env: {},
+  });
+  t.same(
+    v6.jumps.map((h) => [h.hostName, h.port]),
+    [
+      ['::1', 2222],
+      ['::2', 22],
+    ],
+  );
+  for (const off of [{ jump: 'none' }, { options: ['ProxyCommand=none'] }]) {
+    const r = resolveSshTarget({
+      target: 'j',
+      ...off,
+      configFile: cfg,
+      systemConfigFile: null,
+      home,
+      env: {},
+    });
+    t.same([r.jumps, r.proxyJump, r.proxyCommand], [[], undefined, undefined], JSON.stringify(off));
+  }
   const loop = path.join(dir, 'loop');
   await writeFile(loop, 'Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n');
   t.throws(
