@@ -194,7 +194,9 @@ export async function listenReplacingStale(
   const state = await probeSocket(p);
   if (state === 'live') throw new UserError(live);
   if (state === 'not-a-socket') {
-    throw new UserError(`${p} exists and is not a socket; move it away or choose --socket`);
+    throw new UserError(
+      `${p} exists and is not a socket; move it away or choose another path with --socket`,
+    );
   }
   if (state === 'stale') await fs.unlink(p);
   return listenAt(p, onConnection);

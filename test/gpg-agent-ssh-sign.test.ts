@@ -24,7 +24,11 @@ import { gpgClients } from './support/gpg-versions.js';
 const run = promisify(execFile);
 
 /** Runs ssh-keygen -Y verify over BODY; its exit code and output. */
-async function verify(allowed: string, sig: string, body: string): Promise<[number | null, string]> {
+async function verify(
+  allowed: string,
+  sig: string,
+  body: string,
+): Promise<[number | null, string]> {
   const v = execFile('ssh-keygen', [
     '-Y',
     'verify',

@@ -228,3 +228,47 @@ for (const [label, type, sigType] of [
     });
   });
 }
+
+t.test('git commit -S with gpg.format=ssh, then git verify-commit', async (t) => {
+  rules.splice(0, rules.length, { op: 'ssh-sign', action: 'allow' });
+  t.teardown(() => rules.splice(0));
+  const repo = path.join(dir, 'repo');
+  const pub = pubOf(/^ssh-ed25519 /)
+    .split(' ')
+    .slice(0, 2)
+    .join(' ');
+  const allowed = path.join(dir, 'git_allowed_signers');
+  await writeFile(allowed, `dev@example.org ${pub}\n`);
+  const gitEnv = { ...env, GIT_CONFIG_NOSYSTEM: '1', HOME: dir };
+  const git = (...args: string[]) =>
+    run(
+      'git',
+      [
+        '-C',
+        repo,
+        '-c',
+        'gpg.format=ssh',
+        '-c',
+        `user.signingkey=key::${pub}`,
+        '-c',
+        `gpg.ssh.allowedSignersFile=${allowed}`,
+        '-c',
+        'user.name=Dev',
+        '-c',
+        'user.email=dev@example.org',
+        ...args,
+      ],
+      { env: gitEnv },
+    );
+  await run('git', ['init', '-q', repo], { env: gitEnv });
+  await writeFile(path.join(repo, 'README'), 'signed over ssh-agent\n');
+  await git('add', 'README');
+  await git('commit', '-q', '-S', '-m', 'first signed commit');
+  const v = await git('verify-commit', 'HEAD');
+  t.match(v.stderr, /Good "git" signature for dev@example\.org/);
+  t.match((await records()).at(-1), {
+    op: 'ssh-sign',
+    decision: 'allowed',
+    ssh: { purpose: 'sshsig', subject: 'git' },
+  });
+});

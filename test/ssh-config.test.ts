@@ -7,7 +7,6 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { parseTarget, resolveSshTarget } from '../workstation/ssh/config.js';
-import { connectSsh } from '../workstation/ssh/connect.js';
 import {
   appendKnownHost,
   checkHostKey,
@@ -125,20 +124,132 @@ t.test('config resolution agrees with ssh -G', async (t) => {
   }
 });
 
-t.test('ProxyJump is not a notice: connectSsh refuses it in one sentence', async (t) => {
+t.test('ProxyJump and ProxyCommand: the first obtained wins, as ssh -G says', async (t) => {
   const cfg = path.join(dir, 'jump');
-  await writeFile(cfg, 'Host j\n  ProxyJump bastion\n');
-  const target = resolveSshTarget({
+  await writeFile(
+    cfg,
+    [
+      'Host j',
+      '  ProxyJump bastion',
+      'Host c',
+      '  ProxyCommand ssh -W %h:%p %r@gw',
+      '  ProxyJump ignored',
+      'Host n',
+      '  ProxyJump none',
+      'Host bastion',
+      '  HostName bastion.example.net',
+      '  Port 2222',
+      '  User hop',
+      '  ProxyJump outer',
+      // Without this, `Host *` would send these through themselves: a loop, as in OpenSSH.
+      'Host fallback outer',
+      '  ProxyJump none',
+      'Host *',
+      '  ProxyJump fallback',
+      '',
+    ].join('\n'),
+  );
+  const home = os.homedir();
+  for (const c of [
+    { target: 'j' },
+    { target: 'c' },
+    { target: 'n' },
+    { target: 'j', jump: 'x@h1:2200,h2' },
+    { target: 'c', options: ['ProxyJump=h3'] },
+  ]) {
+    const ours = resolveSshTarget({ ...c, configFile: cfg, systemConfigFile: null, home, env: {} });
+    const args = ['-F', cfg];
+    if (c.jump) args.push('-J', c.jump);
+    for (const o of c.options ?? []) args.push('-o', o);
+    const theirs = sshG([...args, c.target]);
+    const label = JSON.stringify(c);
+    t.equal(ours.proxyJump, theirs.proxyjump?.[0], `${label} ProxyJump`);
+    t.equal(
+      ours.proxyCommand,
+      theirs.proxycommand
+        ?.join(' ')
+        .replace('%h', 'c')
+        .replace('%p', '22')
+        .replace('%r', ours.user),
+      `${label} ProxyCommand`,
+    );
+    t.same(ours.unsupported, [], 'neither is a notice');
+  }
+  const j = resolveSshTarget({
     target: 'j',
     configFile: cfg,
     systemConfigFile: null,
+    home,
     env: {},
   });
-  t.same(target.unsupported, [], 'said once, by the refusal');
-  await t.rejects(connectSsh(target), {
-    name: 'UserError',
-    message: /ProxyJump, which keytether ssh does not support yet/,
+  t.same(
+    j.jumps.map((h) => `${h.user}@${h.hostName}:${h.port}`),
+    [`${os.userInfo().username}@outer:22`, 'hop@bastion.example.net:2222'],
+    "bastion's own config block, and its own ProxyJump in front of it",
+  );
+  const multi = resolveSshTarget({
+    target: 'j',
+    jump: 'x@h1:2200,ssh://y@h2:2201',
+    configFile: cfg,
+    systemConfigFile: null,
+    home,
+    env: {},
   });
+  t.same(
+    multi.jumps.map((h) => [h.user, h.hostName, h.port, h.jumps.length]),
+    [
+      // h1's config gives it ProxyJump fallback (Host *): spliced in front, as OpenSSH does.
+      [os.userInfo().username, 'fallback', 22, 0],
+      ['x', 'h1', 2200, 0],
+      ['y', 'h2', 2201, 0],
+    ],
+  );
+  const v6 = resolveSshTarget({
+    target: 'j',
+    jump: '[::1]:2222,::2',
+    configFile: null,
+    systemConfigFile: null,
+    home,
+    env: {},
+  });
+  t.same(
+    v6.jumps.map((h) => [h.hostName, h.port]),
+    [
+      ['::1', 2222],
+      ['::2', 22],
+    ],
+  );
+  for (const off of [{ jump: 'none' }, { options: ['ProxyCommand=none'] }]) {
+    const r = resolveSshTarget({
+      target: 'j',
+      ...off,
+      configFile: cfg,
+      systemConfigFile: null,
+      home,
+      env: {},
+    });
+    t.same([r.jumps, r.proxyJump, r.proxyCommand], [[], undefined, undefined], JSON.stringify(off));
+  }
+  const loop = path.join(dir, 'loop');
+  await writeFile(loop, 'Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n');
+  t.throws(
+    () => resolveSshTarget({ target: 'a', configFile: loop, systemConfigFile: null, env: {} }),
+    { name: 'UserError', message: /more than 8 jump hosts .*loop/ },
+  );
+  for (const bad of ['h1,,h2', 'h1:99999', 'a;b', '-oProxyCommand=x']) {
+    t.throws(
+      () =>
+        resolveSshTarget({
+          target: 'x',
+          jump: bad,
+          configFile: null,
+          systemConfigFile: null,
+          env: {},
+        }),
+      { name: 'UsageError' },
+      bad,
+    );
+  }
 });
 
 t.test('defaults, IdentityAgent and bad options', async (t) => {

@@ -236,9 +236,9 @@ t.test(
     await h.authorize(await readFile(accepted + '.pub', 'utf8'));
     const asked: string[] = [];
     const c = await connected(t, target({ identities: [refused, accepted] }), {
-      askPassphrase: async (file) => {
+      askPassphrase: async ({ file }) => {
         asked.push(file);
-        return 'right horse';
+        return Buffer.from('right horse');
       },
     });
     t.same(asked, [accepted]);

@@ -99,6 +99,10 @@ export function register(program: Command): void {
       '--gnupg-home <dir>',
       'GnuPG home of the gpg-agent back end (default $GNUPGHOME or ~/.gnupg)',
     )
+    .option(
+      '--ssh-agent-backend <socket>',
+      "also offer this ssh-agent's keys for SSH signatures (SSH_AUTH_SOCK: that variable's)",
+    )
     .action(
       action(async (flags: AgentFlags, cmd: Command) => {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };

@@ -18,6 +18,8 @@ import { auditFailureLine, operationLine } from '../../workstation/audit/operati
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
 import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
+import type { UnlockedIdentities } from '../../workstation/ssh/identity-agent.js';
+import { pinentryAskPassphrase } from '../../workstation/ssh/identity-passphrase.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
 import { keepLinked } from '../../workstation/ssh/reconnect.js';
 import { UserError } from '../../system/user-error.js';
@@ -33,6 +35,7 @@ import { loadHolderConfig } from './agent.js';
 
 interface SshFlags extends ConfigFlags {
   port?: number;
+  jump?: string;
   identity?: string[];
   option?: string[];
   remoteSocket?: string;
@@ -74,13 +77,21 @@ export function register(program: Command): void {
       'after',
       examples(
         'keytether ssh build@ci.example.com',
-        'keytether ssh -p 2222 --import-keys build@ci.example.com',
+        'keytether ssh -J bastion.example.com --import-keys build@ci.internal',
       ),
     )
     .description('forward the holder to HOST over SSH until interrupted or the connection ends')
     .argument('<destination>', '[USER@]HOST')
     .option('-p, --port <port>', 'SSH port', positiveIntArg)
-    .option('-i, --identity <file>', 'SSH identity file (repeatable)', collect)
+    .option(
+      '-J, --jump <hops>',
+      '[user@]host[:port][,...]: go through these jump hosts, each logged in to on its own (ProxyJump; none: directly)',
+    )
+    .option(
+      '-i, --identity <file>',
+      'SSH identity file (repeatable); an encrypted one is unlocked through the pinentry',
+      collect,
+    )
     .option('-o, --option <name=value>', 'ssh_config option (repeatable)', collect)
     .option(
       '--remote-socket <path>',
@@ -111,7 +122,10 @@ export function register(program: Command): void {
       'in-process holder: also connect out to this relay (repeatable)',
       collect,
     )
-    .option('--pinentry-program <path>', 'in-process holder: pinentry to ask for passphrases with')
+    .option(
+      '--pinentry-program <path>',
+      'pinentry for SSH identity passphrases, and for the in-process holder',
+    )
     .option(
       '--pinentry-timeout <duration>',
       'in-process holder: give up on an unanswered pinentry after this long (default 60s)',
@@ -156,6 +170,7 @@ export function register(program: Command): void {
           ...(flags.port !== undefined ? { port: flags.port } : {}),
           identities: flags.identity ?? [],
           options: flags.option ?? [],
+          ...(flags.jump !== undefined ? { jump: flags.jump } : {}),
         });
         const notice = (s: string) => process.stderr.write(`keytether ssh: ${s}\n`);
         const software = `keytether/${packageVersion()}`;
@@ -243,9 +258,15 @@ export function register(program: Command): void {
 
         let readyCount = 0;
         let sshAgentPath: string | undefined;
+        const unlocked: UnlockedIdentities = new Map();
         const once = async () => {
           const client = await connectSsh(target, {
             ...(flags.acceptNew ? { acceptNew: true } : {}),
+            askPassphrase: pinentryAskPassphrase({
+              program: config.pinentryProgram,
+              timeoutMs: config.pinentryTimeoutMs,
+            }),
+            unlocked,
             onNotice: notice,
           });
           try {

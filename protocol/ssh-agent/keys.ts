@@ -1,8 +1,9 @@
 // SSH public key blobs and signatures (RFC 4253 §6.6, RFC 5656, RFC 8332, RFC 8709) built from
 // the holder's S-expressions: a key's `(10:public-key…)` and a signature's `(7:sig-val…)`.
 
-import { findList, mpiUsg, parseSexp, type Sexp } from '../sexp.js';
-import { sshMpint, sshString } from './wire.js';
+import type { PublicKeyParams } from '../keygrip.js';
+import { atom, encodeSexp, findList, mpiUsg, parseSexp, type Sexp } from '../sexp.js';
+import { SshReader, sshMpint, sshString, WireError } from './wire.js';
 
 export type SshHash = 'sha1' | 'sha256' | 'sha384' | 'sha512';
 
@@ -102,4 +103,75 @@ export function rsaModulusBytes(publicKey: Uint8Array): number {
   const parsed = parseSexp(publicKey);
   if (!parsed.ok) return 0;
   return mpiUsg(value(parsed.value, 'n') ?? Buffer.alloc(0)).length;
+}
+
+const NIST_CURVES: Record<string, 'NIST P-256' | 'NIST P-384' | 'NIST P-521'> = {
+  nistp256: 'NIST P-256',
+  nistp384: 'NIST P-384',
+  nistp521: 'NIST P-521',
+};
+
+/**
+ * An SSH public key blob as the holder names keys: the public parameters (for the keygrip and
+ * the `(10:public-key…)`) and an algorithm label. Undefined for types keytether does not sign
+ * with (certificates, security keys, DSA).
+ */
+export function publicKeyFromBlob(
+  blob: Uint8Array,
+): { params: PublicKeyParams; algorithm: string } | undefined {
+  try {
+    const r = new SshReader(Buffer.from(blob));
+    const type = r.text();
+    if (type === 'ssh-ed25519') {
+      const point = r.string();
+      r.end();
+      if (point.length !== 32) return undefined;
+      const q = Buffer.concat([Buffer.from([0x40]), point]);
+      return { params: { kind: 'ecc', curve: 'Ed25519', q }, algorithm: 'ed25519' };
+    }
+    if (type.startsWith('ecdsa-sha2-')) {
+      const id = r.text();
+      const q = r.string();
+      r.end();
+      const curve = NIST_CURVES[id];
+      if (!curve || type !== `ecdsa-sha2-${id}` || q[0] !== 0x04) return undefined;
+      return { params: { kind: 'ecc', curve, q }, algorithm: id };
+    }
+    if (type === 'ssh-rsa') {
+      const e = mpiUsg(r.string());
+      const n = mpiUsg(r.string());
+      r.end();
+      if (n.length < 128 || e.length === 0) return undefined;
+      return { params: { kind: 'rsa', n, e }, algorithm: `rsa${n.length * 8}` };
+    }
+    return undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The holder's `(7:sig-val…)` for an SSH signature blob (the inverse of sshSignature). */
+export function sigValFromSsh(signature: Uint8Array): Buffer {
+  const r = new SshReader(Buffer.from(signature));
+  const type = r.text();
+  const sig = r.string();
+  r.end();
+  if (type === 'ssh-ed25519') {
+    if (sig.length !== 64) throw new WireError('malformed ssh-ed25519 signature');
+    return encodeSexp([
+      atom('sig-val'),
+      [atom('eddsa'), [atom('r'), sig.subarray(0, 32)], [atom('s'), sig.subarray(32)]],
+    ]);
+  }
+  if (type.startsWith('ecdsa-sha2-nistp')) {
+    const rs = new SshReader(sig);
+    const rv = mpiUsg(rs.string());
+    const sv = mpiUsg(rs.string());
+    rs.end();
+    return encodeSexp([atom('sig-val'), [atom('ecdsa'), [atom('r'), rv], [atom('s'), sv]]]);
+  }
+  if (type === 'rsa-sha2-256' || type === 'rsa-sha2-512' || type === 'ssh-rsa') {
+    return encodeSexp([atom('sig-val'), [atom('rsa'), [atom('s'), mpiUsg(sig)]]]);
+  }
+  throw new WireError(`unexpected signature type ${type}`);
 }

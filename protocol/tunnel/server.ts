@@ -144,7 +144,9 @@ export function serveTunnel(
           inv = await holder.inventory();
           header = {
             type: 'inventory' as const,
-            keys: inv.keys.map((k) => ({
+            // SSH-only keys (an ssh-agent back end, imported OpenSSH keys) have no OpenPGP
+            // fingerprint, which the facade's schema requires; they serve ssh-agent fronts only.
+            keys: inv.keys.filter(isOpenPgpKey).map((k) => ({
               ...k,
               publicKey: Buffer.from(k.publicKey).toString('base64'),
             })),
@@ -374,4 +376,9 @@ export function serveTunnel(
     ready,
     closed,
   };
+}
+
+/** An SSH-only key is known by its `SHA256:` fingerprint instead. */
+function isOpenPgpKey(k: { fingerprint: string }): boolean {
+  return !k.fingerprint.startsWith('SHA256:');
 }

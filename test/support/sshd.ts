@@ -26,6 +26,8 @@ export interface StartSshdOptions {
   extraConfig?: string[];
   /** Also authorise the client key for SECOND_USER, creating it with useradd when root. */
   secondUser?: boolean;
+  /** sshd's LogLevel (default VERBOSE); DEBUG1 also logs each forwarding channel it opens. */
+  logLevel?: 'VERBOSE' | 'DEBUG1';
 }
 
 export interface Sshd {
@@ -48,7 +50,7 @@ export interface Sshd {
   dir: string;
   /** What remote sessions get through SetEnv (PATH etc.). */
   env: Record<string, string>;
-  /** Everything sshd logged so far (LogLevel VERBOSE). */
+  /** Everything sshd logged so far (LogLevel VERBOSE unless logLevel says otherwise). */
   log(): string;
   /** Authorises another public key line for `forUser` (default: user). */
   authorize(pubLine: string, forUser?: string): Promise<void>;
@@ -253,7 +255,7 @@ export async function startSshd(opts: StartSshdOptions = {}): Promise<Sshd> {
         .map(([k, v]) => sshdConfigValue(k, v))
         .join(' ')}`,
       `Subsystem sftp internal-sftp`,
-      `LogLevel VERBOSE`,
+      `LogLevel ${opts.logLevel ?? 'VERBOSE'}`,
       ...(opts.extraConfig ?? []),
       '',
     ].join('\n');

@@ -12,6 +12,7 @@ import type {
   NoPromptMode,
   Requester,
 } from '../../protocol/keyholder.js';
+import type { SshHash } from '../../protocol/ssh-agent/keys.js';
 
 /** What a back end hands the holder once a key may be used (after its own unlock step, if any). */
 export interface KeyOperator {
@@ -22,6 +23,11 @@ export interface KeyOperator {
    * the key or its back end cannot sign a whole message.
    */
   signMessage?(data: Uint8Array): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Canonical `(7:sig-val…)` of an SSH signature over DATA with HASH (absent for EdDSA), for a
+   * back end that is itself an ssh-agent and signs data, not digests. Preferred when present.
+   */
+  signSsh?(data: Uint8Array, hash: SshHash | undefined): Uint8Array | Promise<Uint8Array>;
   decrypt(encVal: Uint8Array): DecryptResult | Promise<DecryptResult>;
   /** Called once when the operation is done with the key (it may be destroyed from then on). */
   release?(): void;

@@ -89,3 +89,40 @@ export async function exportPublicKeys(tools: GnupgTools, keygrips: string[]): P
     MAX_EXPORT_BYTES,
   );
 }
+
+/**
+ * `gpg -K --with-colons --with-keygrip` for the keys holding KEYGRIPS: how keys openpgp.js cannot
+ * read (gpg 2.4's v5 Ed448/X448 keys) are named.
+ */
+export async function listSecretKeysColons(tools: GnupgTools, keygrips: string[]): Promise<string> {
+  const specs = keygrips.filter((g) => /^[0-9A-F]{40}$/i.test(g)).map((g) => `&${g}`);
+  if (specs.length === 0) return '';
+  const out = await run(
+    tools.gpg,
+    ['--batch', '--no-tty', '--no-autostart', '--with-colons', '--with-keygrip', '-K', ...specs],
+    tools,
+    MAX_EXPORT_BYTES,
+  );
+  return out.toString('utf8');
+}
+
+/** The armored public certificate of FINGERPRINT, with only the newest self-signatures. */
+export async function exportArmoredKey(tools: GnupgTools, fingerprint: string): Promise<string> {
+  if (!/^([0-9A-F]{40}|[0-9A-F]{64})$/.test(fingerprint)) return '';
+  const out = await run(
+    tools.gpg,
+    [
+      '--batch',
+      '--no-tty',
+      '--no-autostart',
+      '--armor',
+      '--export-options',
+      'export-minimal',
+      '--export',
+      fingerprint,
+    ],
+    tools,
+    MAX_EXPORT_BYTES,
+  );
+  return out.toString('utf8');
+}

@@ -97,7 +97,9 @@ export async function openAgentTunnel(
 ): Promise<AgentTunnel | undefined> {
   const timeoutMs = opts.timeoutMs ?? REQUEST_TIMEOUT_MS;
   if (host.length === 0 || host.length > MAX_HOST_CHARS || /[\x00-\x1f\x7f\s]/.test(host)) {
-    throw new UserError(`the host name is not usable with the running keytether agent`);
+    throw new UserError(
+      `the host name is empty, longer than ${MAX_HOST_CHARS} characters, or holds spaces or control characters, so the running keytether agent cannot serve it; check the destination, or pass --no-agent`,
+    );
   }
   const conn = await request(home, `tunnel ssh ${encodeURIComponent(host)}`, timeoutMs);
   if (!conn) return undefined;

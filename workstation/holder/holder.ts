@@ -340,7 +340,7 @@ export class Holder implements KeyHolder {
     }
     const blindRefusal =
       op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
-        ? refuseBlind(verdict.clearSign, clear?.why)
+        ? refuseBlind(verdict.clearSign, clear?.why, asked.certifyCapable)
         : undefined;
     if (blindRefusal !== undefined) {
       await refused('denied', blindRefusal, 'refused as blind signatures');
@@ -426,36 +426,5 @@ function usable(op: Op, u: string, front: Requester['front']): boolean {
   return u === 'sign' || (u === 'certify' && front === 'local');
 }
 
-/** Something whose inventory can be watched, as `Holder` can (duck-typed for wrappers). */
-export interface InventoryWatchable {
-  onInventoryChange(listener: () => void): () => void;
-}
-
-/**
- * The `onInventoryChange` option of serveTunnel for HOLDER: subscribes to its changes when it can
- * report them, undefined when it cannot (a tunnel client, a plain KeyHolder).
- */
-export function inventoryWatcher(
-  holder: KeyHolder,
-): ((changed: () => void) => () => void) | undefined {
-  const w = holder as Partial<InventoryWatchable>;
-  if (typeof w.onInventoryChange !== 'function') return undefined;
-  return (changed) => w.onInventoryChange!(changed);
-}
-
 export { GpgError };
-
-/**
- * The serveTunnel options that bound one link to HOLDER (its requestsPerLink), with a log line
- * on stderr when a link floods; the default cap for a holder without limits of its own.
- */
-export function linkLimits(holder: KeyHolder): {
-  maxInFlight?: number;
-  onLimit: (sentence: string) => void;
-} {
-  const limiter = (holder as { limiter?: RequestLimiter }).limiter;
-  return {
-    ...(limiter instanceof RequestLimiter ? { maxInFlight: limiter.limits.requestsPerLink } : {}),
-    onLimit: (sentence) => process.stderr.write(`keytether: ${sentence}\n`),
-  };
-}
+export { inventoryWatcher, linkLimits, type InventoryWatchable } from './tunnel-options.js';

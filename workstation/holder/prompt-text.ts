@@ -35,10 +35,13 @@ export function confirmText(
 export function refuseBlind(
   setting: ClearSignSetting,
   why: string | undefined,
+  certifyCapable: boolean,
 ): string | undefined {
   if (setting !== 'required') return undefined;
+  // A signing subkey helps only where the default for certify-capable keys is what refused.
+  const subkey = certifyCapable ? 'sign with a signing subkey, or ' : '';
   return (
     `clear-sign required: ${why ?? 'the holder cannot see what it signs'}; ` +
-    `sign with a signing subkey, or through 'keytether git-sign' so the holder can check the data`
+    `${subkey}sign through 'keytether git-sign' (git's gpg.program; "$KEYTETHER_GIT_SIGN" for files) so the holder can check the data`
   );
 }

@@ -16,6 +16,7 @@ import { UnlockCache } from './unlock-cache.js';
 import type { Backend } from '../backends/backend.js';
 import { BuiltinBackend } from '../backends/builtin.js';
 import { GpgAgentBackend } from '../backends/gpg-agent.js';
+import { SshAgentBackend } from '../backends/ssh-agent.js';
 import type { CommandObserver } from '../backends/agent-connection.js';
 import { UserError } from '../../system/user-error.js';
 
@@ -92,6 +93,9 @@ export async function openHolderRuntime(
   if (config.backend !== 'gpg-agent')
     backends.push(new BuiltinBackend({ keystore, pinentry, cache }));
   if (gpgAgent) backends.push(gpgAgent);
+  if (config.sshAgentBackend !== undefined) {
+    backends.push(new SshAgentBackend({ socket: config.sshAgentBackend }));
+  }
   const holder = new Holder({
     backends,
     keystore,

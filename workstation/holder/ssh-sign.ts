@@ -45,6 +45,7 @@ export async function prepareSshSign(
   }
   const data = Buffer.from(req.data);
   const act = (key: KeyOperator): Uint8Array | Promise<Uint8Array> => {
+    if (key.signSsh) return key.signSsh(data, req.hash);
     if (req.hash !== undefined) {
       return key.sign(HASH_IDS[req.hash], createHash(req.hash).update(data).digest());
     }

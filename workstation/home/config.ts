@@ -12,61 +12,19 @@ import {
   limitsSchemaShape,
   type RequestLimits,
 } from './limits-config.js';
+import { ConfigError, valueAt } from './config-error.js';
+import { duration, parseDuration } from './duration.js';
+import { parsePolicyFlag, ruleSchema, toRule, type PolicyRule } from './policy-rules.js';
 
-/** A config file or flag the holder cannot use; the message is one sentence for the user. */
-export class ConfigError extends Error {
-  /** Set when the bad value came from a command-line flag (the CLI reports those as usage errors). */
-  readonly flag: string | undefined;
-  /** When the file has several problems: one sentence each, in the order to fix them. */
-  readonly problems: readonly string[];
-  constructor(message: string, flag?: string, problems: readonly string[] = []) {
-    super(message);
-    this.name = 'ConfigError';
-    this.flag = flag;
-    this.problems = problems;
-  }
-}
-
-export type Front = 'local' | 'ssh' | 'relay';
-export type PolicyAction = 'allow' | 'confirm' | 'deny';
-
-/** One `[[policy]]` rule; an absent matcher field matches anything. */
-export interface PolicyRule {
-  front?: Front | '*';
-  /** Glob (`*`, `?`) over the remote host name, case-insensitive. */
-  host?: string;
-  /** Glob over the token id. */
-  token?: string;
-  /** Fingerprint, keygrip, 16-hex-digit long key id, or `*`. */
-  key?: string;
-  op?: 'sign' | 'decrypt' | 'ssh-sign' | '*';
-  /**
-   * For `ssh-sign` logins: where the server may log in with the key — a `SHA256:` host key
-   * fingerprint, a host name the workstation's known_hosts records for the proven host key, or a
-   * glob over its plain names.
-   */
-  destination?: string;
-  /** true: only certify-capable keys; false: only keys that cannot certify. */
-  certify?: boolean;
-  /**
-   * Glob over the program names of the requesting process and its parents (`git` matches a gpg
-   * that git started). The server reports them, so only `allow` rules may have it: it can keep
-   * such a rule from matching, never make a refusal or a confirmation go away.
-   */
-  process?: string;
-  /** Absent only on rules that set `clear-sign` alone; those never decide the action. */
-  action?: PolicyAction;
-  /**
-   * What a remote signature the holder cannot verify (blind) gets: `required` refuses it,
-   * `preferred` and `off` let it through. Default: required for certify-capable keys. Decided by
-   * the first matching rule that sets it, independently of the rule that decides the action.
-   */
-  clearSign?: 'required' | 'preferred' | 'off';
-  /** After one confirmation, allow the same front+host+token+key+op for this long. */
-  rememberMs?: number;
-  /** Where the rule came from, for the decision's human description. */
-  origin?: string;
-}
+export { ConfigError } from './config-error.js';
+export { formatDuration, parseDuration } from './duration.js';
+export {
+  parsePolicyFlag,
+  POLICY_RULE_KEYS,
+  type Front,
+  type PolicyAction,
+  type PolicyRule,
+} from './policy-rules.js';
 
 export interface Config {
   pinentryProgram: string | undefined;
@@ -82,6 +40,11 @@ export interface Config {
   backend: 'builtin' | 'gpg-agent' | 'auto';
   /** GNUPGHOME of the gpg-agent back end (absolute); undefined: $GNUPGHOME or ~/.gnupg. */
   gnupgHome: string | undefined;
+  /**
+   * The workstation's own ssh-agent socket whose keys the holder also offers for SSH signatures
+   * (absolute); undefined: none. `SSH_AUTH_SOCK` in the file means that variable at start.
+   */
+  sshAgentBackend: string | undefined;
   /** `write`: audit records reach the kernel before a result is sent; `fsync`: also the disk. */
   auditSync: 'write' | 'fsync';
   socket: string | undefined;
@@ -103,6 +66,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   maxCacheTtlMs: 7_200_000,
   backend: 'auto',
   gnupgHome: undefined,
+  sshAgentBackend: undefined,
   auditSync: 'write',
   socket: undefined,
   relay: [],
@@ -114,116 +78,6 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
 const MAX_RULES = 1000;
-const MAX_DURATION_MS = 10 * 366 * 86_400_000;
-const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/**
- * `15m`, `1h`, `90s`, `2d`, `1h30m`, or plain seconds (`600`, or the number 600) → milliseconds.
- * Throws ConfigError on anything else.
- */
-export function parseDuration(text: string | number): number {
-  const bad = () =>
-    new ConfigError(
-      // Quoted as JSON so that a newline or control character in the value stays on one line.
-      `${JSON.stringify(String(text).slice(0, 40))} is not a duration: use seconds or a number with s, m, h or d, like 15m`,
-    );
-  let ms: number;
-  if (typeof text === 'number') {
-    if (!Number.isInteger(text) || text < 0) throw bad();
-    ms = text * 1000;
-  } else {
-    const s = text.trim();
-    if (s.length === 0 || s.length > 32) throw bad();
-    if (/^\d+$/.test(s)) {
-      ms = Number(s) * 1000;
-    } else {
-      if (!/^(\d+[smhd])+$/i.test(s)) throw bad();
-      ms = 0;
-      for (const m of s.matchAll(/(\d+)([smhd])/gi)) {
-        ms += Number(m[1]) * (UNIT_MS[m[2]!.toLowerCase()] ?? NaN);
-      }
-    }
-  }
-  if (!Number.isSafeInteger(ms) || ms > MAX_DURATION_MS) throw bad();
-  return ms;
-}
-
-/** Milliseconds → the shortest duration parseDuration reads back, like `30d` or `1h30m`. */
-export function formatDuration(ms: number): string {
-  let rest = Math.max(0, Math.round(ms / 1000)) * 1000;
-  if (rest === 0) return '0s';
-  let out = '';
-  for (const unit of ['d', 'h', 'm', 's']) {
-    const size = UNIT_MS[unit]!;
-    const n = Math.floor(rest / size);
-    if (n > 0) out += `${n}${unit}`;
-    rest -= n * size;
-  }
-  return out;
-}
-
-const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  try {
-    return parseDuration(v);
-  } catch (e) {
-    ctx.addIssue({ code: 'custom', message: (e as Error).message });
-    return z.NEVER;
-  }
-});
-
-function normaliseKeySpec(s: string): string {
-  return s.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
-}
-
-const keySpec = z
-  .string()
-  .max(100)
-  .refine(
-    (s) => s === '*' || /^([0-9A-F]{16}|[0-9A-F]{40}|[0-9A-F]{64})$/.test(normaliseKeySpec(s)),
-    {
-      message: 'must be "*", a fingerprint, a keygrip or a 16-hex-digit key id',
-    },
-  );
-
-const ruleSchema = z
-  .strictObject({
-    front: z.enum(['local', 'ssh', 'relay', '*']).optional(),
-    host: z.string().min(1).max(255).optional(),
-    token: z.string().min(1).max(128).optional(),
-    key: keySpec.optional(),
-    op: z.enum(['sign', 'decrypt', 'ssh-sign', '*']).optional(),
-    destination: z
-      .string()
-      .min(1)
-      .max(255)
-      .regex(/^[^\s,]+$/, 'must be one host name, host:port, glob or SHA256: fingerprint')
-      .optional(),
-    certify: z.boolean().optional(),
-    process: z
-      .string()
-      .min(1)
-      .max(64)
-      .regex(/^[^\s/]+$/, 'must be a program name or a glob over one, like "git"')
-      .optional(),
-    action: z.enum(['allow', 'confirm', 'deny']).optional(),
-    'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
-    remember: duration.optional(),
-  })
-  .refine((r) => r.action !== undefined || r['clear-sign'] !== undefined, {
-    message: 'a rule needs an action (allow, confirm, deny) or a clear-sign setting',
-    path: ['action'],
-  })
-  // A faked process chain dodges any deny/confirm/clear-sign rule that depends on it, so such a
-  // rule would look like protection and be none; on an allow rule it can only narrow.
-  .refine(
-    (r) => r.process === undefined || (r.action === 'allow' && r['clear-sign'] === undefined),
-    {
-      message:
-        'only an "allow" rule without "clear-sign" may have "process": the server reports its processes and could lie to dodge a deny or confirm; put the allow rule with "process" before a deny or confirm rule without it',
-      path: ['process'],
-    },
-  );
-
 const fileSchema = z.strictObject({
   'pinentry-program': z.string().min(1).max(4096).optional(),
   'pinentry-timeout': duration.optional(),
@@ -232,6 +86,7 @@ const fileSchema = z.strictObject({
   backend: z.enum(['builtin', 'gpg-agent', 'auto']).optional(),
   'audit-sync': z.enum(['write', 'fsync']).optional(),
   'gnupg-home': z.string().min(1).max(4096).optional(),
+  'ssh-agent-backend': z.string().min(1).max(4096).optional(),
   socket: z.string().min(1).max(4096).optional(),
   // One relay is the common case, so a bare string is accepted as well as a list.
   relay: z
@@ -244,25 +99,6 @@ const fileSchema = z.strictObject({
 
 /** Every setting config.toml accepts, and every field of a `[[policy]]` rule (for the docs' test). */
 export const CONFIG_KEYS: readonly string[] = Object.keys(fileSchema.shape);
-export const POLICY_RULE_KEYS: readonly string[] = Object.keys(ruleSchema.shape);
-
-type RuleInput = z.output<typeof ruleSchema>;
-
-function toRule(r: RuleInput, origin: string): PolicyRule {
-  const rule: PolicyRule = { origin };
-  if (r.action !== undefined) rule.action = r.action;
-  if (r.front !== undefined) rule.front = r.front;
-  if (r.host !== undefined) rule.host = r.host;
-  if (r.token !== undefined) rule.token = r.token;
-  if (r.key !== undefined) rule.key = r.key === '*' ? '*' : normaliseKeySpec(r.key);
-  if (r.op !== undefined) rule.op = r.op;
-  if (r.destination !== undefined) rule.destination = r.destination;
-  if (r.certify !== undefined) rule.certify = r.certify;
-  if (r.process !== undefined) rule.process = r.process;
-  if (r.remember !== undefined) rule.rememberMs = r.remember;
-  if (r['clear-sign'] !== undefined) rule.clearSign = r['clear-sign'];
-  return rule;
-}
 
 /** Best-effort line of a setting in the TOML text, so the message can point at it. */
 function findLine(text: string, path: PropertyKey[]): number | undefined {
@@ -310,15 +146,6 @@ function describePath(path: PropertyKey[], key?: string): string {
     return rest ? `"${rest}" in policy rule ${parts[1] + 1}` : `policy rule ${parts[1] + 1}`;
   }
   return `"${parts.map(String).join('.')}"`;
-}
-
-function valueAt(raw: unknown, path: PropertyKey[]): unknown {
-  let v = raw;
-  for (const k of path) {
-    if (v === null || typeof v !== 'object') return undefined;
-    v = (v as Record<PropertyKey, unknown>)[k];
-  }
-  return v;
 }
 
 function issueSentence(issue: z.core.$ZodIssue, file: string, text: string, raw: unknown): string {
@@ -415,6 +242,7 @@ export function parseConfig(text: string, file: string): Config {
       c['gnupg-home'] !== undefined
         ? resolve(dirname(file), expandTilde(c['gnupg-home']))
         : DEFAULT_CONFIG.gnupgHome,
+    sshAgentBackend: agentSocket(c['ssh-agent-backend'], (p) => resolve(dirname(file), p)),
     auditSync: c['audit-sync'] ?? DEFAULT_CONFIG.auditSync,
     socket: c.socket ?? DEFAULT_CONFIG.socket,
     relay: typeof c.relay === 'string' ? [c.relay] : (c.relay ?? []),
@@ -470,6 +298,8 @@ export interface ConfigFlags {
   backend?: string;
   /** `--gnupg-home DIR` (relative to the working directory; `~` expanded). */
   gnupgHome?: string;
+  /** `--ssh-agent-backend SOCKET` (or `SSH_AUTH_SOCK`). */
+  sshAgentBackend?: string;
   auditSync?: string;
   socket?: string;
   relay?: string[];
@@ -483,37 +313,6 @@ function flagDuration(value: string | number, flag: string): number {
   } catch (e) {
     throw new ConfigError(`${flag}: ${(e as Error).message}`, flag);
   }
-}
-
-/** `front=ssh,op=decrypt,action=confirm` → a rule, validated by the same schema as the file. */
-export function parsePolicyFlag(text: string): PolicyRule {
-  if (text.length > 1024) throw new ConfigError('--policy: the rule is too long', '--policy');
-  const obj: Record<string, unknown> = {};
-  for (const part of text.split(',')) {
-    const m = /^\s*([a-z-]+)\s*=\s*(.*?)\s*$/.exec(part);
-    if (!m) {
-      throw new ConfigError(
-        `--policy: "${part.slice(0, 40)}" is not name=value; write e.g. --policy 'front=ssh,op=decrypt,action=confirm'`,
-        '--policy',
-      );
-    }
-    const [, name, value] = m as unknown as [string, string, string];
-    obj[name] =
-      name === 'certify' ? (value === 'true' ? true : value === 'false' ? false : value) : value;
-  }
-  const r = ruleSchema.safeParse(obj);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    const name = issue.code === 'unrecognized_keys' ? issue.keys[0] : issue.path.join('.');
-    const why =
-      issue.code === 'unrecognized_keys'
-        ? 'unknown rule field'
-        : valueAt(obj, issue.path) === undefined
-          ? 'missing'
-          : issue.message;
-    throw new ConfigError(`--policy: "${name}": ${why}`, '--policy');
-  }
-  return toRule(r.data, `--policy ${text}`);
 }
 
 /** Overlay flags on a config; flags win, and flag policy rules are checked before the file's. */
@@ -539,6 +338,9 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
     out.backend = flags.backend;
   }
   if (flags.gnupgHome !== undefined) out.gnupgHome = resolve(expandTilde(flags.gnupgHome));
+  if (flags.sshAgentBackend !== undefined) {
+    out.sshAgentBackend = agentSocket(flags.sshAgentBackend, (p) => resolve(p));
+  }
   if (flags.auditSync !== undefined) {
     if (flags.auditSync !== 'write' && flags.auditSync !== 'fsync') {
       throw new ConfigError(
@@ -554,4 +356,14 @@ export function mergeFlags(config: Config, flags: ConfigFlags): Config {
     out.policy = [...flags.policy.map(parsePolicyFlag), ...config.policy];
   }
   return out;
+}
+
+/** `SSH_AUTH_SOCK` → that variable's socket (none when unset); a path, made absolute. */
+function agentSocket(
+  value: string | undefined,
+  absolute: (p: string) => string,
+): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'SSH_AUTH_SOCK') return process.env.SSH_AUTH_SOCK || undefined;
+  return absolute(expandTilde(value));
 }

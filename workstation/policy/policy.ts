@@ -4,9 +4,9 @@
 import type { Requester } from '../../protocol/keyholder.js';
 import type { ApprovalMemory, ApprovalScope } from './approvals.js';
 import { destinationMatches, type Destination } from './destination.js';
-import type { Front, PolicyAction, PolicyRule } from '../home/config.js';
+import type { Front, PolicyAction, PolicyRule } from '../home/policy-rules.js';
 
-export type { PolicyRule } from '../home/config.js';
+export type { PolicyRule } from '../home/policy-rules.js';
 
 export interface PolicyRequest {
   front: Front;
@@ -105,6 +105,9 @@ export function keyMatches(
   key: { fingerprint: string; primaryFingerprint: string; keygrip: string },
 ): boolean {
   if (spec === '*') return true;
+  // Keys of an ssh-agent back end are known by their SSH fingerprint (base64: case matters).
+  if (spec.startsWith('SHA256:'))
+    return spec === key.fingerprint || spec === key.primaryFingerprint;
   const s = norm(spec);
   const fprs = [norm(key.fingerprint), norm(key.primaryFingerprint)];
   if (s.length === 16) {

@@ -8,6 +8,10 @@ import os from 'node:os';
 import path from 'node:path';
 import SSHConfig from 'ssh-config';
 import { UsageError, UserError } from '../../system/user-error.js';
+import { FORBIDDEN_NAME_CHARS, expandTokens, parsePort, parseTarget } from './destination.js';
+import { resolveProxy, type ProxySettings } from './proxy-config.js';
+
+export { expandTokens, parsePort, parseTarget } from './destination.js';
 
 export type StrictHostKeyChecking = 'yes' | 'no' | 'ask' | 'accept-new';
 
@@ -36,8 +40,14 @@ export interface SshTarget {
   connectTimeoutMs: number | undefined;
   serverAliveIntervalMs: number | undefined;
   serverAliveCountMax: number | undefined;
-  /** ProxyJump / ProxyCommand as configured; keytether does not support them yet. */
+  /** ProxyJump as configured or given with -J (undefined for none). */
   proxyJump: string | undefined;
+  /**
+   * The hosts to pass through, first one first, each resolved from its own config block as
+   * OpenSSH does (a first hop's own ProxyJump is spliced in front of it).
+   */
+  jumps: SshTarget[];
+  /** ProxyCommand with its %-tokens expanded, when it (not ProxyJump) applies. */
   proxyCommand: string | undefined;
   /** Plain sentences about configuration that was ignored. */
   unsupported: string[];
@@ -52,6 +62,8 @@ export interface ResolveSshTargetOptions {
   identities?: string[];
   /** `-o Name=Value` (repeatable): beat the config files. */
   options?: string[];
+  /** `-J [USER@]HOST[:PORT][,…]`: ProxyJump given on the command line. */
+  jump?: string;
   /** User config; default `~/.ssh/config`; null for none. */
   configFile?: string | null;
   /** System config; default `/etc/ssh/ssh_config`; null for none. */
@@ -67,9 +79,6 @@ const MAX_CONFIG_BYTES = 1024 * 1024;
 const MAX_INCLUDE_DEPTH = 16;
 const MAX_INCLUDED_FILES = 256;
 const MAX_OPTION_LENGTH = 4096;
-// OpenSSH's valid_hostname()/valid_ruser() refuse these so a name can never smuggle shell syntax
-// into a ProxyCommand or a `%h` expansion.
-const FORBIDDEN_NAME_CHARS = /[\s\x00-\x1f\x7f'`"$\\;&<>|(){}]/;
 const DEFAULT_IDENTITIES = [
   'id_rsa',
   'id_ecdsa',
@@ -80,49 +89,6 @@ const DEFAULT_IDENTITIES = [
   'id_dsa',
 ];
 const NOT_ALLOWED_ON_COMMAND_LINE = new Set(['host', 'match', 'include']);
-
-interface ParsedTarget {
-  user: string | undefined;
-  host: string;
-  port: number | undefined;
-}
-
-/** Splits `[USER@]HOST` (the last `@` separates, as in OpenSSH) or `ssh://[USER@]HOST[:PORT]`. */
-export function parseTarget(target: string): ParsedTarget {
-  let rest = target;
-  let port: number | undefined;
-  if (/^ssh:\/\//i.test(rest)) {
-    rest = rest.slice('ssh://'.length).replace(/\/$/, '');
-    const m = /^(.*?)(?::(\d+))?$/.exec(rest);
-    if (m?.[2] !== undefined) {
-      port = parsePort(m[2], 'the port in ' + target);
-      rest = m[1] ?? '';
-    }
-  }
-  const at = rest.lastIndexOf('@');
-  const user = at >= 0 ? rest.slice(0, at) : undefined;
-  let host = at >= 0 ? rest.slice(at + 1) : rest;
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  if (host === '')
-    throw new UsageError(`no host name in ${JSON.stringify(target)}; use [USER@]HOST`);
-  if (host.startsWith('-') || FORBIDDEN_NAME_CHARS.test(host) || host.length > 255) {
-    throw new UsageError(`${JSON.stringify(host)} is not a valid host name`);
-  }
-  if (user !== undefined && (user === '' || FORBIDDEN_NAME_CHARS.test(user) || user.length > 255)) {
-    throw new UsageError(`${JSON.stringify(user)} is not a valid remote user name`);
-  }
-  return { user, host, port };
-}
-
-export function parsePort(text: string, what: string): number {
-  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > 65535) {
-    throw new UsageError(
-      `${what} must be a port number from 1 to 65535, not ${JSON.stringify(text)}`,
-    );
-  }
-  return n;
-}
 
 /** `-o Name=Value` or `-o "Name Value"` → one ssh_config line. */
 function optionToLine(option: string): string {
@@ -244,18 +210,6 @@ function seconds(v: string | undefined, name: string): number | undefined {
   return Number(v) * 1000;
 }
 
-/** Expands `%%`, `%h`, `%n`, `%p`, `%r`, `%u`, `%d`, `%i`, `%l`, `%L` as OpenSSH does for paths. */
-export function expandTokens(text: string, tokens: Record<string, string>, what: string): string {
-  return text.replace(/%(.)?/g, (_all, c: string | undefined) => {
-    if (c === '%') return '%';
-    const v = c === undefined ? undefined : tokens[c];
-    if (v === undefined) {
-      throw new UserError(`${what} ${JSON.stringify(text)} uses an unsupported %-token`);
-    }
-    return v;
-  });
-}
-
 export function resolveSshTarget(opts: ResolveSshTargetOptions): SshTarget {
   return resolveWith(opts, (home) => {
     const state = { files: 0 };
@@ -288,14 +242,29 @@ function resolveWith(
 ): SshTarget {
   const env = opts.env ?? process.env;
   const home = opts.home ?? env.HOME ?? os.homedir();
+  // `Host *` restarts an unconditional block so a file that ends inside a Host section does not
+  // swallow the next file's settings.
+  const configText = readConfigs(home)
+    .flatMap((text) => ['Host *', text])
+    .join('\n');
+  return resolveOne(opts, { env, home, configText }, 0);
+}
+
+interface ResolveContext {
+  env: NodeJS.ProcessEnv;
+  home: string;
+  configText: string;
+}
+
+function resolveOne(opts: ResolveSshTargetOptions, ctx: ResolveContext, depth: number): SshTarget {
+  const { env, home } = ctx;
   const localUser = opts.localUser ?? safeUserName(env);
   const parsed = parseTarget(opts.target);
 
   const lines = (opts.options ?? []).map(optionToLine);
-  // `Host *` restarts an unconditional block so a file that ends inside a Host section does not
-  // swallow the next file's settings.
-  const texts = [lines.join('\n')];
-  for (const text of readConfigs(home)) texts.push('Host *', text);
+  // -J is ssh's ProxyJump option given first, so it beats -o ProxyJump/ProxyCommand.
+  if (opts.jump !== undefined) lines.unshift(optionToLine(`ProxyJump=${opts.jump}`));
+  const texts = [lines.join('\n'), ctx.configText];
 
   let computed: Record<string, string | string[]>;
   try {
@@ -388,13 +357,18 @@ function resolveWith(
     else identityAgent = pathOf(agentRaw, 'IdentityAgent');
   }
 
-  const proxyJumpRaw = get('proxyjump');
-  const proxyJump =
-    proxyJumpRaw && proxyJumpRaw.toLowerCase() !== 'none' ? proxyJumpRaw : undefined;
-  const proxyCommandRaw = get('proxycommand');
-  const proxyCommand =
-    proxyCommandRaw && proxyCommandRaw.toLowerCase() !== 'none' ? proxyCommandRaw : undefined;
-  // ProxyJump/ProxyCommand are not notices: connectSsh refuses them with the one sentence.
+  const proxy: ProxySettings = resolveProxy(computed, tokens, depth, (hop, hopDepth) =>
+    resolveOne(
+      // Command-line -p/-i/-o are the destination's; a hop has only its own config block.
+      {
+        ...hop,
+        ...(opts.env ? { env: opts.env } : {}),
+        ...(opts.localUser !== undefined ? { localUser: opts.localUser } : {}),
+      },
+      ctx,
+      hopDepth,
+    ),
+  );
   if (get('certificatefile')) unsupported.push('CertificateFile is not supported yet');
 
   return {
@@ -414,8 +388,7 @@ function resolveWith(
     connectTimeoutMs: seconds(get('connecttimeout'), 'ConnectTimeout'),
     serverAliveIntervalMs: seconds(get('serveraliveinterval'), 'ServerAliveInterval'),
     serverAliveCountMax: count(get('serveralivecountmax'), 'ServerAliveCountMax'),
-    proxyJump,
-    proxyCommand,
+    ...proxy,
     unsupported,
   };
 }

@@ -1,462 +1,117 @@
-// One SSH connection from the workstation to a server, made with ssh2 but trusting, refusing and
-// authenticating like OpenSSH's `ssh`: known_hosts decides the host key, the user's agent and
-// identity files log in, and every failure becomes one sentence that says what to do.
+// Connecting to a server the way OpenSSH's `ssh` would: directly, through a ProxyCommand, or
+// through jump hosts, each of which is a full SSH connection of its own (handshake.ts).
 
-import ssh2 from 'ssh2';
-import type { AuthMethod, Client, ClientChannel, ConnectConfig } from 'ssh2';
+import type { Duplex } from 'node:stream';
+import type { Client, ClientChannel } from 'ssh2';
 import { UserError } from '../../system/user-error.js';
 import type { SshTarget } from './config.js';
-import { CountingAgent, IdentityFileAgent } from './identity-agent.js';
-import type { AskPassphrase } from './identity-agent.js';
-import {
-  appendKnownHost,
-  blobKeyType,
-  checkHostKey,
-  knownHostKeyTypes,
-  knownHostsName,
-} from './known-hosts.js';
+import { handshake, setSshLastError, type ConnectSshOptions } from './handshake.js';
 
-export interface ConnectSshOptions {
-  /** `--accept-new`: trust an unknown host key and record it in the first UserKnownHostsFile. */
-  acceptNew?: boolean;
-  /** Asked for an encrypted identity's passphrase (the holder's pinentry, later). */
-  askPassphrase?: AskPassphrase;
-  /** Network handshake limit; the clock stops while a passphrase is being asked. Default 20 s
-   * or ConnectTimeout. */
-  readyTimeoutMs?: number;
-  /** SSH-level keepalives; default 15 s × 3 or ServerAliveInterval/ServerAliveCountMax. */
-  keepaliveIntervalMs?: number;
-  keepaliveCountMax?: number;
-  /** Informational sentences, e.g. that a host key was recorded. */
-  onNotice?: (sentence: string) => void;
-  debug?: (message: string) => void;
+export { sshLastError, type ConnectSshOptions } from './handshake.js';
+export {
+  execCapture,
+  execChannel,
+  remoteAgentSocket,
+  shellQuote,
+  type ExecOptions,
+  type ExecResult,
+} from './remote-exec.js';
+
+/** How a jump host is named in errors: as the user wrote it, with its port unless 22. */
+export function jumpHostName(hop: SshTarget): string {
+  return hop.port === 22 ? hop.host : `${hop.host}:${hop.port}`;
 }
 
-// ssh2's host key algorithms, strongest first; reordered so types already in known_hosts come
-// first, otherwise a server with several host keys could present one we have no record of.
-const HOST_KEY_ALGORITHMS: Record<string, string[]> = {
-  'ssh-ed25519': ['ssh-ed25519'],
-  'ecdsa-sha2-nistp256': ['ecdsa-sha2-nistp256'],
-  'ecdsa-sha2-nistp384': ['ecdsa-sha2-nistp384'],
-  'ecdsa-sha2-nistp521': ['ecdsa-sha2-nistp521'],
-  'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
-};
-
-const lastErrors = new WeakMap<Client, Error>();
-
-/** The last error a connected client reported (ssh2 always follows it with 'close'). */
-export function sshLastError(client: Client): Error | undefined {
-  return lastErrors.get(client);
-}
-
-function keyTypeLabel(type: string): string {
-  if (type === 'ssh-ed25519') return 'ED25519';
-  if (type.startsWith('ecdsa-')) return 'ECDSA';
-  if (type === 'ssh-rsa') return 'RSA';
-  return type;
-}
-
-function where(t: SshTarget): string {
-  return t.port === 22 ? t.hostName : `${t.hostName} port ${t.port}`;
-}
-
-function hostKeyAlgorithms(knownTypes: string[]): string[] {
-  const preferred = knownTypes.flatMap((t) => HOST_KEY_ALGORITHMS[t] ?? []);
-  const all = Object.values(HOST_KEY_ALGORITHMS).flat();
-  return [...new Set([...preferred, ...all])];
-}
-
+/**
+ * Connects to TARGET the way OpenSSH would: through each of its jump hosts in turn (each one a
+ * full SSH connection of its own, the next tunnelled through the previous one's direct-tcpip
+ * channel), or through its ProxyCommand, or directly. Ending the returned client ends the hops.
+ */
 export async function connectSsh(target: SshTarget, opts: ConnectSshOptions = {}): Promise<Client> {
-  if (target.proxyJump || target.proxyCommand) {
-    throw new UserError(
-      `cannot reach ${target.host}: its ssh config uses ${target.proxyJump ? 'ProxyJump' : 'ProxyCommand'}, ` +
-        `which keytether ssh does not support yet; connect to a host it can reach directly, or use ` +
-        `OpenSSH's RemoteForward with \`keytether agent\``,
-    );
-  }
-  const lookupName = target.hostKeyAlias ?? target.hostName;
-  const checkFiles = [...target.knownHostsFiles, ...target.globalKnownHostsFiles];
-  const knownTypes = await knownHostKeyTypes(checkFiles, lookupName, target.port);
-
-  const systemAgent =
-    target.identityAgent && !target.identitiesOnly
-      ? new CountingAgent(target.identityAgent)
-      : undefined;
-  const timer = handshakeTimer(opts.readyTimeoutMs ?? target.connectTimeoutMs ?? 20_000);
-  const fileAgent = new IdentityFileAgent(target.identityFiles, {
-    askPassphrase: opts.askPassphrase,
-    quietMissing: target.identityFilesDefaulted,
-    onPrompt: (active) => (active ? timer.pause() : timer.resume()),
-  });
-  const methods: AuthMethod[] = [];
-  if (systemAgent)
-    methods.push({ type: 'agent', username: target.user, agent: systemAgent } as AuthMethod);
-  if (target.identityFiles.length > 0) {
-    methods.push({ type: 'agent', username: target.user, agent: fileAgent } as AuthMethod);
-  }
-  if (methods.length === 0) {
-    throw new UserError(
-      `no SSH key to log in to ${where(target)} with: no identity file is configured and ` +
-        `${target.identitiesOnly ? 'IdentitiesOnly is set' : 'SSH_AUTH_SOCK is not set'}; pass one with -i`,
-    );
-  }
-
-  let hostKeyRefusal: UserError | undefined;
-  const verifyHostKey = async (key: Buffer): Promise<boolean> => {
-    timer.pause();
-    try {
-      const type = blobKeyType(key) ?? 'unknown';
-      const res = await checkHostKey(checkFiles, lookupName, target.port, type, key, {
-        noPortFallback: target.hostKeyAlias !== undefined,
-      });
-      const label = `${keyTypeLabel(res.keyType)} key ${res.fingerprint}`;
-      if (res.status === 'match') return true;
-      if (res.status === 'revoked') {
-        hostKeyRefusal = new UserError(
-          `refusing to connect to ${where(target)}: its ${label} is marked @revoked in ${res.file} line ${res.line}`,
-        );
-        return false;
-      }
-      if (res.status === 'changed') {
-        const name = knownHostsName(lookupName, target.port);
-        hostKeyRefusal = new UserError(
-          `REFUSING to connect to ${where(target)}: its host key has CHANGED (it now presents ${label}, ` +
-            `${res.file} line ${res.line} records a different one), so someone may be intercepting ` +
-            `the connection; if the server was reinstalled and you have checked the new fingerprint ` +
-            `with its administrator, remove the old key with ssh-keygen -R '${name}' -f ${res.file} and try again`,
-        );
-        return false;
-      }
-      const trust =
-        opts.acceptNew ||
-        target.strictHostKeyChecking === 'accept-new' ||
-        target.strictHostKeyChecking === 'no';
-      const recordIn = target.knownHostsFiles[0];
-      if (!trust || !recordIn) {
-        hostKeyRefusal = new UserError(
-          `the authenticity of ${where(target)} cannot be established: its ${label} is not in ` +
-            `${target.knownHostsFiles.join(' or ') || 'any known_hosts file'}` +
-            (res.knownKeyTypes.length > 0
-              ? ` (keys of other types are recorded: ${res.knownKeyTypes.map(keyTypeLabel).join(', ')})`
-              : '') +
-            (recordIn
-              ? `; if that is the server's fingerprint (ask its administrator, or run ssh-keygen -lf on its ` +
-                `/etc/ssh/ssh_host_*_key.pub), run again with --accept-new to trust and record it`
-              : '; set UserKnownHostsFile to a file where it can be recorded'),
-        );
-        return false;
-      }
-      await appendKnownHost(recordIn, lookupName, target.port, res.keyType, key, {
-        hash: target.hashKnownHosts,
-      });
-      opts.onNotice?.(
-        `permanently added ${knownHostsName(lookupName, target.port)} (${label}) to ${recordIn}`,
-      );
-      return true;
-    } catch (e) {
-      hostKeyRefusal = new UserError(
-        `could not check the host key of ${where(target)}: ${e instanceof Error ? e.message : String(e)}`,
-      );
-      return false;
-    } finally {
-      timer.resume();
-    }
+  const hops: Client[] = [];
+  const endHops = (): void => {
+    for (const c of hops.splice(0).reverse()) c.end();
   };
-
-  const client = new ssh2.Client();
-  const config: ConnectConfig = {
-    host: target.hostName,
-    port: target.port,
-    username: target.user,
-    // Our own timer replaces ssh2's so that a passphrase prompt does not count against it.
-    readyTimeout: 0,
-    keepaliveInterval: opts.keepaliveIntervalMs ?? target.serverAliveIntervalMs ?? 15_000,
-    keepaliveCountMax: opts.keepaliveCountMax ?? target.serverAliveCountMax ?? 3,
-    algorithms: { serverHostKey: hostKeyAlgorithms(knownTypes) as never },
-    hostVerifier: (key: Buffer, verify: (ok: boolean) => void) => {
-      void verifyHostKey(key).then(verify);
-    },
-    authHandler: methods,
-    ...(opts.debug ? { debug: opts.debug } : {}),
-  };
-
-  return new Promise<Client>((resolve, reject) => {
-    const notes: string[] = [];
-    let settled = false;
-    const finish = (err: Error | undefined): void => {
-      if (settled) return;
-      settled = true;
-      timer.stop();
-      client.removeListener('ready', onReady);
-      client.removeListener('error', onError);
-      client.removeListener('close', onClose);
-      if (err) {
-        client.on('error', () => {});
-        client.end();
-        reject(err);
-        return;
-      }
-      client.on('error', (e: Error) => lastErrors.set(client, e));
-      client.setNoDelay(true);
-      resolve(client);
-    };
-    const onReady = (): void => finish(undefined);
-    const onError = (err: Error & { level?: string; code?: string }): void => {
-      // ssh2 reports a failing key or agent as an error and then moves on to the next one.
-      if (
-        err.level === 'agent' ||
-        (err.level === 'client-authentication' && !/All configured/.test(err.message))
-      ) {
-        notes.push(err.message);
-        return;
-      }
-      finish(describeFailure(err, target, hostKeyRefusal, fileAgent, systemAgent));
-    };
-    const onClose = (): void =>
-      finish(
-        hostKeyRefusal ??
-          new UserError(
-            `the SSH connection to ${where(target)} closed during the handshake; check that an SSH ` +
-              `server runs there (try ssh -p ${target.port} ${target.user}@${target.hostName})`,
-          ),
-      );
-    timer.start(() =>
-      finish(
-        new UserError(
-          `timed out connecting to ${where(target)}: no SSH handshake within ${Math.round(timer.limitMs / 1000)} s; ` +
-            `check the host name, port and network, or raise ConnectTimeout`,
-        ),
-      ),
-    );
-    client.on('ready', onReady);
-    client.on('error', onError);
-    client.on('close', onClose);
-    client.connect(config);
-  });
-}
-
-function describeFailure(
-  err: Error & { level?: string; code?: string },
-  target: SshTarget,
-  hostKeyRefusal: UserError | undefined,
-  fileAgent: IdentityFileAgent,
-  systemAgent: CountingAgent | undefined,
-): UserError {
-  if (hostKeyRefusal) return hostKeyRefusal;
-  const hp = `${target.hostName}:${target.port}`;
-  switch (err.code) {
-    case 'ECONNREFUSED':
-      return new UserError(
-        `cannot connect to ${hp}: connection refused; check that sshd runs there and that the port is right (-p)`,
-      );
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return new UserError(
-        `cannot resolve the host name ${target.hostName}; check its spelling and HostName in ~/.ssh/config`,
-      );
-    case 'ETIMEDOUT':
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return new UserError(
-        `cannot reach ${hp} (${err.code}); check the host name, port and network`,
-      );
-    case 'ECONNRESET':
-      return new UserError(
-        `${hp} reset the connection during the SSH handshake; check that it is an SSH server`,
-      );
-  }
-  if (err.level === 'client-authentication') {
-    const tried: string[] = [];
-    const offered = fileAgent.notes.filter((n) => n.outcome === 'offered').map((n) => n.file);
-    if (offered.length > 0) tried.push(`identity files ${offered.join(', ')}`);
-    if (systemAgent) {
-      tried.push(
-        systemAgent.failure
-          ? `the agent at ${systemAgent.socketPath} (unusable: ${systemAgent.failure})`
-          : `${systemAgent.offered} key(s) from the agent at ${systemAgent.socketPath}`,
+  let sock: Duplex | undefined;
+  try {
+    for (const [i, hop] of target.jumps.entries()) {
+      const name = jumpHostName(hop);
+      const hopClient = await handshake(hop, opts, sock).catch((e: unknown) => {
+        throw inJumpHost(name, e);
+      });
+      hops.push(hopClient);
+      const next = target.jumps[i + 1] ?? target;
+      sock = await forwardThrough(
+        hopClient,
+        name,
+        next,
+        opts.readyTimeoutMs ?? next.connectTimeoutMs ?? 20_000,
       );
     }
-    const skipped = fileAgent.notes
-      .filter((n) => n.outcome !== 'offered')
-      .map(
-        (n) =>
-          `${n.file} ${n.outcome === 'missing' ? 'not found' : `${n.outcome}${n.detail ? ` (${n.detail})` : ''}`}`,
+    const client = await handshake(target, opts, sock);
+    for (const [i, hop] of hops.entries()) {
+      const name = jumpHostName(target.jumps[i]!);
+      // A hop that fails takes the tunnel with it; say which one it was.
+      hop.on('error', (e: Error) =>
+        setSshLastError(client, new Error(`jump host ${name}: ${e.message}`)),
       );
-    return new UserError(
-      `SSH login as ${target.user} to ${where(target)} failed: the server accepted none of the keys tried ` +
-        `(${tried.length > 0 ? tried.join('; ') : 'no usable key was found'}` +
-        `${skipped.length > 0 ? `; skipped ${skipped.join(', ')}` : ''}); ` +
-        `add your public key to ~${target.user}/.ssh/authorized_keys on the server, or choose the right key with -i`,
-    );
+      hop.once('close', () => client.end());
+    }
+    client.once('close', endHops);
+    return client;
+  } catch (e) {
+    endHops();
+    throw e;
   }
-  if (err.level === 'client-timeout') {
-    return new UserError(
-      `timed out connecting to ${where(target)}; check the host name, port and network`,
-    );
-  }
-  return new UserError(`the SSH connection to ${where(target)} failed: ${err.message}`);
 }
 
-interface HandshakeTimer {
-  readonly limitMs: number;
-  start(onExpire: () => void): void;
-  pause(): void;
-  resume(): void;
-  stop(): void;
+function inJumpHost(name: string, e: unknown): Error {
+  const message = e instanceof Error ? e.message : String(e);
+  return e instanceof UserError || !(e instanceof Error)
+    ? new UserError(`jump host ${name}: ${message}`)
+    : e;
 }
 
-/** A deadline that stands still while a human is being asked something. */
-function handshakeTimer(limitMs: number): HandshakeTimer {
-  let remaining = limitMs;
-  let startedAt = 0;
-  let handle: NodeJS.Timeout | undefined;
-  let expire: (() => void) | undefined;
-  let paused = 0;
-  const arm = (): void => {
-    if (!expire || limitMs <= 0) return;
-    startedAt = Date.now();
-    handle = setTimeout(expire, remaining);
-  };
-  return {
-    limitMs,
-    start(onExpire) {
-      expire = onExpire;
-      arm();
-    },
-    pause() {
-      if (paused++ > 0 || !handle) return;
-      clearTimeout(handle);
-      handle = undefined;
-      remaining = Math.max(0, remaining - (Date.now() - startedAt));
-    },
-    resume() {
-      if (paused === 0 || --paused > 0) return;
-      arm();
-    },
-    stop() {
-      expire = undefined;
-      if (handle) clearTimeout(handle);
-      handle = undefined;
-    },
-  };
-}
-
-export interface ExecOptions {
-  /** Sent as SSH "env" requests; sshd applies only names its AcceptEnv allows. */
-  env?: Record<string, string>;
-}
-
-/** Starts COMMAND on the server and resolves with its channel: stdin/stdout as one duplex stream,
- * stderr as `.stderr`, `'exit'` (code, signal) then `'close'`. This is what the tunnel runs on. */
-export function execChannel(
-  client: Client,
-  command: string,
-  opts: ExecOptions = {},
+/** A direct-tcpip channel from HOP to NEXT's HostName and Port (what `ssh -W` asks for). */
+function forwardThrough(
+  hop: Client,
+  name: string,
+  next: SshTarget,
+  limitMs: number,
 ): Promise<ClientChannel> {
   return new Promise((resolve, reject) => {
-    const cb = (err: Error | undefined, channel: ClientChannel): void => {
-      if (err) {
-        reject(new UserError(`could not start \`${command}\` over SSH: ${err.message}`));
+    let done = false;
+    const settle = (why: string | undefined, channel?: ClientChannel): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      hop.removeListener('close', onClose);
+      if (why === undefined && channel) {
+        resolve(channel);
         return;
       }
-      resolve(channel);
-    };
-    try {
-      if (opts.env) client.exec(command, { env: opts.env }, cb);
-      else client.exec(command, cb);
-    } catch (e) {
+      channel?.close();
       reject(
         new UserError(
-          `could not start \`${command}\` over SSH: ${e instanceof Error ? e.message : String(e)}`,
+          `jump host ${name} could not open a connection to ${next.hostName}:${next.port} (${why}); ` +
+            `check that sshd there allows it (AllowTcpForwarding) and that ${next.hostName} is reachable from it`,
         ),
       );
+    };
+    const onClose = (): void => settle('the connection to the jump host closed');
+    // The jump host dials the next one itself; a black-holed address must not hang us.
+    const timer = setTimeout(
+      () => settle(`no answer within ${Math.round(limitMs / 1000)} s`),
+      limitMs > 0 ? limitMs : 20_000,
+    );
+    hop.once('close', onClose);
+    try {
+      hop.forwardOut('127.0.0.1', 0, next.hostName, next.port, (err, channel) => {
+        if (err) settle(err.message.replace(/^\(SSH\) Channel open failure: /, ''));
+        else settle(undefined, channel);
+      });
+    } catch (e) {
+      settle(e instanceof Error ? e.message : String(e));
     }
   });
-}
-
-export interface ExecResult {
-  code: number | null;
-  signal: string | undefined;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a short command and collects its output (each stream capped at `maxBytes`). */
-export async function execCapture(
-  client: Client,
-  command: string,
-  opts: ExecOptions & { maxBytes?: number; timeoutMs?: number } = {},
-): Promise<ExecResult> {
-  const max = opts.maxBytes ?? 64 * 1024;
-  const channel = await execChannel(client, command, opts);
-  return new Promise((resolve, reject) => {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outLen = 0;
-    let errLen = 0;
-    let code: number | null = null;
-    let signal: string | undefined;
-    const timer = setTimeout(() => {
-      channel.close();
-      reject(
-        new UserError(
-          `\`${command}\` did not finish over SSH within ${Math.round((opts.timeoutMs ?? 30_000) / 1000)} s`,
-        ),
-      );
-    }, opts.timeoutMs ?? 30_000);
-    channel.on('data', (d: Buffer) => {
-      if (outLen < max) out.push(d.subarray(0, max - outLen));
-      outLen += d.length;
-    });
-    channel.stderr.on('data', (d: Buffer) => {
-      if (errLen < max) err.push(d.subarray(0, max - errLen));
-      errLen += d.length;
-    });
-    channel.on('exit', (c: number | null, s?: string) => {
-      code = c;
-      signal = s ?? undefined;
-    });
-    channel.on('close', () => {
-      clearTimeout(timer);
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      });
-    });
-  });
-}
-
-/** Quotes one argument for the remote user's POSIX shell. */
-export function shellQuote(arg: string): string {
-  if (/^[A-Za-z0-9_\/.,:=@%+-]+$/.test(arg)) return arg;
-  return `'${arg.replace(/'/g, `'\\''`)}'`;
-}
-
-/** Where gpg on the server expects its agent: `gpgconf --list-dirs agent-socket` run there. */
-export async function remoteAgentSocket(
-  client: Client,
-  opts: { gpgconf?: string; host?: string } = {},
-): Promise<string> {
-  const gpgconf = opts.gpgconf ?? 'gpgconf';
-  const host = opts.host ?? 'the server';
-  const command = `${shellQuote(gpgconf)} --list-dirs agent-socket`;
-  const res = await execCapture(client, command, { maxBytes: 8192, timeoutMs: 30_000 });
-  const why = res.stderr.trim().split('\n')[0] ?? '';
-  if (res.code !== 0) {
-    throw new UserError(
-      `could not find gpg's agent socket on ${host}: \`${command}\` ` +
-        (res.code === 127 ? 'was not found' : `exited with status ${res.code ?? res.signal}`) +
-        `${why ? ` (${why})` : ''}; install GnuPG 2.1 or later there, or pass --remote-socket PATH`,
-    );
-  }
-  const lines = res.stdout.split('\n').filter((l) => l !== '');
-  const socket = lines[0];
-  if (lines.length !== 1 || !socket || !socket.startsWith('/') || socket.length > 4096) {
-    throw new UserError(
-      `\`${command}\` on ${host} printed something that is not a socket path; pass --remote-socket PATH`,
-    );
-  }
-  return socket;
 }

@@ -3,14 +3,36 @@
 // identity's passphrase is asked for only when that key would actually log in — as OpenSSH does.
 // Both wrappers also remember what they offered, for the "which keys were tried" error sentence.
 
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import ssh2 from 'ssh2';
 import type { ParsedKey, SigningRequestOptions } from 'ssh2';
+import { blobKeyType } from './known-hosts.js';
 
 /** Private key files are a few KiB; anything bigger is not a key. */
 const MAX_IDENTITY_BYTES = 64 * 1024;
 
-export type AskPassphrase = (file: string) => Promise<string>;
+export interface PassphraseQuestion {
+  /** The identity file. */
+  file: string;
+  /** `user@host` being logged in to, for the dialog. */
+  login: string;
+  /** 1-based; a retry follows a wrong passphrase. */
+  attempt: number;
+  tries: number;
+}
+
+/**
+ * Resolves with the passphrase in a Buffer the caller zeroes; rejects (with a plain reason, never
+ * the passphrase) when there is none: cancelled, timed out, no pinentry.
+ */
+export type AskPassphrase = (q: PassphraseQuestion) => Promise<Buffer>;
+
+/** Decrypted identities kept for the life of one `keytether ssh`, as ssh-agent would. */
+export type UnlockedIdentities = Map<string, ParsedKey>;
+
+/** OpenSSH's number of passphrase tries per identity. */
+const PASSPHRASE_TRIES = 3;
 
 type SignCallback = (err: Error | undefined, signature?: Buffer) => void;
 type IdentityCallback = (err: Error | undefined, keys?: ParsedKey[]) => void;
@@ -54,6 +76,12 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
     private readonly files: readonly string[],
     private readonly opts: {
       askPassphrase?: AskPassphrase | undefined;
+      /** `user@host`, for the passphrase dialog. */
+      login?: string;
+      /** Identities unlocked by earlier connections of this process: a reconnect asks no one. */
+      unlocked?: UnlockedIdentities | undefined;
+      /** The user's ssh-agent: a file whose key it holds is signed there, never unlocked. */
+      agent?: ssh2.BaseAgent<ParsedKey>;
       /** Missing files are OpenSSH's unconfigured defaults: skip them silently. */
       quietMissing?: boolean;
       /** Called around a passphrase prompt, so connection timers can pause while a human types. */
@@ -88,6 +116,42 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
       done(new Error('asked to sign with a key that was not offered'));
       return;
     }
+    this.agentHolding(id).then(
+      (agentKey) => {
+        if (agentKey && this.opts.agent) {
+          this.opts.agent.sign(agentKey, data, hash ? { hash } : {}, (err, sig) =>
+            done(err ?? undefined, sig),
+          );
+          return;
+        }
+        this.signWithFile(id, data, hash, done);
+      },
+      () => this.signWithFile(id, data, hash, done),
+    );
+  }
+
+  /** The agent's copy of ID's key, when the agent holds it. */
+  private agentHolding(id: Identity): Promise<ParsedKey | undefined> {
+    const agent = this.opts.agent;
+    if (!agent || id.priv) return Promise.resolve(undefined);
+    return new Promise((resolve) =>
+      agent.getIdentities((err, keys) => {
+        const blob = id.pub.getPublicSSH();
+        resolve(
+          err
+            ? undefined
+            : ((keys ?? []).find((k) => asPublic(k)?.equals(blob)) as ParsedKey | undefined),
+        );
+      }),
+    );
+  }
+
+  private signWithFile(
+    id: Identity,
+    data: Buffer,
+    hash: SignOptions['hash'] | undefined,
+    done: SignCallback,
+  ): void {
     this.unlock(id).then(
       (priv) => {
         const sig = priv.sign(data, hash);
@@ -129,9 +193,10 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
           });
           continue;
         }
-        // Encrypted: offer the public half from FILE.pub when there is one, so the passphrase is
-        // asked for only if the server would accept the key.
-        const pub = await this.publicHalf(file);
+        // Encrypted: offer the public half from FILE.pub, or from the file itself (OpenSSH's
+        // format keeps it in clear), so the passphrase is asked for only if the server would
+        // accept the key.
+        const pub = (await this.publicHalf(file)) ?? opensshPublicKey(data);
         if (pub) {
           out.push({ file, pub });
           this.notes.push({ file, outcome: 'offered' });
@@ -176,18 +241,32 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
   }
 
   private async decrypt(file: string, data: Buffer): Promise<ParsedKey | undefined> {
+    // Keyed by content too, so a file replaced since is asked for again.
+    const keptAs = `${file}\0${createHash('sha256').update(data).digest('hex')}`;
+    const kept = this.opts.unlocked?.get(keptAs);
+    if (kept) return kept;
+    const key = await this.askAndDecrypt(file, data);
+    if (key) this.opts.unlocked?.set(keptAs, key);
+    return key;
+  }
+
+  private async askAndDecrypt(file: string, data: Buffer): Promise<ParsedKey | undefined> {
     const ask = this.opts.askPassphrase;
     if (!ask) {
       this.notes.push({ file, outcome: 'no passphrase', detail: 'encrypted and no way to ask' });
       return undefined;
     }
-    for (let attempt = 0; attempt < 3; attempt++) {
+    for (let attempt = 1; attempt <= PASSPHRASE_TRIES; attempt++) {
       let pass: Buffer;
       this.opts.onPrompt?.(true);
       try {
-        pass = Buffer.from(await ask(file), 'utf8');
-      } catch {
-        this.notes.push({ file, outcome: 'no passphrase', detail: 'passphrase entry cancelled' });
+        pass = await ask({ file, login: this.opts.login ?? '', attempt, tries: PASSPHRASE_TRIES });
+      } catch (e) {
+        this.notes.push({
+          file,
+          outcome: 'no passphrase',
+          detail: e instanceof Error ? e.message : 'passphrase entry cancelled',
+        });
         return undefined;
       } finally {
         this.opts.onPrompt?.(false);
@@ -202,6 +281,44 @@ export class IdentityFileAgent extends ssh2.BaseAgent<ParsedKey> {
     this.notes.push({ file, outcome: 'no passphrase', detail: 'wrong passphrase three times' });
     return undefined;
   }
+}
+
+function asPublic(k: ParsedKey | Buffer | unknown): Buffer | undefined {
+  if (Buffer.isBuffer(k)) return k;
+  const key = k as { getPublicSSH?: () => Buffer };
+  return typeof key.getPublicSSH === 'function' ? key.getPublicSSH() : undefined;
+}
+
+/**
+ * The public key an encrypted `openssh-key-v1` file carries in clear ahead of the encrypted part
+ * (PROTOCOL.key: magic, cipher, kdf, kdf options, key count, then each public key).
+ */
+export function opensshPublicKey(data: Buffer): ParsedKey | undefined {
+  const m =
+    /-----BEGIN OPENSSH PRIVATE KEY-----([A-Za-z0-9+/=\s]+)-----END OPENSSH PRIVATE KEY-----/.exec(
+      data.toString('latin1'),
+    );
+  if (!m) return undefined;
+  const raw = Buffer.from(m[1] ?? '', 'base64');
+  const magic = 'openssh-key-v1\0';
+  if (raw.subarray(0, magic.length).toString('latin1') !== magic) return undefined;
+  let at = magic.length;
+  const str = (): Buffer | undefined => {
+    if (at + 4 > raw.length) return undefined;
+    const len = raw.readUInt32BE(at);
+    if (at + 4 + len > raw.length) return undefined;
+    const out = raw.subarray(at + 4, at + 4 + len);
+    at += 4 + len;
+    return out;
+  };
+  for (let i = 0; i < 3; i++) if (!str()) return undefined; // cipher, kdf, kdf options
+  if (at + 4 > raw.length || raw.readUInt32BE(at) !== 1) return undefined;
+  at += 4;
+  const blob = str();
+  const type = blob ? blobKeyType(blob) : null;
+  if (!blob || !type) return undefined;
+  const k = asKey(ssh2.utils.parseKey(`${type} ${blob.toString('base64')}`));
+  return k instanceof Error ? undefined : k;
 }
 
 /** The user's ssh-agent, counting what it offered. */
