@@ -189,6 +189,17 @@ t.test('keytether ssh serves an ssh-agent socket on a real sshd', async (t) => {
     },
   );
 
+  await t.test('a second session to the account shares the socket and says so', async (t) => {
+    const second = await session();
+    const secondExited = exitOf(second);
+    const line = await waitForLine(second.stdout!, /^ssh-agent: (\/.+)$/, 60_000);
+    t.equal(line[1], agentSock, 'the same path');
+    second.kill('SIGINT');
+    t.equal(await secondExited, 0);
+    const l = await run('ssh-add', ['-l'], agentEnv);
+    t.equal(l.code, 0, 'still served by the first session');
+  });
+
   await t.test('the env file a login shell sources sets SSH_AUTH_SOCK', async (t) => {
     const said = /: ssh: .* run '\. (\S+)'/.exec(stderr);
     t.ok(said, 'the session says which file to source');
