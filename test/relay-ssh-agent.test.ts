@@ -140,6 +140,21 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
     },
   );
 
+  await t.test('connect without a command prints ssh-agent: beside its gpg socket', async (t) => {
+    const tok = await token('--key', key.fingerprint, '--ops', 'ssh-sign');
+    const gpgSock = path.join(tmp, 'S.ci');
+    const facade = await spawnCli(['connect', '--relay', url, '--token', tok, '--socket', gpgSock]);
+    const stop = stopper(facade);
+    t.teardown(stop);
+    const line = await waitForLine(facade.stdout!, /^ssh-agent: (\/\S+)$/, 30_000);
+    t.equal(line[1], `${gpgSock}.kt-ssh`);
+    const l = await run('ssh-add', ['-L'], { ...process.env, SSH_AUTH_SOCK: line[1]! });
+    t.equal(l.code, 0, l.stderr);
+    t.match(l.stdout, authPub.split(' ')[1]!, 'the token names the auth subkey, so it is listed');
+    await stop();
+    t.notOk(existsSync(line[1]!), 'removed when connect stops');
+  });
+
   await t.test('a token without ssh-sign is refused with the token sentence', async (t) => {
     await rm(`${msg}.sig`, { force: true });
     // Naming the auth subkey itself lists it, so the refusal is the operation's, not the key's.
