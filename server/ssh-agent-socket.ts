@@ -38,7 +38,7 @@ export interface SshAgentSocket {
 
 /**
  * Serves the ssh-agent socket at a path that is free or holds a stale socket. A live listener
- * or a file there is not ours to take: undefined, with the reason for the caller's log.
+ * or a file there is not ours to take: `{ refused }` with the reason, for the caller's log.
  */
 export async function startSshAgentSocket(
   opts: SshAgentSocketOptions,
