@@ -5,48 +5,18 @@
 
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { serveSshAgent, type SshAgentEvent } from '../protocol/ssh-agent/index.js';
 import { AuditLog } from '../workstation/audit/audit.js';
 import { GpgAgentBackend } from '../workstation/backends/index.js';
-import type { UnlockedKey } from '../workstation/crypto/index.js';
-import { Holder } from '../workstation/holder/holder.js';
-import { UnlockCache } from '../workstation/holder/unlock-cache.js';
 import { Keystore } from '../workstation/keystore/index.js';
-import { ApprovalMemory } from '../workstation/policy/approvals.js';
 import { generateKey, makeGnupgHome } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
+import { rigHolder, serveFront, sshsigSign, sshsigVerify } from './support/ssh-agent-rig.js';
 
 const run = promisify(execFile);
-
-/** Runs ssh-keygen -Y verify over BODY; its exit code and output. */
-async function verify(
-  allowed: string,
-  sig: string,
-  body: string,
-): Promise<[number | null, string]> {
-  const v = execFile('ssh-keygen', [
-    '-Y',
-    'verify',
-    '-f',
-    allowed,
-    '-I',
-    'dev@example.org',
-    '-n',
-    'git',
-    '-s',
-    sig,
-  ]);
-  v.stdin!.end(body);
-  let out = '';
-  v.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  v.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return [await new Promise<number | null>((r) => v.on('close', r)), out];
-}
 
 for (const client of gpgClients().filter((c) => c.gpgconf)) {
   t.test(`${client.label} agent: ssh-keygen -Y sign with its auth subkeys`, async (t) => {
@@ -75,28 +45,15 @@ for (const client of gpgClients().filter((c) => c.gpgconf)) {
     t.teardown(() => backend.close());
     const audit = await AuditLog.open(path.join(dir, 'audit.jsonl'));
     t.teardown(() => audit.close());
-    const holder = new Holder({
+    const holder = rigHolder({
       keystore: await Keystore.open(path.join(dir, 'keys')),
       backends: [backend],
       policy: [{ op: 'ssh-sign', action: 'allow' }],
-      pinentry: { getPassphrase: async () => Buffer.from(''), confirm: async () => false },
       audit,
-      cache: new UnlockCache<UnlockedKey>({ defaultTtlMs: 0, maxTtlMs: 0 }),
-      approvals: new ApprovalMemory(),
-      knownHostsFiles: [],
     });
-    const events: SshAgentEvent[] = [];
-    const sock = path.join(dir, 'agent.sock');
-    const server = createServer((s) => {
-      void serveSshAgent(s, {
-        holder,
-        requester: { front: 'ssh', host: 'build.example' },
-        onEvent: (e) => events.push(e),
-      });
-    });
-    await new Promise<void>((r) => server.listen(sock, r));
-    t.teardown(() => server.close());
-    const env = { ...process.env, SSH_AUTH_SOCK: sock };
+    const front = await serveFront(holder, dir);
+    t.teardown(() => front.close());
+    const { env, events } = front;
     const listed = (await run('ssh-add', ['-L'], { env })).stdout.trim().split('\n');
     t.equal(listed.length, 2, 'both auth subkeys are offered');
 
@@ -105,12 +62,8 @@ for (const client of gpgClients().filter((c) => c.gpgconf)) {
       ['ssh-ed25519', !is22],
     ] as const) {
       const pub = listed.find((l) => l.startsWith(`${type} `))!;
-      const pubFile = path.join(dir, `${type}.pub`);
-      await writeFile(pubFile, pub + '\n');
-      const msg = path.join(dir, `${type}.msg`);
       const body = `tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\n${type}\n`;
-      await writeFile(msg, body);
-      const signing = run('ssh-keygen', ['-Y', 'sign', '-n', 'git', '-f', pubFile, msg], { env });
+      const signing = sshsigSign(env, dir, type, pub, body);
       if (!works) {
         await t.rejects(signing, `${type}: ssh-keygen fails`);
         t.ok(
@@ -121,10 +74,7 @@ for (const client of gpgClients().filter((c) => c.gpgconf)) {
         t.match(JSON.parse(last.at(-1)!), { op: 'ssh-sign', decision: 'failed' });
         continue;
       }
-      await signing;
-      const allowed = path.join(dir, 'allowed');
-      await writeFile(allowed, `dev@example.org ${pub.split(' ').slice(0, 2).join(' ')}\n`);
-      const [code, out] = await verify(allowed, `${msg}.sig`, body);
+      const [code, out] = await sshsigVerify(dir, pub, await signing, body);
       t.equal(code, 0, out);
       t.match(out, /Good "git" signature/, `${type} signed by gpg-agent verifies`);
     }

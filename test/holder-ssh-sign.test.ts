@@ -7,20 +7,15 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { serveSshAgent } from '../protocol/ssh-agent/index.js';
 import { AuditLog } from '../workstation/audit/audit.js';
-import type { UnlockedKey } from '../workstation/crypto/index.js';
-import { Holder } from '../workstation/holder/holder.js';
-import { UnlockCache } from '../workstation/holder/unlock-cache.js';
 import { Keystore } from '../workstation/keystore/index.js';
-import { ApprovalMemory } from '../workstation/policy/approvals.js';
 import type { PolicyRule } from '../workstation/policy/policy.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { sshArgs, startSshd } from './support/sshd.js';
+import { rigHolder, serveFront, sshsigSign, sshsigVerify } from './support/ssh-agent-rig.js';
 
 const run = promisify(execFile);
 
@@ -55,29 +50,19 @@ const destName = `[127.0.0.1]:${sshd.port}`;
 const prompts: string[] = [];
 let answer = true;
 const rules: PolicyRule[] = [];
-const holder = new Holder({
+const holder = rigHolder({
   keystore: ks,
   policy: rules,
-  pinentry: {
-    getPassphrase: async () => Buffer.from(''),
-    confirm: async ({ description }) => {
-      prompts.push(description);
-      return answer;
-    },
-  },
   audit,
-  cache: new UnlockCache<UnlockedKey>({ defaultTtlMs: 0, maxTtlMs: 0 }),
-  approvals: new ApprovalMemory(),
+  confirm: (description) => {
+    prompts.push(description);
+    return answer;
+  },
   knownHostsFiles: [knownHosts],
 });
-
-const sock = path.join(dir, 'agent.sock');
-const server = createServer((s) => {
-  void serveSshAgent(s, { holder, requester: { front: 'ssh', host: 'build.example' } });
-});
-await new Promise<void>((r) => server.listen(sock, r));
-t.teardown(() => server.close());
-const env = { ...process.env, SSH_AUTH_SOCK: sock };
+const front = await serveFront(holder, dir);
+t.teardown(() => front.close());
+const { socket: sock, env } = front;
 
 interface Rec {
   op: string;
@@ -192,34 +177,13 @@ for (const [label, type, sigType] of [
   t.test(`${label}: ssh-keygen -Y sign -n git verifies, shown as a git signature`, async (t) => {
     prompts.length = 0;
     const pub = pubOf(type);
-    const pubFile = path.join(dir, `${sigType}.pub`);
-    await writeFile(pubFile, pub + '\n');
-    const msg = path.join(dir, `${sigType}.msg`);
     const body = `tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\n${label} commit\n`;
-    await writeFile(msg, body);
-    await run('ssh-keygen', ['-Y', 'sign', '-n', 'git', '-f', pubFile, msg], { env });
-    const allowed = path.join(dir, 'allowed_signers');
-    await writeFile(allowed, `dev@example.org ${pub.split(' ').slice(0, 2).join(' ')}\n`);
-    const verify = execFile('ssh-keygen', [
-      '-Y',
-      'verify',
-      '-f',
-      allowed,
-      '-I',
-      'dev@example.org',
-      '-n',
-      'git',
-      '-s',
-      `${msg}.sig`,
-    ]);
-    verify.stdin!.end(body);
-    let out = '';
-    verify.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    const code = await new Promise<number | null>((r) => verify.on('close', r));
+    const sigFile = await sshsigSign(env, dir, sigType, pub, body);
+    const [code, out] = await sshsigVerify(dir, pub, sigFile, body);
     t.equal(code, 0, out);
     t.match(out, /Good "git" signature for dev@example\.org/);
     t.match(prompts[0], /git SSH signature \(commit or tag\)/);
-    const sig = (await readFile(`${msg}.sig`, 'utf8')).replace(/-----[^-]+-----|\s/g, '');
+    const sig = (await readFile(sigFile, 'utf8')).replace(/-----[^-]+-----|\s/g, '');
     t.ok(Buffer.from(sig, 'base64').includes(Buffer.from(sigType)), `a ${sigType} signature`);
     t.match((await records()).at(-1), {
       op: 'ssh-sign',

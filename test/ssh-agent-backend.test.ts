@@ -6,20 +6,15 @@
 import t from 'tap';
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { serveSshAgent, type SshAgentEvent } from '../protocol/ssh-agent/index.js';
 import { AuditLog } from '../workstation/audit/audit.js';
 import { SshAgentBackend } from '../workstation/backends/ssh-agent.js';
-import type { UnlockedKey } from '../workstation/crypto/index.js';
-import { Holder } from '../workstation/holder/holder.js';
-import { UnlockCache } from '../workstation/holder/unlock-cache.js';
 import { Keystore } from '../workstation/keystore/index.js';
-import { ApprovalMemory } from '../workstation/policy/approvals.js';
 import { parsePolicyFlag } from '../workstation/home/config.js';
 import type { PolicyRule } from '../workstation/policy/policy.js';
+import { rigHolder, serveFront, sshsigSign, sshsigVerify } from './support/ssh-agent-rig.js';
 
 const run = promisify(execFile);
 const dir = await mkdtemp(path.join(tmpdir(), 'kt-sshab-'));
@@ -53,28 +48,15 @@ const rules: PolicyRule[] = [{ op: 'ssh-sign', action: 'allow' }];
 const auditFile = path.join(dir, 'audit.jsonl');
 const audit = await AuditLog.open(auditFile);
 t.teardown(() => audit.close());
-const holder = new Holder({
+const holder = rigHolder({
   keystore: await Keystore.open(path.join(dir, 'keys')),
   backends: [new SshAgentBackend({ socket: agentSock, listTtlMs: 0 })],
   policy: rules,
-  pinentry: { getPassphrase: async () => Buffer.from(''), confirm: async () => false },
   audit,
-  cache: new UnlockCache<UnlockedKey>({ defaultTtlMs: 0, maxTtlMs: 0 }),
-  approvals: new ApprovalMemory(),
-  knownHostsFiles: [],
 });
-const events: SshAgentEvent[] = [];
-const front = path.join(dir, 'front.sock');
-const server = createServer((s) => {
-  void serveSshAgent(s, {
-    holder,
-    requester: { front: 'ssh', host: 'build.example' },
-    onEvent: (e) => events.push(e),
-  });
-});
-await new Promise<void>((r) => server.listen(front, r));
-t.teardown(() => server.close());
-const env = { ...process.env, SSH_AUTH_SOCK: front };
+const front = await serveFront(holder, dir);
+t.teardown(() => front.close());
+const { env } = front;
 
 t.test('the front lists the workstation agent’s keys', async (t) => {
   const listed = (await run('ssh-add', ['-L'], { env })).stdout.trim().split('\n');
@@ -90,29 +72,10 @@ t.test('the front lists the workstation agent’s keys', async (t) => {
 for (const name of ['ed25519', 'ecdsa', 'rsa']) {
   t.test(`${name}: ssh-keygen -Y sign through the holder verifies`, async (t) => {
     const pub = keys[name]!;
-    const pubFile = path.join(dir, `front-${name}.pub`);
-    await writeFile(pubFile, pub + '\n');
-    const msg = path.join(dir, `${name}.msg`);
-    await writeFile(msg, `${name} payload\n`);
-    await run('ssh-keygen', ['-Y', 'sign', '-n', 'git', '-f', pubFile, msg], { env });
-    const allowed = path.join(dir, 'allowed');
-    await writeFile(allowed, `dev@example.org ${pub.split(' ').slice(0, 2).join(' ')}\n`);
-    const v = execFile('ssh-keygen', [
-      '-Y',
-      'verify',
-      '-f',
-      allowed,
-      '-I',
-      'dev@example.org',
-      '-n',
-      'git',
-      '-s',
-      `${msg}.sig`,
-    ]);
-    v.stdin!.end(`${name} payload\n`);
-    let out = '';
-    v.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    t.equal(await new Promise<number | null>((r) => v.on('close', r)), 0, out);
+    const body = `${name} payload\n`;
+    const sig = await sshsigSign(env, dir, `front-${name}`, pub, body);
+    const [code, out] = await sshsigVerify(dir, pub, sig, body);
+    t.equal(code, 0, out);
     t.match(out, /Good "git" signature/);
     const rec = JSON.parse((await readFile(auditFile, 'utf8')).trim().split('\n').at(-1)!) as {
       op: string;
@@ -121,8 +84,8 @@ for (const name of ['ed25519', 'ecdsa', 'rsa']) {
     };
     t.match(rec, { op: 'ssh-sign', decision: 'allowed', fingerprint: /^SHA256:/ });
     if (name === 'rsa') {
-      const sig = (await readFile(`${msg}.sig`, 'utf8')).replace(/-----[^-]+-----|\s/g, '');
-      t.ok(Buffer.from(sig, 'base64').includes(Buffer.from('rsa-sha2-512')), 'rsa-sha2-512');
+      const armored = (await readFile(sig, 'utf8')).replace(/-----[^-]+-----|\s/g, '');
+      t.ok(Buffer.from(armored, 'base64').includes(Buffer.from('rsa-sha2-512')), 'rsa-sha2-512');
     }
   });
 }
