@@ -7,25 +7,14 @@
 
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import * as openpgp from 'openpgp';
 import { VERSION_RE } from '../../protocol/agent/version.js';
 import { ErrorCode, GpgError, toGpgError } from '../../protocol/gpg-error.js';
-import type { Certificate, DecryptResult, Inventory, KeyEntry } from '../../protocol/keyholder.js';
-import { publicKeySexp } from '../../protocol/keygrip.js';
-import { encodeSexp, parseSexp } from '../../protocol/sexp.js';
-import { parseColonListing } from './colon-keys.js';
-import { describePart } from '../keystore/key-part.js';
+import type { DecryptResult, Inventory, KeyEntry } from '../../protocol/keyholder.js';
+import { parseSexp } from '../../protocol/sexp.js';
+import { agentInventory } from './agent-inventory.js';
 import { AgentConnection, type CommandObserver, type PipelineStep } from './agent-connection.js';
 import { noPromptError, type Backend, type KeyOperator, type OpenContext } from './backend.js';
-import {
-  agentDirs,
-  exportArmoredKey,
-  exportPublicKeys,
-  listSecretKeysColons,
-  launchAgent,
-  type AgentDirs,
-  type GnupgTools,
-} from './gpg-tools.js';
+import { agentDirs, launchAgent, type AgentDirs, type GnupgTools } from './gpg-tools.js';
 import { parseKeyInfoArgs, type AgentKeyInfo } from './keyinfo.js';
 import { plusPercentEscape, requesterPrefixedText } from './requester-text.js';
 
@@ -439,101 +428,16 @@ export class GpgAgentBackend implements Backend {
     }
   }
 
+  /** The inventory for AGENTKEYS, READKEY asked on one normal-socket connection when needed. */
   async #withCertificates(agentKeys: Map<string, AgentKeyInfo>): Promise<Inventory> {
-    // Only the certificates of keys the agent holds: a keyring of other people's keys costs
-    // nothing.
-    const bytes = await exportPublicKeys(this.#tools, [...agentKeys.keys()]);
-    if (bytes.length === 0) return EMPTY;
-    // openpgp.js refuses a keyring holding a certificate it cannot parse (gpg 2.4's v5 Ed448
-    // keys); every part is then named from gpg's own listing below.
-    const certs = await openpgp.readKeys({ binaryKeys: bytes }).catch(() => [] as openpgp.Key[]);
-    const keys: KeyEntry[] = [];
-    const certificates: Certificate[] = [];
-    for (const cert of certs) {
-      let any = false;
-      for (const sub of [undefined, ...cert.getSubkeys()]) {
-        const part = describePart(cert, sub);
-        if (!part.keygrip || !part.publicKey) continue;
-        const info = agentKeys.get(part.keygrip);
-        if (!info) continue;
-        any = true;
-        const entry: KeyEntry = {
-          keygrip: part.keygrip,
-          fingerprint: part.fingerprint,
-          primaryFingerprint: part.primaryFingerprint,
-          algorithm: part.algorithm,
-          usage: part.usage,
-          publicKey: publicKeySexp(part.publicKey),
-          protection: info.protection,
-        };
-        if (info.type === 'T') {
-          entry.card = { serialNo: info.serialNo ?? '-', idStr: info.idStr ?? '-' };
-        }
-        keys.push(entry);
-      }
-      if (any) {
-        certificates.push({
-          fingerprint: cert.getFingerprint().toUpperCase(),
-          userIds: cert.getUserIDs(),
-          armored: cert.armor(),
-        });
-      }
-    }
-    const named = new Set(keys.map((k) => k.keygrip));
-    const unread = [...agentKeys.keys()].filter((g) => !named.has(g));
-    if (unread.length > 0) await this.#fromColonListing(unread, agentKeys, keys, certificates);
-    return { keys, certificates };
-  }
-
-  /**
-   * The agent's keys openpgp.js could not read (gpg 2.4's v5 Ed448/X448 certificates): named by
-   * gpg's colon listing, their public keys from READKEY, their certificates armored by gpg.
-   */
-  async #fromColonListing(
-    grips: string[],
-    agentKeys: Map<string, AgentKeyInfo>,
-    keys: KeyEntry[],
-    certificates: Certificate[],
-  ): Promise<void> {
-    const listed = parseColonListing(await listSecretKeysColons(this.#tools, grips));
-    const wanted = new Set(grips);
-    const conn = await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
+    let conn: AgentConnection | undefined;
     try {
-      for (const cert of listed) {
-        let any = false;
-        for (const part of cert.parts) {
-          const info = agentKeys.get(part.keygrip);
-          if (!info || !wanted.has(part.keygrip)) continue;
-          let publicKey: Buffer;
-          try {
-            const r = await conn.transact(`READKEY ${part.keygrip}`, {
-              timeoutMs: QUERY_TIMEOUT_MS,
-            });
-            publicKey = r.data;
-          } catch {
-            continue;
-          }
-          const parsed = parseSexp(publicKey, { maxBytes: 16 * 1024, maxDepth: 8 });
-          if (!parsed.ok) continue;
-          any = true;
-          keys.push({
-            ...part,
-            publicKey: encodeSexp(parsed.value),
-            protection: info.protection,
-            ...(info.type === 'T'
-              ? { card: { serialNo: info.serialNo ?? '-', idStr: info.idStr ?? '-' } }
-              : {}),
-          });
-        }
-        if (any && !certificates.some((c) => c.fingerprint === cert.fingerprint)) {
-          const armored = await exportArmoredKey(this.#tools, cert.fingerprint);
-          if (armored !== '') {
-            certificates.push({ fingerprint: cert.fingerprint, userIds: cert.userIds, armored });
-          }
-        }
-      }
+      return await agentInventory(this.#tools, agentKeys, async (grip) => {
+        conn ??= await AgentConnection.open(this.dirs.agentSocket, 'normal', this.#opts.onCommand);
+        return (await conn.transact(`READKEY ${grip}`, { timeoutMs: QUERY_TIMEOUT_MS })).data;
+      });
     } finally {
-      conn.close();
+      conn?.close();
     }
   }
 }
