@@ -3,15 +3,14 @@
 // chatty is answered from the holder's pushed inventory; PKSIGN/PKDECRYPT become one tunnel
 // request each. This module owns the listener and its connections, nothing else.
 
-import type net from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { ContentStore, serveAgent, type AgentEvent } from '../protocol/agent/index.js';
 import type { ClientDeadlines } from '../protocol/assuan/index.js';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
-import { listenAt, removeSocket } from '../system/unix-socket.js';
 import { collectCommitObjects } from './commit-objects.js';
 import { payloadFileReader } from './payload-file.js';
+import { serveSocket, type SocketService } from './socket-service.js';
 
 export interface FacadeOptions {
   /** A free path (absent, or a stale socket already removed). */
@@ -30,13 +29,8 @@ export interface FacadeOptions {
   log?: (line: string) => void;
 }
 
-export interface Facade {
-  readonly socketPath: string;
-  /** Open gpg connections right now. */
-  readonly connections: number;
-  /** Stops listening, drops open connections and removes the socket file. */
-  close(): Promise<void>;
-}
+/** Stops listening, drops open connections and removes the socket file on close(). */
+export type Facade = SocketService;
 
 /** Who runs gpg here, as far as this process can tell without asking the kernel per peer. */
 export function localRequester(front: Requester['front']): Requester {
@@ -57,9 +51,7 @@ export function localRequester(front: Requester['front']): Requester {
 }
 
 export async function startFacade(opts: FacadeOptions): Promise<Facade> {
-  const open = new Set<net.Socket>();
   const requester = localRequester(opts.front ?? 'ssh');
-  let closing: Promise<void> | undefined;
   // `keytether git-sign` hands the payload over on one connection, gpg signs on another.
   const content = new ContentStore({
     collectObjects: collectCommitObjects,
@@ -69,15 +61,7 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
   });
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
 
-  const server = await listenAt(opts.socketPath, (sock) => {
-    if (closing) {
-      sock.destroy();
-      return;
-    }
-    open.add(sock);
-    sock.on('close', () => open.delete(sock));
-    // A gpg that hangs up mid-command produces EPIPE/ECONNRESET; that ends only its session.
-    sock.on('error', () => sock.destroy());
+  return serveSocket(opts.socketPath, (sock) =>
     serveAgent(sock, {
       holder: opts.holder,
       // Looked up once the connection names a key, awaited only when a request goes out.
@@ -86,26 +70,6 @@ export async function startFacade(opts: FacadeOptions): Promise<Facade> {
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.deadlines ? { deadlines: opts.deadlines } : {}),
       onCut: (why) => log(`keytether: cut a client of ${opts.socketPath}: ${why}`),
-    })
-      .catch(() => {})
-      .finally(() => sock.destroy());
-  });
-
-  return {
-    socketPath: opts.socketPath,
-    get connections() {
-      return open.size;
-    },
-    close() {
-      closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          for (const s of open) s.destroy();
-        });
-        // net.Server.close unlinks the path itself on Linux; this covers the other cases.
-        await removeSocket(opts.socketPath);
-      })();
-      return closing;
-    },
-  };
+    }),
+  );
 }

@@ -3,14 +3,14 @@
 // socket, so signatures go to the workstation through the same tunnel, policy and audit. Beside
 // it, an env file a login shell can source, since nothing else tells a shell where the socket is.
 
-import type net from 'node:net';
 import { rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { KeyHolder, Requester } from '../protocol/keyholder.js';
 import { serveSshAgent, type SshAgentEvent } from '../protocol/ssh-agent/index.js';
 import { requesterWithPeer, type PeerLookupOptions } from '../system/peer-process.js';
-import { listenAt, probeSocket, removeSocket } from '../system/unix-socket.js';
+import { probeSocket, removeSocket } from '../system/unix-socket.js';
 import { localRequester } from './facade.js';
+import { serveSocket, type SocketService } from './socket-service.js';
 
 /** Beside the gpg-agent socket, in its owner-only directory (gpg-agent's own is `.ssh`). */
 export function sshAgentSocketPath(gpgSocketPath: string): string {
@@ -30,11 +30,7 @@ export interface SshAgentSocketOptions {
   onEvent?: (e: SshAgentEvent) => void;
 }
 
-export interface SshAgentSocket {
-  readonly socketPath: string;
-  readonly connections: number;
-  close(): Promise<void>;
-}
+export type SshAgentSocket = SocketService;
 
 /**
  * Serves the ssh-agent socket at a path that is free or holds a stale socket. A live listener
@@ -47,43 +43,16 @@ export async function startSshAgentSocket(
   if (state === 'live') return { refused: `something is already listening on ${opts.socketPath}` };
   if (state === 'not-a-socket') return { refused: `${opts.socketPath} exists and is not a socket` };
   if (state === 'stale') await removeSocket(opts.socketPath);
-  const open = new Set<net.Socket>();
   const requester = localRequester(opts.front ?? 'ssh');
-  let closing: Promise<void> | undefined;
-  const server = await listenAt(opts.socketPath, (sock) => {
-    if (closing) {
-      sock.destroy();
-      return;
-    }
-    open.add(sock);
-    sock.on('close', () => open.delete(sock));
-    sock.on('error', () => sock.destroy());
+  return serveSocket(opts.socketPath, (sock) => {
     // Looked up on the first signature only: `ssh-add -l` needs no requester.
     let who: Promise<Requester> | undefined;
-    serveSshAgent(sock, {
+    return serveSshAgent(sock, {
       holder: opts.holder,
       requester: () => (who ??= requesterWithPeer(requester, sock, opts.peerLookup)),
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
-    })
-      .catch(() => {})
-      .finally(() => sock.destroy());
+    });
   });
-  return {
-    socketPath: opts.socketPath,
-    get connections() {
-      return open.size;
-    },
-    close() {
-      closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          for (const s of open) s.destroy();
-        });
-        await removeSocket(opts.socketPath);
-      })();
-      return closing;
-    },
-  };
 }
 
 function shellQuote(s: string): string {
