@@ -86,14 +86,18 @@ function runBlock(block: DocBlock, p: Place): Promise<BlockRun> {
     : ['bash', ['-e', '-o', 'pipefail', '-c', block.code], ''];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { ...spawnOptions(p), stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    // Two pipes interleave at arbitrary points (gpg's stderr line can be split by the plaintext
+    // on stdout), so each is kept whole: stdout first, then stderr on its own lines.
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), BLOCK_TIMEOUT_MS);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
-      resolve({ code, out });
+      const sep = stdout === '' || stdout.endsWith('\n') || stderr === '' ? '' : '\n';
+      resolve({ code, out: stdout + sep + stderr });
     });
     child.stdin.on('error', () => {});
     child.stdin.end(input);
