@@ -56,8 +56,9 @@ function describeLine(tag: string, k: ListedSubkey): string {
 }
 
 function formatKey(k: ListedKey): string {
-  const lines = [describeLine('sec', k)];
-  for (const uid of k.uids) lines.push(`uid   ${uid}`);
+  const ssh = k.format === 'openssh';
+  const lines = [describeLine(ssh ? 'ssh' : 'sec', k)];
+  for (const uid of k.uids) lines.push(`${ssh ? 'comment' : 'uid  '} ${uid}`);
   for (const s of k.subkeys) lines.push(describeLine('ssb', s));
   return lines.join('\n') + '\n';
 }
@@ -72,7 +73,7 @@ export function register(program: Command): void {
         'keytether keys list',
       ),
     )
-    .description('the OpenPGP secret keys this workstation holds (builtin back end)');
+    .description('the OpenPGP and OpenSSH secret keys this workstation holds (builtin back end)');
 
   keys
     .command('import')
@@ -80,19 +81,24 @@ export function register(program: Command): void {
       'after',
       examples(
         'gpg --export-secret-keys --armor alice@example.org | keytether keys import',
-        'keytether keys import alice-secret.asc',
+        'keytether keys import ~/.ssh/id_ed25519',
       ),
     )
     .description(
-      'import secret keys from FILE or stdin (output of gpg --export-secret-keys [--armor]); passphrases are kept',
+      'import secret keys from FILE or stdin (output of gpg --export-secret-keys [--armor], or an OpenSSH private key file); passphrases are kept',
     )
     .argument('[file]', 'file to read; stdin when omitted or -')
     .action(
       action(async (file: string | undefined, _opts: unknown, cmd: Command) => {
         const { bytes, source } = await readInput(file);
+        // An encrypted PEM SSH key hides its public half; FILE.pub beside it has it.
+        const sshPublic =
+          file !== undefined && file !== '-'
+            ? await readFile(`${file}.pub`, 'utf8').catch(() => undefined)
+            : undefined;
         const ks = await open(cmd);
         const write = out(cmd);
-        for (const r of await ks.importKeys(bytes, source)) {
+        for (const r of await ks.importKeys(bytes, source, sshPublic ? { sshPublic } : {})) {
           write(`imported ${r.fingerprint} ${r.uid}`.trimEnd() + '\n');
         }
       }),
@@ -123,7 +129,10 @@ export function register(program: Command): void {
       examples('keytether keys export 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567 > alice.asc'),
     )
     .description('print armored public keys (all when no FPR is given); never secret keys')
-    .argument('[fpr...]', 'primary key fingerprints')
+    .argument(
+      '[fpr...]',
+      'primary key fingerprints (SHA256:… of OpenSSH keys: authorized_keys lines)',
+    )
     .action(
       action(async (fprs: string[], _opts: unknown, cmd: Command) => {
         const ks = await open(cmd);
@@ -143,7 +152,7 @@ export function register(program: Command): void {
       examples('keytether keys remove 6F1C2A3B4D5E6F708192A3B4C5D6E7F801234567'),
     )
     .description('delete a key (and its subkeys) from the store')
-    .argument('<fpr>', 'primary key fingerprint')
+    .argument('<fpr>', 'primary key fingerprint, or SHA256:… of an OpenSSH key')
     .action(
       action(async (fpr: string, _opts: unknown, cmd: Command) => {
         const ks = await open(cmd);

@@ -31,8 +31,6 @@ export interface SshAgentEvent {
 export interface SshAgentOptions {
   holder: KeyHolder;
   requester: Requester | (() => Promise<Requester>);
-  /** Plain `ssh-rsa` (SHA-1) signatures; off unless policy says so. */
-  allowSha1?: boolean;
   onEvent?: (e: SshAgentEvent) => void;
 }
 
@@ -109,11 +107,8 @@ export function serveSshAgent(stream: Duplex, opts: SshAgentOptions): Promise<vo
     if (id.key.type === 'ssh-rsa') {
       if (flags & SIGN_FLAGS.RSA_SHA2_512) [rsaAlgo, hash] = ['rsa-sha2-512', 'sha512'];
       else if (flags & SIGN_FLAGS.RSA_SHA2_256) [rsaAlgo, hash] = ['rsa-sha2-256', 'sha256'];
-      else if (opts.allowSha1) hash = 'sha1';
-      else {
-        event('refused', 'plain ssh-rsa (SHA-1) signatures are not allowed');
-        return FAILURE;
-      }
+      // Plain ssh-rsa: the holder's policy decides (refused unless a rule allows SHA-1).
+      else hash = 'sha1';
     }
     const purpose = parseSignedData(data);
     const req: SshSignRequest = {

@@ -76,7 +76,9 @@ export class BuiltinBackend implements Backend {
             description: requesterPrefixedText(
               ctx.requester,
               ctx.description,
-              `Please enter the passphrase to unlock the key\n${entry.fingerprint}`,
+              entry.fingerprint.startsWith('SHA256:')
+                ? `Please enter the passphrase to unlock the SSH key\n${entry.fingerprint}`
+                : `Please enter the passphrase to unlock the key\n${entry.fingerprint}`,
             ),
           },
           (pass) => ks.unlock(entry.keygrip, pass),

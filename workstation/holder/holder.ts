@@ -37,7 +37,7 @@ import { BuiltinBackend } from '../backends/builtin.js';
 import { describeRequester } from '../backends/requester-text.js';
 import { defaultKnownHostsFiles, type Destination } from '../policy/destination.js';
 import { confirmText, refuseBlind } from './prompt-text.js';
-import { prepareSshSign } from './ssh-sign.js';
+import { prepareSshSign, SHA1_REFUSAL } from './ssh-sign.js';
 import { InventoryWatch } from './inventory-watch.js';
 import { RefusalSummary } from '../audit/rate-summary.js';
 import { RequestLimiter } from './request-limits.js';
@@ -86,6 +86,8 @@ interface RunSpec<T> {
   /** For `sign`: the request, so the holder can check the content the server showed. */
   signRequest?: SignRequest;
   destination?: Destination;
+  /** For `ssh-sign`: a plain ssh-rsa (SHA-1) signature, made only where policy allows it. */
+  sha1?: boolean;
   /** The confirmation's text; SHOWN is the verified content, when there is some. */
   prompt: (entry: KeyEntry, shown?: string[]) => string;
 }
@@ -229,6 +231,7 @@ export class Holder implements KeyHolder {
       audit: ssh.audit,
       act: ssh.act,
       ...(ssh.destination ? { destination: ssh.destination } : {}),
+      ...(req.hash === 'sha1' ? { sha1: true } : {}),
       prompt: (entry) => ssh.prompt(entry),
     });
   }
@@ -342,6 +345,10 @@ export class Holder implements KeyHolder {
       op === 'sign' && requester.front !== 'local' && clear?.verification !== 'verified'
         ? refuseBlind(verdict.clearSign, clear?.why, asked.certifyCapable)
         : undefined;
+    if (spec.sha1 && !verdict.sshRsaSha1) {
+      await refused('denied', SHA1_REFUSAL, 'refused as SHA-1 signatures');
+      throw new GpgError(ErrorCode.FORBIDDEN, SHA1_REFUSAL);
+    }
     if (blindRefusal !== undefined) {
       await refused('denied', blindRefusal, 'refused as blind signatures');
       throw new GpgError(ErrorCode.FORBIDDEN, blindRefusal);

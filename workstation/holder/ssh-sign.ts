@@ -16,6 +16,13 @@ import {
 } from '../policy/destination.js';
 import { askLines } from './prompt-text.js';
 
+/**
+ * Plain `ssh-rsa` signs SHA-1, whose chosen-prefix collisions are practical: OpenSSH stopped
+ * accepting it in 8.8. Only servers older than rsa-sha2 (OpenSSH 7.2) ask for it.
+ */
+export const SHA1_REFUSAL =
+  'a plain ssh-rsa (SHA-1) signature was asked for; only a server older than OpenSSH 7.2 asks for one, and a policy rule with ssh-rsa-sha1 = true for that host allows it';
+
 /** SSH hash names → the SETHASH ids a KeyOperator signs digests with. */
 const HASH_IDS = { sha1: 2, sha256: 8, sha384: 9, sha512: 10 } as const;
 

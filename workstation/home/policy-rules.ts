@@ -40,6 +40,11 @@ export interface PolicyRule {
    * the first matching rule that sets it, independently of the rule that decides the action.
    */
   clearSign?: 'required' | 'preferred' | 'off';
+  /**
+   * Whether plain `ssh-rsa` (SHA-1) SSH signatures may be made, for servers too old for
+   * rsa-sha2 (OpenSSH < 7.2); the first matching rule with it decides, default no.
+   */
+  sshRsaSha1?: boolean;
   /** After one confirmation, allow the same front+host+token+key+op for this long. */
   rememberMs?: number;
   /** Where the rule came from, for the decision's human description. */
@@ -89,19 +94,27 @@ export const ruleSchema = z
       .optional(),
     action: z.enum(['allow', 'confirm', 'deny']).optional(),
     'clear-sign': z.enum(['required', 'preferred', 'off']).optional(),
+    'ssh-rsa-sha1': z.boolean().optional(),
     remember: duration.optional(),
   })
-  .refine((r) => r.action !== undefined || r['clear-sign'] !== undefined, {
-    message: 'a rule needs an action (allow, confirm, deny) or a clear-sign setting',
-    path: ['action'],
-  })
+  .refine(
+    (r) =>
+      r.action !== undefined || r['clear-sign'] !== undefined || r['ssh-rsa-sha1'] !== undefined,
+    {
+      message:
+        'a rule needs an action (allow, confirm, deny), a clear-sign or an ssh-rsa-sha1 setting',
+      path: ['action'],
+    },
+  )
   // A faked process chain dodges any deny/confirm/clear-sign rule that depends on it, so such a
   // rule would look like protection and be none; on an allow rule it can only narrow.
   .refine(
-    (r) => r.process === undefined || (r.action === 'allow' && r['clear-sign'] === undefined),
+    (r) =>
+      r.process === undefined ||
+      (r.action === 'allow' && r['clear-sign'] === undefined && r['ssh-rsa-sha1'] === undefined),
     {
       message:
-        'only an "allow" rule without "clear-sign" may have "process": the server reports its processes and could lie to dodge a deny or confirm; put the allow rule with "process" before a deny or confirm rule without it',
+        'only an "allow" rule without "clear-sign" or "ssh-rsa-sha1" may have "process": the server reports its processes and could lie to dodge a deny or confirm; put the allow rule with "process" before a deny or confirm rule without it',
       path: ['process'],
     },
   );
@@ -125,6 +138,7 @@ export function toRule(r: RuleInput, origin: string): PolicyRule {
   if (r.process !== undefined) rule.process = r.process;
   if (r.remember !== undefined) rule.rememberMs = r.remember;
   if (r['clear-sign'] !== undefined) rule.clearSign = r['clear-sign'];
+  if (r['ssh-rsa-sha1'] !== undefined) rule.sshRsaSha1 = r['ssh-rsa-sha1'];
   return rule;
 }
 
@@ -133,7 +147,7 @@ export function parsePolicyFlag(text: string): PolicyRule {
   if (text.length > 1024) throw new ConfigError('--policy: the rule is too long', '--policy');
   const obj: Record<string, unknown> = {};
   for (const part of text.split(',')) {
-    const m = /^\s*([a-z-]+)\s*=\s*(.*?)\s*$/.exec(part);
+    const m = /^\s*([a-z][a-z0-9-]*)\s*=\s*(.*?)\s*$/.exec(part);
     if (!m) {
       throw new ConfigError(
         `--policy: "${part.slice(0, 40)}" is not name=value; write e.g. --policy 'front=ssh,op=decrypt,action=confirm'`,
@@ -142,7 +156,13 @@ export function parsePolicyFlag(text: string): PolicyRule {
     }
     const [, name, value] = m as unknown as [string, string, string];
     obj[name] =
-      name === 'certify' ? (value === 'true' ? true : value === 'false' ? false : value) : value;
+      name === 'certify' || name === 'ssh-rsa-sha1'
+        ? value === 'true'
+          ? true
+          : value === 'false'
+            ? false
+            : value
+        : value;
   }
   const r = ruleSchema.safeParse(obj);
   if (!r.success) {

@@ -13,6 +13,16 @@ import { createUnlockedKey, type UnlockedKey } from '../crypto/unlocked-key.js';
 import { ensureHome, readSecretFile, writeSecretFile } from '../home/home.js';
 import { describeKey, secretMaterial, type KeyPart } from './key-part.js';
 import { readKeyInput } from './import-input.js';
+import {
+  isSshKeyInput,
+  readSshKeyInput,
+  sshKeyFileText,
+  sshKeyFromFile,
+  sshPublicLine,
+  unlockSshKey,
+  zeroMaterial,
+  type SshStoredKey,
+} from './ssh-key.js';
 
 export interface ImportResult {
   fingerprint: string;
@@ -33,8 +43,16 @@ export interface ListedSubkey {
 }
 
 export interface ListedKey extends ListedSubkey {
+  /** `openssh` for a key imported from an OpenSSH private key file (fingerprint `SHA256:…`). */
+  format: 'openpgp' | 'openssh';
+  /** OpenPGP user ids; for an OpenSSH key its comment, when it has one. */
   uids: string[];
   subkeys: ListedSubkey[];
+}
+
+export interface ImportOptions {
+  /** The text of FILE.pub beside an SSH key file (the public half of an encrypted PEM key). */
+  sshPublic?: string;
 }
 
 interface StoredKey {
@@ -46,9 +64,12 @@ interface StoredKey {
 }
 
 const FPR_RE = /^[0-9A-F]{40}$|^[0-9A-F]{64}$/;
+const SSH_FPR_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
 
 export function normaliseFingerprint(input: string): string | undefined {
-  const f = input.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
+  const t = input.trim();
+  if (SSH_FPR_RE.test(t)) return t;
+  const f = t.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
   return FPR_RE.test(f) ? f : undefined;
 }
 
@@ -56,6 +77,8 @@ export class Keystore {
   readonly home: string;
   readonly dir: string;
   private keys = new Map<string, StoredKey>();
+  /** OpenSSH keys by keygrip. */
+  private sshKeys = new Map<string, SshStoredKey>();
   // The inventory is asked for on every request; rebuilding it (armoring every certificate)
   // cost more than an Ed25519 signature, so it is kept until the key set changes.
   private cachedInventory: Inventory | undefined;
@@ -80,8 +103,21 @@ export class Keystore {
   /** Re-reads the key files, e.g. after another process imported or removed keys. */
   async reload(): Promise<void> {
     const next = new Map<string, StoredKey>();
+    const nextSsh = new Map<string, SshStoredKey>();
     const names = await fs.readdir(this.dir);
     for (const name of names.sort()) {
+      const ssh = /^([0-9A-F]{40})\.ssh$/.exec(name);
+      if (ssh) {
+        const file = path.join(this.dir, name);
+        const k = sshKeyFromFile((await readSecretFile(file)).toString('utf8'), file);
+        if (k.keygrip !== ssh[1]) {
+          throw new UserError(
+            `${file} holds the key with keygrip ${k.keygrip}, not the one its name says; remove it and import the key again`,
+          );
+        }
+        nextSsh.set(k.keygrip, k);
+        continue;
+      }
       const m = /^([0-9A-F]{40}|[0-9A-F]{64})\.key$/.exec(name);
       if (!m) continue;
       const file = path.join(this.dir, name);
@@ -97,6 +133,7 @@ export class Keystore {
       next.set(m[1]!, this.entry(key, armored));
     }
     this.keys = next;
+    this.sshKeys = nextSsh;
     this.cachedInventory = undefined;
   }
 
@@ -128,7 +165,12 @@ export class Keystore {
    * Imports every key in BYTES (armored or binary `gpg --export-secret-keys` output). Re-importing
    * a key merges it with the stored copy; secret parts the new export lacks (stubs) are kept.
    */
-  async importKeys(bytes: Uint8Array, source = 'the input'): Promise<ImportResult[]> {
+  async importKeys(
+    bytes: Uint8Array,
+    source = 'the input',
+    opts: ImportOptions = {},
+  ): Promise<ImportResult[]> {
+    if (isSshKeyInput(bytes)) return [await this.importSshKey(bytes, source, opts)];
     const incoming = await readKeyInput(bytes, source);
     const prepared: { key: openpgp.Key; created: boolean }[] = [];
     for (const k of incoming) {
@@ -149,6 +191,12 @@ export class Keystore {
           `${source}: key ${fpr} has a ${unusable.algorithm} part the builtin store cannot use (DSA, ElGamal, Ed448 and X448 are served only by the workstation's gpg-agent); keep it in your GnuPG home and run keytether with --backend gpg-agent`,
         );
       }
+      const twin = describeKey(merged).find((p) => p.keygrip && this.sshKeys.has(p.keygrip));
+      if (twin) {
+        throw new UserError(
+          `${source}: subkey ${twin.fingerprint} of ${fpr} is the OpenSSH key ${this.sshKeys.get(twin.keygrip!)!.fingerprint} already stored; remove that one first (keytether keys remove ${this.sshKeys.get(twin.keygrip!)!.fingerprint})`,
+        );
+      }
       prepared.push({ key: merged, created: !old });
     }
     const results: ImportResult[] = [];
@@ -163,6 +211,34 @@ export class Keystore {
     return results;
   }
 
+  /** Stores an OpenSSH private key file as it is: its passphrase stays its own. */
+  private async importSshKey(
+    bytes: Uint8Array,
+    source: string,
+    opts: ImportOptions,
+  ): Promise<ImportResult> {
+    const k = readSshKeyInput(bytes, source, opts.sshPublic);
+    const owner = this.openpgpPart(k.keygrip);
+    if (owner) {
+      throw new UserError(
+        `${source} is the same key as ${owner.part.fingerprint} of OpenPGP key ${owner.stored.fingerprint}, already stored; it is offered to ssh as that key`,
+      );
+    }
+    const created = !this.sshKeys.has(k.keygrip);
+    await writeSecretFile(this.sshFile(k.keygrip), sshKeyFileText(k));
+    this.sshKeys.set(k.keygrip, k);
+    this.cachedInventory = undefined;
+    return { fingerprint: k.fingerprint, uid: k.comment, created };
+  }
+
+  private sshFile(grip: string): string {
+    return path.join(this.dir, `${grip}.ssh`);
+  }
+
+  private sshByFingerprint(fpr: string): SshStoredKey | undefined {
+    return [...this.sshKeys.values()].find((k) => k.fingerprint === fpr);
+  }
+
   list(): ListedKey[] {
     const sub = (p: KeyPart): ListedSubkey => ({
       fingerprint: p.fingerprint,
@@ -171,10 +247,22 @@ export class Keystore {
       usage: p.usage,
       secret: p.secret,
     });
-    return [...this.keys.values()].map((k) => {
+    const openpgpKeys = [...this.keys.values()].map((k): ListedKey => {
       const [primary, ...subs] = k.parts;
-      return { ...sub(primary!), uids: k.key.getUserIDs(), subkeys: subs.map(sub) };
+      const uids = k.key.getUserIDs();
+      return { ...sub(primary!), format: 'openpgp', uids, subkeys: subs.map(sub) };
     });
+    const sshKeys = [...this.sshKeys.values()].map((k): ListedKey => ({
+      fingerprint: k.fingerprint,
+      algorithm: k.algorithm,
+      keygrip: k.keygrip,
+      usage: ['auth'],
+      secret: true,
+      format: 'openssh',
+      uids: k.comment ? [k.comment] : [],
+      subkeys: [],
+    }));
+    return [...openpgpKeys, ...sshKeys];
   }
 
   private lookup(fprs: string[]): StoredKey[] {
@@ -190,8 +278,18 @@ export class Keystore {
     });
   }
 
-  /** One armored block of the public keys named (all when none): never any secret packet. */
+  /**
+   * One armored block of the public keys named (all OpenPGP keys when none): never any secret
+   * packet. OpenSSH keys named by their `SHA256:` fingerprint come out as authorized_keys lines.
+   */
   exportPublic(fprs: string[] = []): string {
+    const ssh = fprs.map((f) => this.sshByFingerprint(f.trim()));
+    if (fprs.length > 0 && ssh.every((k) => k !== undefined)) {
+      return ssh.map((k) => sshPublicLine(k!) + '\n').join('');
+    }
+    if (ssh.some((k) => k !== undefined)) {
+      throw new UserError('export OpenSSH keys (SHA256:…) and OpenPGP keys in separate commands');
+    }
     const chosen = fprs.length > 0 ? this.lookup(fprs) : [...this.keys.values()];
     const bytes = chosen.map((k) => k.key.toPublic().write());
     // gpg 2.2 reads armor without the CRC24 line as corrupt, so emit it (as key.armor() does
@@ -207,6 +305,13 @@ export class Keystore {
   }
 
   async remove(fpr: string): Promise<string> {
+    const ssh = this.sshByFingerprint(fpr.trim());
+    if (ssh) {
+      await fs.rm(this.sshFile(ssh.keygrip), { force: true });
+      this.sshKeys.delete(ssh.keygrip);
+      this.cachedInventory = undefined;
+      return ssh.fingerprint;
+    }
     const [k] = this.lookup([fpr]);
     await fs.rm(k!.file, { force: true });
     this.keys.delete(k!.fingerprint);
@@ -214,7 +319,7 @@ export class Keystore {
     return k!.fingerprint;
   }
 
-  private part(keygrip: string): { stored: StoredKey; part: KeyPart } | undefined {
+  private openpgpPart(keygrip: string): { stored: StoredKey; part: KeyPart } | undefined {
     const grip = keygrip.toUpperCase();
     for (const stored of this.keys.values()) {
       for (const part of stored.parts) {
@@ -222,6 +327,13 @@ export class Keystore {
       }
     }
     return undefined;
+  }
+
+  private part(
+    keygrip: string,
+  ): { stored: StoredKey; part: KeyPart } | { ssh: SshStoredKey } | undefined {
+    const ssh = this.sshKeys.get(keygrip.toUpperCase());
+    return ssh ? { ssh } : this.openpgpPart(keygrip);
   }
 
   inventory(): Inventory {
@@ -251,6 +363,17 @@ export class Keystore {
         });
       }
     }
+    for (const k of this.sshKeys.values()) {
+      keys.push({
+        keygrip: k.keygrip,
+        fingerprint: k.fingerprint,
+        primaryFingerprint: k.fingerprint,
+        algorithm: k.algorithm,
+        usage: ['auth'],
+        publicKey: publicKeySexp(k.publicKey),
+        protection: k.protection,
+      });
+    }
     return { keys, certificates };
   }
 
@@ -261,7 +384,7 @@ export class Keystore {
   isProtected(keygrip: string): boolean {
     const found = this.part(keygrip);
     if (!found) throw gpgErr('NO_SECKEY');
-    return found.part.protection === 'P';
+    return 'ssh' in found ? found.ssh.protection === 'P' : found.part.protection === 'P';
   }
 
   /**
@@ -271,6 +394,14 @@ export class Keystore {
   async unlock(keygrip: string, passphrase: Buffer | null): Promise<UnlockedKey> {
     const found = this.part(keygrip);
     if (!found) throw gpgErr('NO_SECKEY');
+    if ('ssh' in found) {
+      const material = unlockSshKey(found.ssh, passphrase);
+      try {
+        return createUnlockedKey(found.ssh.keygrip, found.ssh.algorithm, material);
+      } finally {
+        zeroMaterial(material);
+      }
+    }
     const { stored, part } = found;
     // A fresh parse, so decrypted parameters never linger in the long-lived key objects.
     const key = await openpgp.readKey({ armoredKey: stored.armored });

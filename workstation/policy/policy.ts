@@ -61,6 +61,8 @@ export interface Decision {
    * attacker's user id or bind an attacker's subkey) and `preferred` for the others.
    */
   clearSign: ClearSignSetting;
+  /** Whether a plain `ssh-rsa` (SHA-1) signature may be made: the first rule saying so. */
+  sshRsaSha1: boolean;
   /** Human description of the matching rule, or `default` when no user rule matched. */
   rule: string;
   /** Set on `confirm` decisions whose rule has `remember`: grant that long after a yes. */
@@ -154,6 +156,7 @@ export function describeRule(rule: PolicyRule): string {
     'process',
     'action',
     'clearSign',
+    'sshRsaSha1',
   ] as const) {
     if (rule[k] !== undefined) fields.push(`${k}=${String(rule[k])}`);
   }
@@ -194,10 +197,12 @@ export function decide(
   const clearSign =
     rules.find((r) => r.clearSign !== undefined && ruleMatches(r, req))?.clearSign ??
     (req.certifyCapable ? 'required' : 'preferred');
+  const sshRsaSha1 =
+    rules.find((r) => r.sshRsaSha1 !== undefined && ruleMatches(r, req))?.sshRsaSha1 ?? false;
   const rule = rules.find((r) => r.action !== undefined && ruleMatches(r, req));
   const decision: Decision = rule
-    ? { action: rule.action!, rule: describeRule(rule), clearSign }
-    : { action: defaultAction(req), rule: 'default', clearSign };
+    ? { action: rule.action!, rule: describeRule(rule), clearSign, sshRsaSha1 }
+    : { action: defaultAction(req), rule: 'default', clearSign, sshRsaSha1 };
   if (rule?.action === 'confirm' && rule.rememberMs !== undefined) {
     decision.rememberMs = rule.rememberMs;
   }
