@@ -25,7 +25,8 @@ export const TOKEN_SECRET_BYTES = 32;
 export const TOKEN_ID_RE = /^ktt_[0-9a-f]{16}$/;
 
 const B64URL_RE = /^[A-Za-z0-9_-]+$/;
-const FPR40_RE = /^[0-9A-F]{40}$/;
+/** An OpenPGP v4 fingerprint, or an SSH-only key's `SHA256:` fingerprint (ssh-sign only). */
+const TOKEN_KEY_RE = /^[0-9A-F]{40}$|^SHA256:[A-Za-z0-9+/]{43}$/;
 
 /** `ssh-sign`: ssh-agent signatures (logins, `ssh-keygen -Y sign`) with an authentication key. */
 export type TokenOp = 'sign' | 'decrypt' | 'ssh-sign';
@@ -43,7 +44,11 @@ export const TokenPayloadSchema = z
     hpk: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'must be 32 bytes in base64url'),
     tid: z.string().regex(TOKEN_ID_RE, 'must be ktt_ and 16 lowercase hex digits'),
     keys: z
-      .array(z.string().regex(FPR40_RE, 'must be 40 uppercase hex digits'))
+      .array(
+        z
+          .string()
+          .regex(TOKEN_KEY_RE, 'must be 40 uppercase hex digits or an SSH SHA256: fingerprint'),
+      )
       .min(1)
       .max(MAX_TOKEN_KEYS)
       .refine(unique, 'must not repeat a fingerprint'),

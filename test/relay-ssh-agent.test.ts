@@ -6,12 +6,15 @@
 
 import t from 'tap';
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { importIntoKeytether, runCli, spawnCli, waitForLine } from './support/cli.js';
+
+const execFileP = promisify(execFile);
 
 function run(bin: string, args: string[], env: NodeJS.ProcessEnv, input = '') {
   return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
@@ -206,6 +209,52 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
       });
       t.equal(bad.code, 2);
       t.match(bad.stderr, /'ssh' is not an operation; use --ops with sign, decrypt, ssh-sign/);
+    },
+  );
+  await t.test(
+    'an imported OpenSSH key: a token names it by SHA256: and CI signs with it',
+    async (t) => {
+      const idFile = path.join(tmp, 'id_ed25519');
+      await execFileP('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ci@ws', '-f', idFile]);
+      const imported = await runCli(['keys', 'import', idFile], { env });
+      t.equal(imported.code, 0, imported.stderr);
+      const sshFpr = /^imported (SHA256:\S+)/.exec(imported.stdout)![1]!;
+      const refused = await runCli(
+        ['token', 'create', '--relay', url, '--key', sshFpr, '--ops', 'sign,ssh-sign'],
+        { env },
+      );
+      t.equal(refused.code, 1);
+      t.match(refused.stderr, `${sshFpr} is an SSH key, which only makes SSH signatures`);
+
+      const tok = await token('--key', sshFpr, '--ops', 'ssh-sign');
+      const idPub = (await readFile(`${idFile}.pub`, 'utf8')).trim();
+      await rm(`${msg}.sig`, { force: true });
+      const r = await runCli(
+        [
+          'connect',
+          '--relay',
+          url,
+          '--',
+          'sh',
+          '-c',
+          'ssh-add -L && ssh-keygen -Y sign -n git -f "$0" "$1"',
+          `${idFile}.pub`,
+          msg,
+        ],
+        { env: { KEYTETHER_TOKEN: tok, SSH_AUTH_SOCK: undefined } },
+      );
+      t.equal(r.code, 0, r.stderr);
+      t.equal(r.stdout.trim().split('\n').length, 1, 'the token shows its one key only');
+      t.match(r.stdout, idPub.split(' ')[1]!);
+      await writeFile(allowed, `cid@example.org ${idPub}\n`);
+      const v = await verify(`${msg}.sig`);
+      t.equal(v.code, 0, v.stderr);
+      const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .at(-1);
+      t.match(rec, { front: 'relay', op: 'ssh-sign', decision: 'allowed', fingerprint: sshFpr });
     },
   );
   t.notMatch(holderErr, /Error:/, 'the holder printed no stack');

@@ -17,6 +17,7 @@ import { formatDuration, type Config } from '../../workstation/home/config.js';
 import { requestStatus } from '../../workstation/control/control.js';
 import { loadHolderConfig } from './agent.js';
 import { GpgAgentBackend } from '../../workstation/backends/index.js';
+import { SshAgentBackend } from '../../workstation/backends/ssh-agent.js';
 import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
 import { Keystore, type ListedKey } from '../../workstation/keystore/index.js';
 import { TokenRegistry, type TokenSummary } from '../../workstation/tokens/tokens.js';
@@ -126,6 +127,13 @@ async function nameableKeys(
   }
 }
 
+/** The keys of the workstation ssh-agent the holder serves (ssh-agent-backend), if one is set. */
+async function sshAgentKeys(config: Config): Promise<NameableKey[]> {
+  if (config.sshAgentBackend === undefined) return [];
+  const inv = await new SshAgentBackend({ socket: config.sshAgentBackend }).inventory();
+  return inv.keys.map((k) => ({ fingerprint: k.fingerprint, usage: k.usage, subkeys: [] }));
+}
+
 // A running agent's relays are the ones it is connected to right now, so a token for them works
 // at once; config.toml is next, for tokens made while no agent runs. Either way the user is told,
 // since a token bound to the wrong relay only shows up as a failure in CI.
@@ -163,6 +171,15 @@ async function chooseRelay(
  * spaces, 0x) or a 16-hex key id. Naming a subkey limits the token to that subkey.
  */
 export function resolveKeyName(name: string, keys: NameableKey[]): string {
+  const ssh = name.trim();
+  if (/^SHA256:[A-Za-z0-9+/]{43}$/.test(ssh)) {
+    if (!keys.some((k) => k.fingerprint === ssh)) {
+      throw new UserError(
+        `no SSH key ${ssh} in the keystore or the ssh-agent back end; see keytether keys list or ssh-add -l`,
+      );
+    }
+    return ssh;
+  }
   const norm = name.replace(/\s+/g, '').replace(/^0x/i, '').toUpperCase();
   const parts = keys.flatMap((k) => [k.fingerprint, ...k.subkeys.map((s) => s.fingerprint)]);
   let matches: string[] = [];
@@ -222,6 +239,14 @@ export function tokenKeys(
   ops: readonly TokenOp[],
   notes: string[],
 ): string[] {
+  if (fpr.startsWith('SHA256:')) {
+    if (ops.some((op) => op !== 'ssh-sign')) {
+      throw new UserError(
+        `${fpr} is an SSH key, which only makes SSH signatures; give --ops ssh-sign`,
+      );
+    }
+    return [fpr];
+  }
   const primary = keys.find((k) => k.fingerprint === fpr);
   if (!primary) return [fpr];
   const chosen = new Set<string>();
@@ -357,7 +382,10 @@ export function register(program: Command): void {
         const relayNotes: string[] = [];
         const relay = await chooseRelay(opts.relay, home, config, (n) => relayNotes.push(n));
         const ks = await Keystore.open(home);
-        const listed = await nameableKeys(ks.list(), config, opts.gnupgHome);
+        const listed = [
+          ...(await nameableKeys(ks.list(), config, opts.gnupgHome)),
+          ...(await sshAgentKeys(config)),
+        ];
         const notes: string[] = [];
         const keys = [
           ...new Set(

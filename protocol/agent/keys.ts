@@ -19,6 +19,8 @@ async function keysByGrip(holder: KeyHolder): Promise<Map<string, KeyEntry>> {
   const inv = await holder.inventory();
   const map = new Map<string, KeyEntry>();
   for (const k of inv.keys) {
+    // SSH-only keys serve the ssh-agent front; gpg never asks for them.
+    if (k.fingerprint.startsWith('SHA256:')) continue;
     const grip = k.keygrip.toUpperCase();
     if (!map.has(grip)) map.set(grip, k);
   }

@@ -9,7 +9,9 @@
 // 5: sign and decrypt requests may carry gpg's no-prompt mode (`pinentryMode`).
 // 6: ssh-agent signatures (`ssh-sign`, answered by `ssh-sign-result`); an older holder has
 //    none, so the facade refuses them itself instead of sending what that holder cannot read.
-export const TUNNEL_PROTOCOL = 6;
+// 7: the inventory may list SSH-only keys (an ssh-agent back end's, imported OpenSSH keys), known
+//    by their `SHA256:` fingerprint; the facade offers them to its ssh-agent front only.
+export const TUNNEL_PROTOCOL = 7;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

@@ -52,6 +52,13 @@ const keygrip = hex(40, 40);
 const fingerprint = z
   .string()
   .regex(/^([0-9A-F]{40}|[0-9A-F]{64}|[0-9A-F]{32})$/, 'expected an uppercase hex fingerprint');
+/** A key entry's: an OpenPGP fingerprint, or an SSH-only key's `SHA256:` one (protocol 7). */
+const keyFingerprint = z
+  .string()
+  .regex(
+    /^([0-9A-F]{40}|[0-9A-F]{64}|[0-9A-F]{32}|SHA256:[A-Za-z0-9+/]{43})$/,
+    'expected an uppercase hex or SHA256: fingerprint',
+  );
 const shortText = (max: number) => z.string().max(max);
 const requestId = z.int().min(1).max(MAX_ID);
 
@@ -97,8 +104,8 @@ export const RequesterSchema = z.strictObject({
 
 export const KeyEntrySchema = z.strictObject({
   keygrip,
-  fingerprint,
-  primaryFingerprint: fingerprint,
+  fingerprint: keyFingerprint,
+  primaryFingerprint: keyFingerprint,
   algorithm: z
     .string()
     .min(1)

@@ -145,11 +145,13 @@ export function serveTunnel(
           header = {
             type: 'inventory' as const,
             // SSH-only keys (an ssh-agent back end, imported OpenSSH keys) have no OpenPGP
-            // fingerprint, which the facade's schema requires; they serve ssh-agent fronts only.
-            keys: inv.keys.filter(isOpenPgpKey).map((k) => ({
-              ...k,
-              publicKey: Buffer.from(k.publicKey).toString('base64'),
-            })),
+            // fingerprint, which a facade before protocol 7 requires of every key.
+            keys: inv.keys
+              .filter((k) => (peer?.protocol ?? 1) >= 7 || isOpenPgpKey(k))
+              .map((k) => ({
+                ...k,
+                publicKey: Buffer.from(k.publicKey).toString('base64'),
+              })),
             certificates: inv.certificates,
             // A protocol-2 facade's schema is strict and would refuse the whole inventory.
             ...(inv.agentVersion !== undefined && (peer?.protocol ?? 1) >= 3

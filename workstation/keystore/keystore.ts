@@ -82,7 +82,8 @@ export class Keystore {
   // The inventory is asked for on every request; rebuilding it (armoring every certificate)
   // cost more than an Ed25519 signature, so it is kept until the key set changes.
   private cachedInventory: Inventory | undefined;
-  private dirMtimeMs = -1;
+  private dirSignature = '';
+  private refreshing: Promise<void> | undefined;
   private lastCheck = 0;
 
   private constructor(home: string) {
@@ -95,7 +96,7 @@ export class Keystore {
     await ensureHome(home);
     const ks = new Keystore(home);
     await ensureHome(ks.dir);
-    ks.dirMtimeMs = (await fs.stat(ks.dir)).mtimeMs;
+    ks.dirSignature = await ks.signature();
     await ks.reload();
     return ks;
   }
@@ -142,12 +143,35 @@ export class Keystore {
    * agent runs). Looks at the key directory at most once a second.
    */
   async refreshIfChanged(now = Date.now()): Promise<void> {
+    // A caller arriving while a look is under way waits for it: returning at once would hand it
+    // the key set from before the change that look is loading.
+    if (this.refreshing) return this.refreshing;
     if (now - this.lastCheck < 1000) return;
     this.lastCheck = now;
-    const st = await fs.stat(this.dir);
-    if (st.mtimeMs === this.dirMtimeMs) return;
-    this.dirMtimeMs = st.mtimeMs;
-    await this.reload();
+    this.refreshing = (async () => {
+      const sig = await this.signature();
+      if (sig === this.dirSignature) return;
+      await this.reload();
+      this.dirSignature = sig;
+    })().finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  /**
+   * The key files and their inodes. Not the directory's mtime: an import creates a temporary
+   * file, then renames it, both within one coarse filesystem tick, and a look in between (an
+   * inotify-driven inventory read does exactly that) would never see the renamed file change it.
+   * A replaced file has a new inode, so re-imports are seen too.
+   */
+  private async signature(): Promise<string> {
+    const names = (await fs.readdir(this.dir)).filter((n) => /^[0-9A-F]+\.(key|ssh)$/.test(n));
+    const parts = await Promise.all(
+      names.sort().map(async (n) => {
+        const st = await fs.stat(path.join(this.dir, n)).catch(() => undefined);
+        return `${n}:${st?.ino ?? 0}:${st?.mtimeMs ?? 0}`;
+      }),
+    );
+    return parts.join('\n');
   }
 
   private entry(key: openpgp.Key, armored: string): StoredKey {

@@ -41,9 +41,9 @@ export interface TokenAuthority {
 
 function allowedBy(token: ParsedToken, k: { fingerprint: string; primaryFingerprint: string }) {
   const keys = token.payload.keys;
-  return (
-    keys.includes(k.fingerprint.toUpperCase()) || keys.includes(k.primaryFingerprint.toUpperCase())
-  );
+  // Hex fingerprints compare in upper case; an SSH key's base64 `SHA256:` one exactly.
+  const norm = (f: string) => (f.startsWith('SHA256:') ? f : f.toUpperCase());
+  return keys.includes(norm(k.fingerprint)) || keys.includes(norm(k.primaryFingerprint));
 }
 
 /** Whether the token may still see anything (not revoked, not expired), asked before a push. */

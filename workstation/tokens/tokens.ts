@@ -374,8 +374,10 @@ export class TokenRegistry {
     if (this.#now() >= c.exp * 1000) {
       return deny('expired', `token ${r.id} expired at ${new Date(c.exp * 1000).toISOString()}`);
     }
-    const fpr = req.fingerprint.toUpperCase();
-    const primary = req.primaryFingerprint.toUpperCase();
+    // An SSH-only key's base64 `SHA256:` fingerprint is case-sensitive; hex ones are not.
+    const norm = (f: string) => (f.startsWith('SHA256:') ? f : f.toUpperCase());
+    const fpr = norm(req.fingerprint);
+    const primary = norm(req.primaryFingerprint);
     if (!c.keys.includes(fpr) && !c.keys.includes(primary)) {
       return deny('key', `token ${r.id} does not allow key ${fpr}`);
     }
