@@ -2,7 +2,8 @@
 // real gpg-agent 2.4, are listed with gpg's own keygrips and served through `keytether agent
 // --backend gpg-agent`: stock gpg 2.4 detach-signs, clearsigns and decrypts with them (the agent
 // does the math). openpgp.js cannot read these v5 certificates, so before this the keys were not
-// in the inventory at all and gpg said "No secret key".
+// in the inventory at all and gpg said "No secret key". For the same reason the builtin store
+// cannot take them: `keys import` refuses them in one line that names the gpg-agent back end.
 
 import t from 'tap';
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
