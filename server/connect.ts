@@ -13,21 +13,14 @@ import { constants } from 'node:os';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { UserError } from '../system/user-error.js';
-import { ErrorCode, GpgError } from '../protocol/gpg-error.js';
-import type {
-  DecryptRequest,
-  DecryptResult,
-  Inventory,
-  KeyHolder,
-  SignRequest,
-  SshSignRequest,
-} from '../protocol/keyholder.js';
+import { ErrorCode } from '../protocol/gpg-error.js';
 import { relayEndpoint, type RelayTrust } from '../protocol/relay/endpoint.js';
 import { parseToken } from '../protocol/token.js';
 import { tunnelClient, type TunnelClient } from '../protocol/tunnel/index.js';
 import { ensureSocketDir, probeSocket, removeSocket } from '../system/unix-socket.js';
 import { startFacade, type Facade } from './facade.js';
 import { openFacadeSocket, refusal, RelayRefusal } from './facade-socket.js';
+import { RelayHolder } from './relay-holder.js';
 import { sealFacadeStream } from './seal.js';
 import { gnupgDirs } from './gnupg-dirs.js';
 import {
@@ -65,57 +58,6 @@ const MAX_HOLDER_WAIT_BACKOFF_MS = 1_000;
 // A relay that is not there (refused, reset, gone) costs nothing to ask again: with this cap the
 // facade is back within about 5 s of a relay restart, however long the relay was down.
 const MAX_UNREACHABLE_BACKOFF_MS = 2_500;
-
-/**
- * A KeyHolder that is whichever tunnel is up right now. Between tunnels the inventory is the last
- * one seen (so gpg's chatty commands keep working) and operations fail at once with NO_AGENT,
- * which gpg reports as an agent error instead of hanging.
- */
-export class RelayHolder implements KeyHolder {
-  #tunnel: TunnelClient | undefined;
-  #last: Inventory | undefined;
-
-  set(tunnel: TunnelClient | undefined): void {
-    this.#tunnel = tunnel;
-    tunnel?.on('inventory', (inv) => (this.#last = inv));
-    tunnel?.on('close', () => {
-      if (this.#tunnel === tunnel) this.#tunnel = undefined;
-    });
-  }
-
-  get current(): TunnelClient | undefined {
-    return this.#tunnel;
-  }
-
-  async inventory(): Promise<Inventory> {
-    if (this.#tunnel) {
-      try {
-        return (this.#last = await this.#tunnel.inventory());
-      } catch (e) {
-        if (this.#last) return this.#last;
-        throw e;
-      }
-    }
-    if (this.#last) return this.#last;
-    throw this.#down();
-  }
-
-  sign(req: SignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.#tunnel ? this.#tunnel.sign(req, signal) : Promise.reject(this.#down());
-  }
-
-  decrypt(req: DecryptRequest, signal?: AbortSignal): Promise<DecryptResult> {
-    return this.#tunnel ? this.#tunnel.decrypt(req, signal) : Promise.reject(this.#down());
-  }
-
-  sshSign(req: SshSignRequest, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.#tunnel ? this.#tunnel.sshSign(req, signal) : Promise.reject(this.#down());
-  }
-
-  #down(): GpgError {
-    return new GpgError(ErrorCode.NO_AGENT, 'the relay connection to the holder is down');
-  }
-}
 
 interface TempHome {
   home: string;

@@ -27,6 +27,7 @@ import { gnupgDirs, succeeds, type GnupgDirs } from './gnupg-dirs.js';
 import { ensureNoAutostart, importCertificates, removeOwnNoAutostart } from './gnupg-setup.js';
 import { writeGitSignProgram } from './git-sign.js';
 import { HolderSet } from './holder-set.js';
+import { isFinalClose, linger, SESSION_ENDED, STOPPED } from './linger.js';
 import { serveSshAgentBeside, sshAgentSocketPath } from './ssh-agent-socket.js';
 
 export interface ServeStdioOptions {
@@ -54,8 +55,6 @@ const SYSTEMD_UNITS =
 /** How often a session re-tries to serve or attach when the serving session changes under it. */
 const MAX_CLAIM_ATTEMPTS = 5;
 
-const STOPPED = 'stopped on the server';
-
 /** Closes that are the workstation's deliberate doing, or ours, not failures (exit status 0). */
 function isCleanClose(reason: string): boolean {
   return (
@@ -63,14 +62,6 @@ function isCleanClose(reason: string): boolean {
     reason.startsWith('the workstation closed the tunnel:') ||
     reason === STOPPED
   );
-}
-
-const SESSION_ENDED = 'the session ended';
-
-// Only a close the workstation sent (or a signal here) is final; a bare end of stdin is what a
-// dropped link looks like from here.
-function isFinalClose(reason: string): boolean {
-  return reason.startsWith('the workstation closed the tunnel:') || reason === STOPPED;
 }
 
 function exitStatus(reason: string): number {
@@ -219,7 +210,7 @@ async function runServing(s: Session): Promise<number | 'retry'> {
       await Promise.race([new Promise<void>((r) => set.onEmpty(r)), s.stopped]);
     }
     if (s.lingerMs !== undefined && !isFinalClose(reason)) {
-      await linger(s, set, () => lastLeft);
+      await linger({ lingerMs: s.lingerMs, stopped: s.stopped }, set, () => lastLeft);
       return 0;
     }
     return exitStatus(reason);
@@ -237,35 +228,6 @@ async function runServing(s: Session): Promise<number | 'retry'> {
     await new Promise<void>((r) => control.close(() => r()));
     await removeSocket(s.ctlPath);
     process.off('exit', removeAtExit);
-  }
-}
-
-/**
- * `keytether ssh --reconnect`: the link is gone but the workstation will be back. Staying the
- * serving process keeps the socket path and gpg.conf's `no-autostart` exactly as they were, so
- * gpg in between fails at once with "No agent running" (the empty holder set's answer) instead of
- * hanging or starting a local gpg-agent over the socket, and the next session's `serve --stdio`
- * finds this one by the control socket and attaches its holder here. Every time the set empties
- * again after a dropped link the wait starts over; a workstation that never comes back leaves
- * after lingerMs, one that stops on purpose ends this too.
- */
-async function linger(
-  s: Session,
-  set: HolderSet,
-  lastLeft: () => string | undefined,
-): Promise<void> {
-  for (;;) {
-    let timer: NodeJS.Timeout | undefined;
-    const joined = await Promise.race([
-      new Promise<boolean>((r) => set.onAdded(() => r(true))),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), s.lingerMs))),
-      s.stopped.then(() => false),
-    ]);
-    clearTimeout(timer);
-    if (!joined) return;
-    await Promise.race([new Promise<void>((r) => set.onEmpty(r)), s.stopped]);
-    // The reconnected session was stopped on purpose (Ctrl-C on the workstation): so is this.
-    if (set.size > 0 || lastLeft()?.endsWith(`: ${SESSION_ENDED}`)) return;
   }
 }
 
@@ -300,7 +262,7 @@ async function runAttached(s: Session): Promise<number | 'retry'> {
   ]);
   if (linked === false) return 'retry';
   if (linked !== true) {
-    handle.close('the session ended');
+    handle.close(SESSION_ENDED);
     return exitStatus(linked.own);
   }
   const sshPath = sshAgentSocketPath(s.socketPath);

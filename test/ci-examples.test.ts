@@ -1,13 +1,17 @@
 // deploy/ci/*.yml run as their CI would run them: the job scripts are read out of the YAML and
 // executed (GitHub: bash -e per `run:` step with the step's env; GitLab: each `script:` entry)
-// in a checkout with a tag, against a real relay and holder on this machine. Only the steps that
-// install packages are left out. The artifact signature and the re-signed tag must verify, and
+// in a checkout with a tag, against a real relay and holder on this machine. Only apt-get is left
+// out: the keytether install line runs as written, with the package at the examples' default
+// path an `npm pack` of this build (npm's -g prefix in the test's directory), so the jobs run the
+// keytether that line installed. The artifact signature and the re-signed tag must verify, and
 // the holder must have checked both signatures (clear signing).
 
 import t, { type Test } from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { copyFile, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { cliPath, repoRoot, runCli, spawnCli, waitForLine } from './support/cli.js';
 import {
@@ -46,7 +50,35 @@ function run(
   });
 }
 
-const installs = (script: string) => /\b(apt-get|npm install -g)\b/.test(script);
+const systemPackages = (script: string) => /\bapt-get\b/.test(script);
+
+const execFileP = promisify(execFile);
+let packed: Promise<string> | undefined;
+
+/** What `npm pack` in a checkout gives a user, made from the test build (built once per file). */
+function keytetherPackage(): Promise<string> {
+  packed ??= (async () => {
+    // Inside the checkout so the build's man step resolves node_modules.
+    const stage = await mkdtemp(path.join(repoRoot, '.cache', 'ci-package-'));
+    t.teardown(() => rm(stage, { recursive: true, force: true }));
+    await cp(path.dirname(path.dirname(await cliPath())), path.join(stage, 'dist'), {
+      recursive: true,
+    });
+    await execFileP(process.execPath, [
+      path.join(repoRoot, 'scripts', 'build-man.mjs'),
+      path.join(stage, 'dist'),
+    ]);
+    await mkdir(path.join(stage, 'docs'));
+    for (const f of ['package.json', 'README.md', 'docs/config.example.toml']) {
+      await copyFile(path.join(repoRoot, f), path.join(stage, f));
+    }
+    const { stdout } = await execFileP('npm', ['pack', '--ignore-scripts', '--silent'], {
+      cwd: stage,
+    });
+    return path.join(stage, stdout.trim());
+  })();
+  return packed;
+}
 
 function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -98,22 +130,24 @@ async function setUp(t: Test, spec: KeySpec) {
   );
   t.equal(made.code, 0, made.stderr);
 
-  // The runner: `keytether` on PATH is this build; a checkout with a commit and a tag.
-  const bin = path.join(tmp, 'bin');
-  await mkdir(bin);
-  await writeFile(
-    path.join(bin, 'keytether'),
-    `#!/bin/sh\nexec '${process.execPath}' '${await cliPath()}' "$@"\n`,
-  );
-  await chmod(path.join(bin, 'keytether'), 0o755);
+  // The runner: `npm install -g` goes to a prefix of its own, whose bin/ comes first on PATH
+  // (dependencies from this machine's npm cache where it has them); a checkout with a commit and
+  // a tag.
+  const prefix = path.join(tmp, 'npm-global');
   const repo = path.join(tmp, 'checkout');
   const runnerHome = path.join(tmp, 'runner-home');
   await mkdir(runnerHome);
   const runnerEnv: NodeJS.ProcessEnv = {
-    PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+    PATH: `${path.join(prefix, 'bin')}:${process.env.PATH ?? '/usr/bin:/bin'}`,
     HOME: runnerHome,
     LANG: 'C.UTF-8',
     GIT_CONFIG_NOSYSTEM: '1',
+    npm_config_prefix: prefix,
+    npm_config_cache: process.env.npm_config_cache ?? path.join(homedir(), '.npm'),
+    npm_config_prefer_offline: 'true',
+    npm_config_audit: 'false',
+    npm_config_fund: 'false',
+    npm_config_update_notifier: 'false',
   };
   const git = (...args: string[]) =>
     run('sh', `git ${args.map((a) => `'${a}'`).join(' ')}`, {
@@ -171,7 +205,33 @@ async function setUp(t: Test, spec: KeySpec) {
       'the holder saw and checked both signatures',
     );
   };
-  return { key, token: made.stdout.trim(), repo, runnerEnv, checkResults };
+  /** Puts the package where the example's KEYTETHER_PACKAGE points by default. */
+  const placePackage = async (where: string) => {
+    t.match(where, /^\.\/ci\/keytether-[\d.]+\.tgz$/, 'the default is a path in the repository');
+    await mkdir(path.join(repo, path.dirname(where)), { recursive: true });
+    await copyFile(await keytetherPackage(), path.join(repo, where));
+  };
+  /** After the install line: keytether and its man page come from the package. */
+  const checkInstalled = async (t: Test) => {
+    const which = await run('sh', 'command -v keytether', { cwd: repo, env: runnerEnv });
+    t.equal(
+      which.out.trim(),
+      path.join(prefix, 'bin', 'keytether'),
+      'keytether is the installed one',
+    );
+    await readFile(path.join(prefix, 'share', 'man', 'man1', 'keytether.1'), 'utf8').then((page) =>
+      t.match(page, /^\.TH KEYTETHER 1 /, 'npm linked the man page'),
+    );
+  };
+  return {
+    key,
+    token: made.stdout.trim(),
+    repo,
+    runnerEnv,
+    checkResults,
+    placePackage,
+    checkInstalled,
+  };
 }
 
 t.test('deploy/ci/github-actions.yml signs the artifact and the tag', async (t) => {
@@ -183,26 +243,36 @@ t.test('deploy/ci/github-actions.yml signs the artifact and the tag', async (t) 
   });
   const doc = parse(await readFile(path.join(repoRoot, 'deploy/ci/github-actions.yml'), 'utf8'));
   const steps = doc.jobs.sign.steps as Step[];
-  const expressions: Record<string, string> = {
+  const expressions: Record<string, string | undefined> = {
     'secrets.KEYTETHER_TOKEN': s.token,
     'vars.SIGNING_KEY': s.key.fingerprint,
+    // Not set: the example's default applies.
+    'vars.KEYTETHER_PACKAGE': undefined,
   };
   let ran = 0;
   for (const step of steps) {
-    if (step.run === undefined || installs(step.run)) continue;
+    if (step.run === undefined || systemPackages(step.run)) continue;
     const env: NodeJS.ProcessEnv = { ...s.runnerEnv, GITHUB_REF_NAME: 'v1.0', CI: 'true' };
     for (const [name, value] of Object.entries(step.env ?? {})) {
-      env[name] = String(value).replace(/\$\{\{\s*([\w.]+)\s*\}\}/g, (_m, e: string) => {
-        const v = expressions[e];
-        if (v === undefined) throw new Error(`the example uses \${{ ${e} }}, unknown to this test`);
-        return v;
-      });
+      env[name] = String(value).replace(
+        /\$\{\{\s*([\w.]+)\s*(?:\|\|\s*'([^']*)'\s*)?\}\}/g,
+        (_m, e: string, fallback: string | undefined) => {
+          if (!(e in expressions)) {
+            throw new Error(`the example uses \${{ ${e} }}, unknown to this test`);
+          }
+          const v = expressions[e] ?? fallback;
+          if (v === undefined) throw new Error(`\${{ ${e} }} has no value and no default`);
+          return v;
+        },
+      );
     }
+    if (env.KEYTETHER_PACKAGE !== undefined) await s.placePackage(env.KEYTETHER_PACKAGE);
     const r = await run('bash', step.run, { cwd: s.repo, env });
     t.equal(r.code, 0, `step ${JSON.stringify(step.run.slice(0, 40))}: ${r.out}`);
     ran++;
   }
-  t.equal(ran, 2, 'the build step and the signing step ran');
+  t.equal(ran, 3, 'the install, build and signing steps ran');
+  await s.checkInstalled(t);
   await s.checkResults(t);
 });
 
@@ -215,21 +285,28 @@ t.test('deploy/ci/gitlab-ci.yml signs the artifact and the tag', async (t) => {
     subkeys: [{ algo: 'cv25519', usage: 'encr' }],
   });
   const doc = parse(await readFile(path.join(repoRoot, 'deploy/ci/gitlab-ci.yml'), 'utf8'));
-  const script = doc['sign-release'].script as string[];
+  const job = doc['sign-release'] as {
+    variables: Record<string, string>;
+    before_script: string[];
+    script: string[];
+  };
+  await s.placePackage(job.variables.KEYTETHER_PACKAGE!);
   const env: NodeJS.ProcessEnv = {
     ...s.runnerEnv,
+    ...job.variables,
     CI_COMMIT_TAG: 'v1.0',
     CI: 'true',
     KEYTETHER_TOKEN: s.token,
     SIGNING_KEY: s.key.fingerprint,
   };
   let ran = 0;
-  for (const line of script) {
-    if (installs(line)) continue;
+  for (const line of [...job.before_script, ...job.script]) {
+    if (systemPackages(line)) continue;
     const r = await run('sh', line, { cwd: s.repo, env });
     t.equal(r.code, 0, `script ${JSON.stringify(line.slice(0, 40))}: ${r.out}`);
     ran++;
   }
-  t.equal(ran, 2, 'the build entry and the signing entry ran');
+  t.equal(ran, 3, 'the install, build and signing entries ran');
+  await s.checkInstalled(t);
   await s.checkResults(t);
 });

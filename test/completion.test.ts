@@ -1,13 +1,14 @@
 // keytether completion bash|zsh and the man page are generated from the program tree: bash's own
 // compgen, fed the generated script, offers each command's subcommands and flags; man renders
-// the page with every command in it.
+// the page with every command in it; the build writes it where package.json "man" says.
 
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { runCli } from './support/cli.js';
+import { cliPath, repoRoot, runCli } from './support/cli.js';
+import type { Command } from 'commander';
 import { buildProgram } from '../cli/program.js';
 
 const execFileP = promisify(execFile);
@@ -78,4 +79,40 @@ t.test('the man page names every command and renders', async (t) => {
   if (!rendered) return;
   t.match(rendered.stdout, /keytether doctor \[options\]/);
   t.match(rendered.stdout, /--sshd-config <file>/);
+});
+
+t.test('the build writes the man page that package.json installs, warning-free', async (t) => {
+  const pkg = JSON.parse(await readFile(path.join(repoRoot, 'package.json'), 'utf8')) as {
+    man: string[];
+    scripts: { build: string };
+  };
+  t.same(pkg.man, ['./dist/man/keytether.1'], 'npm install -g links the page into man1');
+  t.match(pkg.scripts.build, /&& node scripts\/build-man\.mjs dist$/, 'npm run build writes it');
+
+  // The build step, run against a copy of the test build (what `npm run build` leaves in dist/).
+  // Inside the checkout, so the copy still resolves node_modules.
+  const dist = await mkdtemp(path.join(repoRoot, '.cache', 'man-build-'));
+  t.teardown(() => rm(dist, { recursive: true, force: true }));
+  await cp(path.dirname(path.dirname(await cliPath())), dist, { recursive: true });
+  await execFileP(process.execPath, [path.join(repoRoot, 'scripts', 'build-man.mjs'), dist]);
+  const page = path.join(dist, pkg.man[0]!.replace('./dist/', ''));
+  const env = { ...process.env, MANWIDTH: '80', MANPAGER: 'cat', PAGER: 'cat' };
+  const warnings = await execFileP(
+    'sh',
+    ['-c', 'man --warnings -l "$1" 2>&1 >/dev/null', '-', page],
+    {
+      env,
+    },
+  );
+  t.equal(warnings.stdout, '', 'man --warnings reports nothing');
+  const rendered = (await execFileP('man', ['-l', page], { env })).stdout;
+  const names = (cmd: Command, prefix: string[]): string[][] =>
+    cmd.commands
+      .filter((c) => c.name() !== 'man')
+      .flatMap((c) => [[...prefix, c.name()], ...names(c, [...prefix, c.name()])]);
+  const all = names(buildProgram(), []);
+  t.ok(all.length > 20, `${all.length} commands`);
+  for (const words of all) {
+    t.ok(rendered.includes(`keytether ${words.join(' ')} [options]`), `names ${words.join(' ')}`);
+  }
 });

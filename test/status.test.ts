@@ -365,10 +365,17 @@ t.test('keytether ssh reuses the running agent', async (t) => {
     '--remote-socket',
     w.remoteSocket,
     '--import-keys',
+    '--pinentry-program',
+    '/usr/bin/pinentry',
   ]);
   const { child, exited } = ssh;
   const stderr = ssh.stderr();
   t.match(stderr, `keytether ssh: using the running keytether agent (pid ${process.pid})\n`);
+  // The agent's pinentry asks for gpg's keys; ssh's own still unlocks encrypted identity files.
+  t.match(
+    stderr,
+    "keytether ssh: the running agent's own settings apply to gpg's requests, not --pinentry-program, --policy (--pinentry-program still applies to SSH identity passphrases); pass --no-agent to use them for gpg too\n",
+  );
 
   const s = await server.gpg(['--batch', '--no-tty', '-u', key.fingerprint, '--detach-sign'], {
     input: 'signed on the server through the agent\n',

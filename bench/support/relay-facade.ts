@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { relayEndpoint } from '../../protocol/relay/endpoint.js';
 import { parseToken } from '../../protocol/token.js';
 import { tunnelClient } from '../../protocol/tunnel/index.js';
-import { RelayHolder } from '../../server/connect.js';
+import { RelayHolder } from '../../server/relay-holder.js';
 import { openFacadeSocket } from '../../server/facade-socket.js';
 import { startFacade } from '../../server/facade.js';
 import { sealFacadeStream } from '../../server/seal.js';

@@ -63,6 +63,9 @@ const IN_PROCESS_OPTIONS = [
   'gnupgHome',
 ] as const;
 
+// Of those, the ones `keytether ssh` itself also uses to ask SSH identity passphrases.
+const SSH_IDENTITY_OPTIONS: readonly string[] = ['pinentryProgram', 'pinentryTimeout'];
+
 /** How long the server keeps the socket for a workstation that lost its link (--reconnect). */
 const LINGER_MS = 10 * 60_000;
 
@@ -196,10 +199,16 @@ export function register(program: Command): void {
               ? `using the running keytether agent (pid ${agent.pid})`
               : `using the holder of '${owner}' (pid ${agent.pid}); this session ends when that one does — start 'keytether agent' to give every session one lasting holder`,
           );
-          const ignored = IN_PROCESS_OPTIONS.filter((o) => cmd.getOptionValueSource(o) === 'cli');
-          if (ignored.length > 0) {
+          const notForGpg = IN_PROCESS_OPTIONS.filter((o) => cmd.getOptionValueSource(o) === 'cli');
+          if (notForGpg.length > 0) {
+            // The pinentry options still unlock this session's encrypted SSH identity files.
+            const stillUsed = notForGpg.filter((o) => SSH_IDENTITY_OPTIONS.includes(o));
+            const still =
+              stillUsed.length === 0
+                ? ''
+                : ` (${stillUsed.map(optionFlag).join(', ')} still ${stillUsed.length === 1 ? 'applies' : 'apply'} to SSH identity passphrases)`;
             notice(
-              `the running agent's own settings apply, not ${ignored.map(optionFlag).join(', ')}; pass --no-agent to use them`,
+              `the running agent's own settings apply to gpg's requests, not ${notForGpg.map(optionFlag).join(', ')}${still}; pass --no-agent to use them for gpg too`,
             );
           }
           holder = agent.holder;

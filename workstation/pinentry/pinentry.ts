@@ -5,10 +5,11 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { basename } from 'node:path';
 import { Duplex, type Readable, type Writable } from 'node:stream';
-import { AssuanClient, percentEscapeText } from '../../protocol/assuan/index.js';
-import { displayText } from '../../protocol/display-text.js';
-import { DIALOG_ROWS, fitDialogText } from './dialog-fit.js';
-import { ErrorCode, GpgError, errText } from '../../protocol/gpg-error.js';
+import { AssuanClient } from '../../protocol/assuan/index.js';
+import { DIALOG_ROWS } from './dialog-fit.js';
+import { ErrorCode, GpgError } from '../../protocol/gpg-error.js';
+import { descriptionCommand, failureText, optionValue, textCommand } from './pinentry-lines.js';
+import { pinentryLock } from './pinentry-lock.js';
 
 export interface PinentryOptions {
   /** Program name (looked up in PATH) or path; default 'pinentry'. */
@@ -47,7 +48,6 @@ export interface PassphraseAsker {
 const DEFAULT_TIMEOUT_MS = 60_000;
 // gpg-agent caps passphrases at 255 bytes; allow more for pasted ones but keep a bound.
 const MAX_PASSPHRASE_BYTES = 1024;
-const MAX_LINE_BYTES = 1000;
 // Time a pinentry gets to exit on its own (after BYE or stdin EOF, or after SIGTERM so curses can
 // restore the terminal) before it is killed harder.
 const EXIT_GRACE_MS = 1000;
@@ -57,92 +57,6 @@ const CANCEL_CODES: ReadonlySet<number> = new Set([
   ErrorCode.ASS_CANCELED,
   ErrorCode.FULLY_CANCELED,
 ]);
-
-/** FIFO lock: gpg-agent shows one pinentry at a time, and so do we (across all instances). */
-class PinentryLock {
-  private busy = false;
-  private readonly waiters: (() => void)[] = [];
-
-  acquire(signal?: AbortSignal): Promise<() => void> {
-    const release = (): void => {
-      const next = this.waiters.shift();
-      if (next) next();
-      else this.busy = false;
-    };
-    if (signal?.aborted) return Promise.reject(new GpgError(ErrorCode.CANCELED));
-    if (!this.busy) {
-      this.busy = true;
-      return Promise.resolve(release);
-    }
-    return new Promise((resolve, reject) => {
-      const waiter = (): void => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve(release);
-      };
-      const onAbort = (): void => {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-        reject(new GpgError(ErrorCode.CANCELED));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiters.push(waiter);
-    });
-  }
-}
-
-const pinentryLock = new PinentryLock();
-
-function escapedLength(cp: string): number {
-  return cp === '%' || cp === '\n' || cp === '\r' ? 3 : Buffer.byteLength(cp, 'utf8');
-}
-
-/**
- * `CMD <escaped text>`, shortened with an ellipsis so the line fits Assuan's 1000 bytes. The text
- * can come from a remote request, so it goes through the one display sanitiser first.
- */
-function textCommand(cmd: string, text: string): string {
-  const clean = displayText(text);
-  const budget = MAX_LINE_BYTES - cmd.length - 1;
-  let total = 0;
-  for (const cp of clean) total += escapedLength(cp);
-  if (total <= budget) return `${cmd} ${percentEscapeText(clean)}`;
-  let kept = '';
-  let used = 0;
-  const room = budget - Buffer.byteLength('…', 'utf8');
-  for (const cp of clean) {
-    const n = escapedLength(cp);
-    if (used + n > room) break;
-    kept += cp;
-    used += n;
-  }
-  return `${cmd} ${percentEscapeText(kept + '…')}`;
-}
-
-/** `SETDESC <escaped text>` that fits both the Assuan line and an 80×24 pinentry-curses. */
-function descriptionCommand(text: string, rows: number): string {
-  const cmd = 'SETDESC';
-  return `${cmd} ${percentEscapeText(fitDialogText(text, MAX_LINE_BYTES - cmd.length - 1, rows))}`;
-}
-
-/** An OPTION value from the environment, or undefined if unusable on an Assuan line. */
-function optionValue(v: string | undefined): string | undefined {
-  if (!v || /[\u0000-\u001f\u007f]/.test(v) || v.length > 200) return undefined;
-  return v;
-}
-
-// libgpg-error's code for ENOTTY (0x8000 | its errno index): what a curses pinentry reports when
-// it has no terminal, the classic "Inappropriate ioctl for device".
-const GPG_ERR_ENOTTY = 0x8000 | 102;
-
-function failureText(code: number): string {
-  if (code === GPG_ERR_ENOTTY) {
-    return 'found no terminal to ask on (Inappropriate ioctl for device; set GPG_TTY or DISPLAY)';
-  }
-  const known = errText(code);
-  return code & 0x8000 || known.startsWith('Unknown')
-    ? `failed (error code ${code})`
-    : `failed: ${known}`;
-}
 
 function codeOf(e: unknown): number {
   return e instanceof GpgError ? e.code : ErrorCode.GENERAL;
