@@ -7,53 +7,28 @@ import * as path from 'node:path';
 import * as openpgp from 'openpgp';
 import { UserError } from '../../system/user-error.js';
 import { ErrorCode, GpgError, gpgErr } from '../../protocol/gpg-error.js';
-import type { Certificate, Inventory, KeyEntry, KeyUsage } from '../../protocol/keyholder.js';
+import type { Certificate, Inventory, KeyEntry } from '../../protocol/keyholder.js';
 import { publicKeySexp } from '../../protocol/keygrip.js';
 import { createUnlockedKey, type UnlockedKey } from '../crypto/unlocked-key.js';
 import { ensureHome, readSecretFile, writeSecretFile } from '../home/home.js';
 import { describeKey, secretMaterial, type KeyPart } from './key-part.js';
 import { readKeyInput } from './import-input.js';
+import { concat, mergeKeys } from './merge-keys.js';
+import { keyDirSignature } from './key-dir.js';
+import type { ImportOptions, ImportResult, ListedKey, ListedSubkey } from './listed-key.js';
 import {
   isSshKeyInput,
   readSshKeyInput,
   sshKeyFileText,
-  sshKeyFromFile,
+  listedSshKey,
+  readStoredSshKey,
   sshPublicLine,
   unlockSshKey,
   zeroMaterial,
   type SshStoredKey,
 } from './ssh-key.js';
 
-export interface ImportResult {
-  fingerprint: string;
-  /** First user id, or '' when the key has none. */
-  uid: string;
-  /** False when the key was already in the store and has been updated. */
-  created: boolean;
-}
-
-export interface ListedSubkey {
-  fingerprint: string;
-  algorithm: string;
-  /** 40 uppercase hex digits as `gpg --with-keygrip` prints; null for unsupported algorithms. */
-  keygrip: string | null;
-  usage: KeyUsage[];
-  /** False when only a stub is stored (no secret material here). */
-  secret: boolean;
-}
-
-export interface ListedKey extends ListedSubkey {
-  /** `openssh` for a key imported from an OpenSSH private key file (fingerprint `SHA256:…`). */
-  format: 'openpgp' | 'openssh';
-  /** OpenPGP user ids; for an OpenSSH key its comment, when it has one. */
-  uids: string[];
-  subkeys: ListedSubkey[];
-}
-
-export interface ImportOptions {
-  /** The text of FILE.pub beside an SSH key file (the public half of an encrypted PEM key). */
-  sshPublic?: string;
-}
+export type { ImportOptions, ImportResult, ListedKey, ListedSubkey } from './listed-key.js';
 
 interface StoredKey {
   fingerprint: string;
@@ -96,7 +71,7 @@ export class Keystore {
     await ensureHome(home);
     const ks = new Keystore(home);
     await ensureHome(ks.dir);
-    ks.dirSignature = await ks.signature();
+    ks.dirSignature = await keyDirSignature(ks.dir);
     await ks.reload();
     return ks;
   }
@@ -109,13 +84,7 @@ export class Keystore {
     for (const name of names.sort()) {
       const ssh = /^([0-9A-F]{40})\.ssh$/.exec(name);
       if (ssh) {
-        const file = path.join(this.dir, name);
-        const k = sshKeyFromFile((await readSecretFile(file)).toString('utf8'), file);
-        if (k.keygrip !== ssh[1]) {
-          throw new UserError(
-            `${file} holds the key with keygrip ${k.keygrip}, not the one its name says; remove it and import the key again`,
-          );
-        }
+        const k = await readStoredSshKey(path.join(this.dir, name), ssh[1]!);
         nextSsh.set(k.keygrip, k);
         continue;
       }
@@ -149,29 +118,12 @@ export class Keystore {
     if (now - this.lastCheck < 1000) return;
     this.lastCheck = now;
     this.refreshing = (async () => {
-      const sig = await this.signature();
+      const sig = await keyDirSignature(this.dir);
       if (sig === this.dirSignature) return;
       await this.reload();
       this.dirSignature = sig;
     })().finally(() => (this.refreshing = undefined));
     return this.refreshing;
-  }
-
-  /**
-   * The key files and their inodes. Not the directory's mtime: an import creates a temporary
-   * file, then renames it, both within one coarse filesystem tick, and a look in between (an
-   * inotify-driven inventory read does exactly that) would never see the renamed file change it.
-   * A replaced file has a new inode, so re-imports are seen too.
-   */
-  private async signature(): Promise<string> {
-    const names = (await fs.readdir(this.dir)).filter((n) => /^[0-9A-F]+\.(key|ssh)$/.test(n));
-    const parts = await Promise.all(
-      names.sort().map(async (n) => {
-        const st = await fs.stat(path.join(this.dir, n)).catch(() => undefined);
-        return `${n}:${st?.ino ?? 0}:${st?.mtimeMs ?? 0}`;
-      }),
-    );
-    return parts.join('\n');
   }
 
   private entry(key: openpgp.Key, armored: string): StoredKey {
@@ -276,16 +228,7 @@ export class Keystore {
       const uids = k.key.getUserIDs();
       return { ...sub(primary!), format: 'openpgp', uids, subkeys: subs.map(sub) };
     });
-    const sshKeys = [...this.sshKeys.values()].map((k): ListedKey => ({
-      fingerprint: k.fingerprint,
-      algorithm: k.algorithm,
-      keygrip: k.keygrip,
-      usage: ['auth'],
-      secret: true,
-      format: 'openssh',
-      uids: k.comment ? [k.comment] : [],
-      subkeys: [],
-    }));
+    const sshKeys = [...this.sshKeys.values()].map(listedSshKey);
     return [...openpgpKeys, ...sshKeys];
   }
 
@@ -463,44 +406,4 @@ export class Keystore {
       }
     }
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  return Buffer.concat(parts.map((p) => Buffer.from(p.buffer, p.byteOffset, p.length)));
-}
-
-type KeyHolderPacket = { keyPacket: openpgp.SecretKeyPacket | openpgp.SecretSubkeyPacket };
-
-function isStub(k: KeyHolderPacket): boolean {
-  const p = k.keyPacket as Partial<openpgp.SecretKeyPacket>;
-  return typeof p.isMissingSecretKeyMaterial !== 'function' || p.isMissingSecretKeyMaterial();
-}
-
-/**
- * The new export wins (its passphrase, its secret packets), with user ids, signatures and subkeys
- * only the stored copy has added back; where the new export has a stub and the stored copy real
- * secret material, the stored packet is kept.
- */
-async function mergeKeys(
-  incoming: openpgp.PrivateKey,
-  stored: openpgp.PrivateKey,
-): Promise<openpgp.Key> {
-  let merged: openpgp.Key;
-  try {
-    merged = await incoming.update(stored);
-  } catch {
-    // openpgp refuses merges whose signatures it cannot check; the fresh export alone is fine.
-    merged = incoming;
-  }
-  const oldParts = new Map<string, KeyHolderPacket>();
-  for (const k of stored.getKeys())
-    oldParts.set(k.getFingerprint(), k as unknown as KeyHolderPacket);
-  for (const k of merged.getKeys()) {
-    const mine = k as unknown as KeyHolderPacket;
-    const old = oldParts.get(k.getFingerprint());
-    if (old && isStub(mine) && !isStub(old)) {
-      (mine as { keyPacket: unknown }).keyPacket = old.keyPacket;
-    }
-  }
-  return merged;
 }

@@ -19,6 +19,8 @@ import {
 import { SshReader, WireError } from '../../protocol/ssh-agent/wire.js';
 import { UserError } from '../../system/user-error.js';
 import type { SecretKeyMaterial } from '../crypto/unlocked-key.js';
+import { readSecretFile } from '../home/home.js';
+import type { ListedKey } from './listed-key.js';
 
 const ssh2Utils = ssh2.utils;
 
@@ -178,6 +180,31 @@ export function readSshKeyInput(bytes: Uint8Array, source: string, sibling?: str
     zeroMaterial(sshSecretMaterial(k, key));
   }
   return key;
+}
+
+/** A stored `keys/<KEYGRIP>.ssh` file, checked against the keygrip its name gives. */
+export async function readStoredSshKey(file: string, grip: string): Promise<SshStoredKey> {
+  const k = sshKeyFromFile((await readSecretFile(file)).toString('utf8'), file);
+  if (k.keygrip !== grip) {
+    throw new UserError(
+      `${file} holds the key with keygrip ${k.keygrip}, not the one its name says; remove it and import the key again`,
+    );
+  }
+  return k;
+}
+
+/** The key as `keytether keys list` shows it. */
+export function listedSshKey(k: SshStoredKey): ListedKey {
+  return {
+    fingerprint: k.fingerprint,
+    algorithm: k.algorithm,
+    keygrip: k.keygrip,
+    usage: ['auth'],
+    secret: true,
+    format: 'openssh',
+    uids: k.comment ? [k.comment] : [],
+    subkeys: [],
+  };
 }
 
 /** The `.ssh` file: JSON, so the comment and public key survive without parsing the private part. */
