@@ -10,7 +10,7 @@ import { existsSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { shellQuote } from '../workstation/ssh/connect.js';
-import { cliPath, importIntoKeytether, spawnCli, waitForLine } from './support/cli.js';
+import { cliPath, importIntoKeytether, runCli, spawnCli, waitForLine } from './support/cli.js';
 import { exportSecretKey, generateKey, makeGnupgHome } from './support/gnupg.js';
 import { sshArgs, startSshd } from './support/sshd.js';
 import { ALLOW_BLIND_FLAG } from './support/blind-signing.js';
@@ -230,6 +230,34 @@ t.test('keytether ssh serves an ssh-agent socket on a real sshd', async (t) => {
       off.kill('SIGINT');
       t.equal(await offExited, 0);
       t.notMatch(out, /ssh-agent:/);
+    },
+  );
+
+  t.test(
+    'keytether ssh HOST -- CMD: CMD runs with gpg and SSH_AUTH_SOCK served and sets the exit status',
+    async (t) => {
+      const c = await session([
+        '--',
+        'sh',
+        '-c',
+        'echo "sock=$SSH_AUTH_SOCK"; ssh-add -l; gpg-connect-agent "GETINFO version" /bye; exit 7',
+      ]);
+      let out = '';
+      let err = '';
+      c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      c.stdin!.end();
+      t.equal(await exitOf(c), 7, `the command's status: ${err}`);
+      t.match(out, `sock=${agentSock}\n`, 'SSH_AUTH_SOCK names the session socket');
+      t.match(out, /ED25519/, 'ssh-add -l lists the auth subkey');
+      t.match(out, /^D 2\.\d+\.\d+/m, "gpg's agent socket is served");
+      t.notMatch(out, /^(ready|ssh-agent):/m, "stdout is the command's alone");
+      t.match(err, `ready: ${remoteSocket}`, "keytether's lines are on stderr");
+      t.notOk(existsSync(agentSock), 'the socket is gone with the session');
+
+      const both = await runCli(['ssh', '--reconnect', 'host.example', '--', 'true'], { env });
+      t.equal(both.code, 2);
+      t.match(both.stderr, /--reconnect keeps a link up until interrupted, and a command ends it/);
     },
   );
 });

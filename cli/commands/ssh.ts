@@ -20,9 +20,10 @@ import { resolveSshTarget } from '../../workstation/ssh/config.js';
 import { connectSsh } from '../../workstation/ssh/connect.js';
 import type { UnlockedIdentities } from '../../workstation/ssh/identity-agent.js';
 import { pinentryAskPassphrase } from '../../workstation/ssh/identity-passphrase.js';
+import { runRemoteCommand } from '../../workstation/ssh/remote-command.js';
 import { runSshSession } from '../../workstation/ssh/session.js';
 import { keepLinked } from '../../workstation/ssh/reconnect.js';
-import { UserError } from '../../system/user-error.js';
+import { UsageError, UserError } from '../../system/user-error.js';
 import {
   action,
   collect,
@@ -80,11 +81,17 @@ export function register(program: Command): void {
       'after',
       examples(
         'keytether ssh build@ci.example.com',
-        'keytether ssh -J bastion.example.com --import-keys build@ci.internal',
+        'keytether ssh build@ci.example.com -- git tag -s v1.2 -m v1.2',
       ),
     )
-    .description('forward the holder to HOST over SSH until interrupted or the connection ends')
+    .description(
+      'forward the holder to HOST over SSH until interrupted or the connection ends (or COMMAND does)',
+    )
     .argument('<destination>', '[USER@]HOST')
+    .argument(
+      '[command...]',
+      'after --: run this on HOST once gpg can use the socket (SSH_AUTH_SOCK set too), then end with its exit status',
+    )
     .option('-p, --port <port>', 'SSH port', positiveIntArg)
     .option(
       '-J, --jump <hops>',
@@ -158,7 +165,23 @@ export function register(program: Command): void {
       'in-process holder: GnuPG home of the gpg-agent back end (default $GNUPGHOME or ~/.gnupg)',
     )
     .action(
-      action(async (destination: string, flags: SshFlags, cmd: Command) => {
+      action(async (destination: string, command: string[], flags: SshFlags, cmd: Command) => {
+        // `ssh HOST CMD` works without it, but here a stray word must not run on a server.
+        let root: Command = cmd;
+        while (root.parent) root = root.parent;
+        if (
+          command.length > 0 &&
+          !(root as unknown as { rawArgs: string[] }).rawArgs.includes('--')
+        ) {
+          throw new UsageError(
+            `'${command[0]!.slice(0, 40)}' follows the destination; to run a command on it, put it after --: keytether ssh ${destination.slice(0, 80)} -- CMD`,
+          );
+        }
+        if (command.length > 0 && flags.reconnect) {
+          throw new UsageError(
+            '--reconnect keeps a link up until interrupted, and a command ends it: use one of them',
+          );
+        }
         if (flags.socket !== undefined) {
           throw new UserError(
             'reusing a running keytether agent (--socket) is not available yet; run without --socket',
@@ -266,6 +289,11 @@ export function register(program: Command): void {
         for (const s of signals) process.on(s, onSignal);
 
         let readyCount = 0;
+        // With a command, stdout is the command's; keytether's own lines go to stderr.
+        const lineOut = command.length > 0 ? process.stderr : process.stdout;
+        let commandRun: Promise<void> | undefined;
+        let commandStatus = 0;
+        let commandError: unknown;
         let sshAgentPath: string | undefined;
         const unlocked: UnlockedIdentities = new Map();
         const once = async () => {
@@ -292,6 +320,20 @@ export function register(program: Command): void {
               ...(flags.reconnect ? { lingerMs: LINGER_MS } : {}),
               software,
               onReady: (p) => {
+                if (command.length > 0 && commandRun === undefined) {
+                  commandRun = runRemoteCommand(client, command, {
+                    sshAgent: flags.sshAgent !== false,
+                  }).then(
+                    (code) => {
+                      commandStatus = code;
+                      stop.abort();
+                    },
+                    (e: unknown) => {
+                      commandError = e;
+                      stop.abort();
+                    },
+                  );
+                }
                 session ??= {
                   front: 'ssh',
                   host: target.host,
@@ -299,11 +341,11 @@ export function register(program: Command): void {
                   requests: 0,
                 };
                 // A script waits for one `ready:`; a resumed link is news, not a new start.
-                process.stdout.write(`${readyCount++ === 0 ? 'ready' : 'reconnected'}: ${p}\n`);
+                lineOut.write(`${readyCount++ === 0 ? 'ready' : 'reconnected'}: ${p}\n`);
               },
               onSshAgent: (p) => {
                 // Said again only when a reconnected link serves it elsewhere.
-                if (p !== sshAgentPath) process.stdout.write(`ssh-agent: ${p}\n`);
+                if (p !== sshAgentPath) lineOut.write(`ssh-agent: ${p}\n`);
                 sshAgentPath = p;
               },
               onRemoteLine: (l) => process.stderr.write(`${target.host}: ${l}\n`),
@@ -331,7 +373,9 @@ export function register(program: Command): void {
           } else {
             await once();
           }
-          return 0;
+          await commandRun;
+          if (commandError !== undefined) throw commandError;
+          return commandStatus;
         } finally {
           for (const s of signals) process.off(s, onSignal);
           await release();
