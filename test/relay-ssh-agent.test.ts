@@ -94,6 +94,17 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
       process.env,
       text,
     );
+  /** `keytether connect -- sh -c SCRIPT PUB MSG` with token TOK and no ssh-agent of its own. */
+  const connectRunning = (tok: string, script: string, pub: string) =>
+    runCli(['connect', '--relay', url, '--', 'sh', '-c', script, pub, msg], {
+      env: { KEYTETHER_TOKEN: tok, SSH_AUTH_SOCK: undefined },
+    });
+  const lastRecord = async () =>
+    (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .at(-1);
   const token = async (...extra: string[]) => {
     const r = await runCli(['token', 'create', '--relay', url, ...extra], { env });
     t.equal(r.code, 0, `token create: ${r.stderr}`);
@@ -111,19 +122,10 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
     'a token with ssh-sign: CMD gets SSH_AUTH_SOCK and its signature verifies',
     async (t) => {
       const tok = await token('--key', key.fingerprint, '--ops', 'ssh-sign');
-      const r = await runCli(
-        [
-          'connect',
-          '--relay',
-          url,
-          '--',
-          'sh',
-          '-c',
-          'echo "sock=$SSH_AUTH_SOCK"; ssh-add -l && ssh-keygen -Y sign -n git -f "$0" "$1"',
-          pubFile,
-          msg,
-        ],
-        { env: { KEYTETHER_TOKEN: tok, SSH_AUTH_SOCK: undefined } },
+      const r = await connectRunning(
+        tok,
+        'echo "sock=$SSH_AUTH_SOCK"; ssh-add -l && ssh-keygen -Y sign -n git -f "$0" "$1"',
+        pubFile,
       );
       t.equal(r.code, 0, r.stderr);
       const sock = /^sock=(\/\S+)$/m.exec(r.stdout)?.[1];
@@ -134,11 +136,7 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
       const v = await verify(`${msg}.sig`);
       t.equal(v.code, 0, v.stderr);
       t.match(v.stdout, /Good "git" signature for cid@example.org/);
-      const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-        .at(-1);
+      const rec = await lastRecord();
       t.match(rec, { front: 'relay', op: 'ssh-sign', decision: 'allowed', fingerprint: authFpr });
     },
   );
@@ -185,11 +183,7 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
     };
     t.match(r.stderr, `ssh-agent: Forbidden - token ${tid.tid} does not allow ssh-sign operations`);
     t.notOk(existsSync(`${msg}.sig`), 'no signature was written');
-    const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .at(-1);
+    const rec = await lastRecord();
     t.match(rec, { front: 'relay', op: 'ssh-sign', decision: 'denied', tokenId: tid.tid });
   });
 
@@ -229,19 +223,10 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
       const tok = await token('--key', sshFpr, '--ops', 'ssh-sign');
       const idPub = (await readFile(`${idFile}.pub`, 'utf8')).trim();
       await rm(`${msg}.sig`, { force: true });
-      const r = await runCli(
-        [
-          'connect',
-          '--relay',
-          url,
-          '--',
-          'sh',
-          '-c',
-          'ssh-add -L && ssh-keygen -Y sign -n git -f "$0" "$1"',
-          `${idFile}.pub`,
-          msg,
-        ],
-        { env: { KEYTETHER_TOKEN: tok, SSH_AUTH_SOCK: undefined } },
+      const r = await connectRunning(
+        tok,
+        'ssh-add -L && ssh-keygen -Y sign -n git -f "$0" "$1"',
+        `${idFile}.pub`,
       );
       t.equal(r.code, 0, r.stderr);
       t.equal(r.stdout.trim().split('\n').length, 1, 'the token shows its one key only');
@@ -249,11 +234,7 @@ t.test('ssh-agent signatures through keytether connect and a relay', async (t) =
       await writeFile(allowed, `cid@example.org ${idPub}\n`);
       const v = await verify(`${msg}.sig`);
       t.equal(v.code, 0, v.stderr);
-      const rec = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-        .at(-1);
+      const rec = await lastRecord();
       t.match(rec, { front: 'relay', op: 'ssh-sign', decision: 'allowed', fingerprint: sshFpr });
     },
   );
