@@ -14,6 +14,7 @@ import {
   generateKey,
   listKeygrips,
   makeGnupgHome,
+  redirectAgentSocket,
   type GeneratedKey,
 } from './support/gnupg.js';
 import { gpgClients } from './support/gpg-versions.js';
@@ -105,11 +106,7 @@ t.test('brainpool ECDH and ECDSA through the builtin store and the facade', asyn
   await waitForLine(child.stderr!, /^ready: /, 30_000).catch((e: Error) => {
     throw new Error(`serve did not get ready: ${e.message}; stderr: ${stderr}`);
   });
-  for (const client of gpgClients()) {
-    const dirs = await srv.run(client.gpgconf ?? 'gpgconf', ['--list-dirs', 'agent-socket']);
-    const at = dirs.stdout.toString().trim() || path.join(srv.home, 'S.gpg-agent');
-    await writeFile(at, `%Assuan%\nsocket=${socket}\n`);
-  }
+  for (const client of gpgClients()) await redirectAgentSocket(srv, socket, client.gpgconf);
 
   for (const client of gpgClients()) {
     await t.test(client.label, async (t) => {

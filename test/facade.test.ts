@@ -17,6 +17,7 @@ import {
   exportSecretKey,
   generateKey,
   makeGnupgHome,
+  redirectAgentSocket,
   type GeneratedKey,
   type TempGnupg,
 } from './support/gnupg.js';
@@ -110,11 +111,7 @@ t.test('keytether serve --stdio with stock gpg and git', async (t) => {
   t.equal(conf.match(/^no-autostart$/gm)?.length, 1, 'gpg.conf has no-autostart once');
 
   // gpg finds the facade through a libassuan redirect file at its own agent-socket path.
-  for (const client of gpgClients()) {
-    const dirs = await srv.run(client.gpgconf ?? 'gpgconf', ['--list-dirs', 'agent-socket']);
-    const at = dirs.stdout.toString().trim() || path.join(srv.home, 'S.gpg-agent');
-    await writeFile(at, `%Assuan%\nsocket=${socket}\n`);
-  }
+  for (const client of gpgClients()) await redirectAgentSocket(srv, socket, client.gpgconf);
 
   for (const client of gpgClients()) {
     await t.test(client.label, async (t) => {

@@ -325,6 +325,20 @@ export async function agentData(g: TempGnupg, command: string): Promise<Buffer> 
 }
 
 /**
+ * Makes gpg in G (as GPGCONF, e.g. gpg 2.4's, places it) reach AGENT_SOCKET: a libassuan
+ * `%Assuan%` redirect file where `gpgconf --list-dirs agent-socket` says gpg looks.
+ */
+export async function redirectAgentSocket(
+  g: TempGnupg,
+  agentSocket: string,
+  gpgconf = 'gpgconf',
+): Promise<void> {
+  const dirs = await g.run(gpgconf, ['--list-dirs', 'agent-socket']);
+  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
+  await writeFile(at, `%Assuan%\nsocket=${agentSocket}\n`);
+}
+
+/**
  * A public-keys-only GNUPGHOME for gpg clients of keytether: `no-autostart`, PUBLIC_KEYS imported,
  * and a libassuan `%Assuan%` redirect file at the path `gpgconf --list-dirs agent-socket` names,
  * pointing at AGENT_SOCKET (works with gpg 2.2 and 2.4).
@@ -335,9 +349,7 @@ export async function clientHome(
   gpgBin?: string,
 ): Promise<TempGnupg> {
   const g = await makeGnupgHome({ ...(gpgBin ? { gpgBin } : {}), gpgConf: ['no-autostart'] });
-  const dirs = await g.run('gpgconf', ['--list-dirs', 'agent-socket']);
-  const at = dirs.stdout.toString().trim() || path.join(g.home, 'S.gpg-agent');
-  await writeFile(at, `%Assuan%\nsocket=${agentSocket}\n`);
+  await redirectAgentSocket(g, agentSocket);
   const imp = await g.gpg(['--batch', '--import'], { input: publicKeys });
   if (imp.code !== 0) throw new Error(`importing public keys failed: ${imp.stderr}`);
   return g;
