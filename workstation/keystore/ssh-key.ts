@@ -12,6 +12,7 @@ import { keygrip, type PublicKeyParams } from '../../protocol/keygrip.js';
 import { sshFingerprint } from '../../protocol/ssh-agent/index.js';
 import { publicKeyFromBlob } from '../../protocol/ssh-agent/keys.js';
 import {
+  MAX_KDF_ROUNDS,
   parseOpenSshEnvelope,
   sshKeyFileKind,
   type SshKeyFileKind,
@@ -137,9 +138,15 @@ export function readSshKeyInput(bytes: Uint8Array, source: string, sibling?: str
   if (kind === 'openssh') {
     try {
       const env = parseOpenSshEnvelope(text);
+      if (env.rounds > MAX_KDF_ROUNDS) {
+        throw new UserError(
+          `${source} asks for ${env.rounds} bcrypt rounds at each unlock (at most ${MAX_KDF_ROUNDS}); lower them with ssh-keygen -p -a 100 -f ${source}`,
+        );
+      }
       blob = env.publicBlob;
       encrypted = env.cipher !== 'none';
     } catch (e) {
+      if (e instanceof UserError) throw e;
       const why = e instanceof WireError ? e.message : 'unreadable';
       throw new UserError(
         `${source} is not a readable OpenSSH private key (${why}); copy it again from the machine it came from`,

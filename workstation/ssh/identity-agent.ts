@@ -3,7 +3,7 @@
 // identity's passphrase is asked for only when that key would actually log in — as OpenSSH does.
 // Both wrappers also remember what they offered, for the "which keys were tried" error sentence.
 
-import { SshReader } from '../../protocol/ssh-agent/wire.js';
+import { parseOpenSshEnvelope } from '../../protocol/ssh-agent/private-key-file.js';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import ssh2 from 'ssh2';
@@ -295,27 +295,16 @@ function asPublic(k: ParsedKey | Buffer | unknown): Buffer | undefined {
  * (PROTOCOL.key: magic, cipher, kdf, kdf options, key count, then each public key).
  */
 export function opensshPublicKey(data: Buffer): ParsedKey | undefined {
-  // The armor label is built, not written out, so the source holds no key-shaped text.
-  const label = ['OPENSSH', 'PRIVATE', 'KEY'].join(' ');
-  const m = new RegExp(`-----BEGIN ${label}-----([A-Za-z0-9+/=\\s]+)-----END ${label}-----`).exec(
-    data.toString('latin1'),
-  );
-  if (!m) return undefined;
-  const raw = Buffer.from(m[1] ?? '', 'base64');
-  const magic = 'openssh-key-v1\0';
-  if (raw.subarray(0, magic.length).toString('latin1') !== magic) return undefined;
+  let blob: Buffer;
   try {
-    const r = new SshReader(raw.subarray(magic.length));
-    for (let i = 0; i < 3; i++) r.string(); // cipher, kdf, kdf options
-    if (r.uint32() !== 1) return undefined;
-    const blob = Buffer.from(r.string());
-    const type = blobKeyType(blob);
-    if (!type) return undefined;
-    const k = asKey(ssh2.utils.parseKey(`${type} ${blob.toString('base64')}`));
-    return k instanceof Error ? undefined : k;
+    blob = parseOpenSshEnvelope(data.toString('latin1')).publicBlob;
   } catch {
     return undefined;
   }
+  const type = blobKeyType(blob);
+  if (!type) return undefined;
+  const k = asKey(ssh2.utils.parseKey(`${type} ${blob.toString('base64')}`));
+  return k instanceof Error ? undefined : k;
 }
 
 /** The user's ssh-agent, counting what it offered. */
