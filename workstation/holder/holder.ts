@@ -16,17 +16,17 @@ import type {
   SignRequest,
   SshSignRequest,
 } from '../../protocol/keyholder.js';
-import { AuditError, type AuditInput, type AuditLog } from '../audit/audit.js';
+import type { AuditInput, AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
 import {
   approvalScope,
   decide,
   processNames,
-  type ClearSignSetting,
   type PolicyRequest,
   type PolicyRule,
 } from '../policy/policy.js';
 import { classifySign } from './clear-sign.js';
+import { auditBase, auditRefusal } from './audit-record.js';
 import type { UnlockCache } from './unlock-cache.js';
 import type { Keystore } from '../keystore/index.js';
 import type { UnlockedKey } from '../crypto/index.js';
@@ -246,41 +246,7 @@ export class Holder implements KeyHolder {
       entry && signRequest && requester.front !== 'local'
         ? classifySign(entry, signRequest, found.certificates, Math.floor(this.#now() / 1000))
         : undefined;
-    const base = {
-      front: requester.front,
-      host: requester.host,
-      peer: requester.relayPeer,
-      tokenId: requester.tokenId,
-      requester: {
-        pid: requester.pid,
-        uid: requester.uid,
-        user: requester.user,
-        command: requester.command,
-        name: requester.name,
-        parents: requester.parents,
-      },
-      fingerprint: entry?.fingerprint,
-      keygrip: keygrip.toUpperCase(),
-      op,
-      ...spec.audit,
-      verification:
-        op === 'sign'
-          ? requester.front === 'local'
-            ? 'local'
-            : (clear?.verification ?? 'blind')
-          : undefined,
-      ...(clear?.content
-        ? {
-            content: {
-              kind: clear.content.kind,
-              bytes: clear.content.bytes,
-              sha256: clear.content.sha256,
-              summary: clear.content.summary,
-              ...(clear.content.files ? { files: clear.content.files } : {}),
-            },
-          }
-        : {}),
-    };
+    const base = auditBase(op, keygrip, requester, entry, spec.audit, clear);
     // No record, no result: a request whose record cannot be written is refused, and the
     // refusal is not recorded again (the log cannot take it either).
     let unrecorded: GpgError | undefined;
@@ -411,15 +377,6 @@ export class Holder implements KeyHolder {
       key?.release?.();
     }
   }
-}
-
-/** What the requester hears when the holder cannot write a request's audit record. */
-function auditRefusal(e: unknown): GpgError {
-  const cause = e instanceof AuditError ? e.message.replace(/^.*?: /, '') : String(e);
-  return new GpgError(
-    ErrorCode.GENERAL,
-    `request refused: the holder cannot write its audit log (${cause})`,
-  );
 }
 
 /**
