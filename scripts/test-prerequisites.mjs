@@ -52,6 +52,24 @@ const PIECES = [
     pkg: 'systemd',
     optional: 'the systemd unit checks are skipped',
   },
+  // relay-redis.test.ts starts its own redis-server instances on 127.0.0.1.
+  {
+    program: 'redis-server',
+    pkg: 'redis-server',
+    optional: 'the multi-instance relay tests are skipped',
+  },
+  // deploy-relay-cluster.test.ts runs deploy/relay-cluster's HAProxy front in front of two relays.
+  {
+    at: '/usr/sbin/haproxy',
+    pkg: 'haproxy',
+    optional: 'the load-balanced relay example is skipped',
+  },
+  // web-*.test.ts drive the approval page in Debian's headless Chromium through playwright-core.
+  {
+    at: '/usr/bin/chromium',
+    pkg: 'chromium',
+    optional: 'the browser tests of the web page are skipped',
+  },
   {
     program: 'systemd-socket-activate',
     pkg: 'systemd',

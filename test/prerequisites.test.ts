@@ -20,6 +20,8 @@ const FIXED = [
   '/usr/bin/gpgconf',
   '/usr/sbin/sshd',
   '/usr/bin/pinentry-curses',
+  '/usr/sbin/haproxy',
+  '/usr/bin/chromium',
 ];
 const ON_PATH = [
   'git',
@@ -31,6 +33,7 @@ const ON_PATH = [
   'iptables',
   'systemd-analyze',
   'systemd-socket-activate',
+  'redis-server',
 ];
 // Real tools scripts/fetch-gpg24.sh needs to get as far as its cache check or its dpkg check.
 const BASICS = ['bash', 'sh', 'head', 'grep', 'dirname', 'mktemp', 'rm', 'mkdir', 'cat', 'chmod'];
