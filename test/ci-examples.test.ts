@@ -269,6 +269,7 @@ t.test('deploy/ci/github-actions.yml signs the artifact and the tag', async (t) 
     if (env.KEYTETHER_PACKAGE !== undefined) await s.placePackage(env.KEYTETHER_PACKAGE);
     const r = await run('bash', step.run, { cwd: s.repo, env });
     t.equal(r.code, 0, `step ${JSON.stringify(step.run.slice(0, 40))}: ${r.out}`);
+    t.notMatch(r.out, /EBADENGINE/, 'no dependency refuses this Node');
     ran++;
   }
   t.equal(ran, 3, 'the install, build and signing steps ran');
@@ -304,6 +305,7 @@ t.test('deploy/ci/gitlab-ci.yml signs the artifact and the tag', async (t) => {
     if (systemPackages(line)) continue;
     const r = await run('sh', line, { cwd: s.repo, env });
     t.equal(r.code, 0, `script ${JSON.stringify(line.slice(0, 40))}: ${r.out}`);
+    t.notMatch(r.out, /EBADENGINE/, 'no dependency refuses this Node');
     ran++;
   }
   t.equal(ran, 3, 'the install, build and signing entries ran');
