@@ -8,7 +8,9 @@ import t from 'tap';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
+import { readSshKeyInput, unlockSshKey } from '../workstation/keystore/ssh-key.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { sshArgs, startSshd } from './support/sshd.js';
@@ -279,3 +281,30 @@ t.test('keytether agent signs with them, asking the passphrase through the pinen
     t.match(sshd.log(), /Accepted publickey for \S+ from \S+ port \d+ ssh2: RSA SHA256:/);
   });
 });
+
+t.test(
+  'an unlock runs its bcrypt KDF off the main thread: the holder keeps answering',
+  async (t) => {
+    // 64 rounds: over a second of KDF, which run inline would stall every timer for that long.
+    const file = await keygen('rounds-64', ['-t', 'ed25519', '-a', '64'], PASS);
+    const stored = readSshKeyInput(await readFile(file), file);
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    const started = performance.now();
+    const material = await unlockSshKey(stored, Buffer.from(PASS));
+    const took = performance.now() - started;
+    delay.disable();
+    t.equal(material.kind, 'eddsa', 'the key is unlocked');
+    const worstMs = delay.max / 1e6;
+    t.ok(took > 300, `the KDF took ${Math.round(took)} ms`);
+    t.ok(
+      worstMs < took / 4,
+      `the event loop waited at most ${Math.round(worstMs)} ms during a ${Math.round(took)} ms unlock`,
+    );
+    await t.rejects(
+      unlockSshKey(stored, Buffer.from('wrong')),
+      { code: 11 },
+      'a wrong one: Bad passphrase',
+    );
+  },
+);

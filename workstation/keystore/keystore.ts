@@ -362,7 +362,7 @@ export class Keystore {
     const found = this.part(keygrip);
     if (!found) throw gpgErr('NO_SECKEY');
     if ('ssh' in found) {
-      const material = unlockSshKey(found.ssh, passphrase);
+      const material = await unlockSshKey(found.ssh, passphrase);
       try {
         return createUnlockedKey(found.ssh.keygrip, found.ssh.algorithm, material);
       } finally {

@@ -22,6 +22,7 @@ import { UserError } from '../../system/user-error.js';
 import type { SecretKeyMaterial } from '../crypto/unlocked-key.js';
 import { readSecretFile } from '../home/home.js';
 import type { ListedKey } from './listed-key.js';
+import { decryptSshKey, type DecryptedSshKey } from './ssh-key-decrypt.js';
 
 const ssh2Utils = ssh2.utils;
 
@@ -184,7 +185,7 @@ export function readSshKeyInput(bytes: Uint8Array, source: string, sibling?: str
       throw new UserError(`${source}: the private key does not match the public key in the file`);
     comment ||= (k.comment ?? '').slice(0, MAX_COMMENT);
     key.comment = comment;
-    zeroMaterial(sshSecretMaterial(k, key));
+    zeroMaterial(sshSecretMaterial(k.getPrivatePEM(), key));
   }
   return key;
 }
@@ -269,21 +270,27 @@ export function sshKeyFromFile(text: string, file: string): SshStoredKey {
  * Decrypts K with PASSPHRASE (the pinentry's raw bytes; null for a clear key) into the material
  * the crypto layer takes. Wrong or missing passphrase → BAD_PASSPHRASE.
  */
-export function unlockSshKey(k: SshStoredKey, passphrase: Buffer | null): SecretKeyMaterial {
+export async function unlockSshKey(
+  k: SshStoredKey,
+  passphrase: Buffer | null,
+): Promise<SecretKeyMaterial> {
   if (k.protection === 'P' && (passphrase === null || passphrase.length === 0))
     throw gpgErr('BAD_PASSPHRASE', 'the key needs a passphrase');
-  const key = parsed(
-    ssh2Utils.parseKey(k.privateText, k.protection === 'P' ? passphrase! : undefined),
-  );
-  if (key instanceof Error) {
+  let key: DecryptedSshKey;
+  try {
+    key = await decryptSshKey(k.privateText, k.protection === 'P' ? passphrase! : undefined);
+  } catch {
+    throw gpgErr('INV_DATA', 'the stored SSH key cannot be read');
+  }
+  if ('error' in key) {
     // ssh2 says "bad passphrase?" for a failed check-int (OpenSSH) or a bad padding (PEM).
-    if (/passphrase/i.test(key.message)) throw gpgErr('BAD_PASSPHRASE');
+    if (/passphrase/i.test(key.error)) throw gpgErr('BAD_PASSPHRASE');
     throw gpgErr('INV_DATA', 'the stored SSH key cannot be read');
   }
   // The public half is what policy and the server saw; a secret half for another key is refused.
-  if (!key.getPublicSSH().equals(k.publicBlob))
+  if (!key.publicBlob.equals(k.publicBlob))
     throw gpgErr('INV_DATA', 'the stored SSH key does not match its public key');
-  return sshSecretMaterial(key, k);
+  return sshSecretMaterial(key.pem, k);
 }
 
 function b64u(s: unknown): Buffer {
@@ -297,8 +304,8 @@ const JWK_CURVES = {
   'P-521': 'NIST P-521',
 } as const;
 
-function sshSecretMaterial(key: ParsedKey, k: SshStoredKey): SecretKeyMaterial {
-  const jwk = createPrivateKey(key.getPrivatePEM()).export({ format: 'jwk' });
+function sshSecretMaterial(pem: string, k: SshStoredKey): SecretKeyMaterial {
+  const jwk = createPrivateKey(pem).export({ format: 'jwk' });
   if (jwk.kty === 'OKP' && jwk.crv === 'Ed25519') {
     return {
       kind: 'eddsa',
