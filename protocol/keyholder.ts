@@ -25,6 +25,9 @@ export interface KeyEntry {
   protection?: 'P' | 'C' | '-';
   /** Set for keys that live on a smartcard. */
   card?: { serialNo: string; idStr: string };
+  /** An SSH key's own comment (an imported OpenSSH key's, an ssh-agent back end's), which
+   * `ssh-add -l` shows; OpenPGP keys have none (tunnel protocol 8). */
+  comment?: string;
 }
 
 /** A primary key's public certificate and the user ids on it. */

@@ -1020,3 +1020,26 @@ t.test("the holder's gpg-agent version reaches gpg through a protocol-3 facade o
   t.ok(inv.keys.length > 0, 'the keys are still served');
   t.equal(await version(old.client), AGENT_VERSION, "keytether's own floor");
 });
+
+t.test("an SSH key's comment reaches a protocol-8 facade only", async (t) => {
+  const withComment = () => {
+    const holder = new SimpleHolder();
+    holder.extraEntries.push({
+      ...holder.signKey.entry,
+      keygrip: 'AB'.repeat(20),
+      comment: 'me@ws',
+    });
+    return holder;
+  };
+  const now = await connected(t, { memory: true, holder: withComment() });
+  await now.client.ready;
+  const listed = (await now.client.inventory()).keys.find((k) => k.keygrip === 'AB'.repeat(20));
+  t.equal(listed?.comment, 'me@ws', 'carried in the inventory');
+
+  // A protocol-7 facade's strict schema knows no comment: it is left out, the key is not.
+  const old = await connected(t, { memory: true, holder: withComment(), client: { protocol: 7 } });
+  await old.client.ready;
+  const oldKey = (await old.client.inventory()).keys.find((k) => k.keygrip === 'AB'.repeat(20));
+  t.ok(oldKey, 'the key is still served');
+  t.equal(oldKey?.comment, undefined, 'without its comment');
+});

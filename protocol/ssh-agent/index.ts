@@ -79,7 +79,7 @@ export function serveSshAgent(stream: Duplex, opts: SshAgentOptions): Promise<vo
           keygrip: k.keygrip,
           key,
           modulusBytes: rsaModulusBytes(k.publicKey),
-          comment: k.fingerprint,
+          comment: k.comment || k.fingerprint,
         },
       ];
     });

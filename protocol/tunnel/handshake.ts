@@ -11,7 +11,8 @@
 //    none, so the facade refuses them itself instead of sending what that holder cannot read.
 // 7: the inventory may list SSH-only keys (an ssh-agent back end's, imported OpenSSH keys), known
 //    by their `SHA256:` fingerprint; the facade offers them to its ssh-agent front only.
-export const TUNNEL_PROTOCOL = 7;
+// 8: an inventory key may carry its SSH comment (`comment`), which `ssh-add -l` shows.
+export const TUNNEL_PROTOCOL = 8;
 export const MIN_TUNNEL_PROTOCOL = 1;
 
 export type Role = 'holder' | 'facade';

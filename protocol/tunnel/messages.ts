@@ -42,6 +42,8 @@ export const LIMITS = {
   /** An ssh-agent SIGN_REQUEST's data: the whole ssh-agent message is at most this large. */
   sshDataBytes: 256 * 1024,
   sshSubjectChars: 1024,
+  /** An SSH key's comment (ssh-keygen writes user@host; 1024 is the keystore's own cap). */
+  keyCommentChars: 1024,
 } as const;
 
 const MAX_ID = 0xffffffff;
@@ -116,6 +118,7 @@ export const KeyEntrySchema = z.strictObject({
   cached: z.boolean().optional(),
   protection: z.enum(['P', 'C', '-']).optional(),
   card: z.strictObject({ serialNo: shortText(64), idStr: shortText(64) }).optional(),
+  comment: shortText(LIMITS.keyCommentChars).optional(),
 });
 
 export const CertificateSchema = z.strictObject({

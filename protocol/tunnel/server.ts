@@ -146,10 +146,12 @@ export function serveTunnel(
             type: 'inventory' as const,
             // SSH-only keys (an ssh-agent back end, imported OpenSSH keys) have no OpenPGP
             // fingerprint, which a facade before protocol 7 requires of every key.
+            // A comment came with protocol 8; an older facade's strict schema refuses it.
             keys: inv.keys
               .filter((k) => (peer?.protocol ?? 1) >= 7 || isOpenPgpKey(k))
-              .map((k) => ({
+              .map(({ comment, ...k }) => ({
                 ...k,
+                ...(comment !== undefined && (peer?.protocol ?? 1) >= 8 ? { comment } : {}),
                 publicKey: Buffer.from(k.publicKey).toString('base64'),
               })),
             certificates: inv.certificates,

@@ -11,6 +11,7 @@ import { SshAgentClient, type AgentIdentity } from '../../protocol/ssh-agent/cli
 import { publicKeyFromBlob, sigValFromSsh } from '../../protocol/ssh-agent/keys.js';
 import { sshFingerprint } from '../../protocol/ssh-agent/index.js';
 import { SIGN_FLAGS } from '../../protocol/ssh-agent/wire.js';
+import { LIMITS } from '../../protocol/tunnel/messages.js';
 import type { Backend, KeyOperator, OpenContext } from './backend.js';
 
 export interface SshAgentBackendOptions {
@@ -92,6 +93,7 @@ export class SshAgentBackend implements Backend {
         usage: ['auth'],
         publicKey: publicKeySexp(pk.params),
         protection: '-',
+        ...(id.comment ? { comment: id.comment.slice(0, LIMITS.keyCommentChars) } : {}),
       });
     }
     const inv: Inventory = { keys, certificates: [] };

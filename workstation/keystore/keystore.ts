@@ -339,6 +339,7 @@ export class Keystore {
         usage: ['auth'],
         publicKey: publicKeySexp(k.publicKey),
         protection: k.protection,
+        ...(k.comment ? { comment: k.comment } : {}),
       });
     }
     return { keys, certificates };
