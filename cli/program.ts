@@ -15,6 +15,7 @@ import * as completion from './commands/completion.js';
 import * as connect from './commands/connect.js';
 import * as doctor from './commands/doctor.js';
 import * as keys from './commands/keys.js';
+import * as lock from './commands/lock.js';
 import * as relay from './commands/relay.js';
 import * as serve from './commands/serve.js';
 import * as gitSign from './commands/git-sign.js';
@@ -41,6 +42,7 @@ const COMMAND_MODULES: readonly CommandModule[] = [
   ssh,
   token,
   status,
+  lock,
   audit,
   doctor,
   relay,
@@ -211,7 +213,7 @@ export function buildProgram(): Command {
   program
     .description(
       'Use your gpg keys from servers and CI while they stay on your workstation.\n' +
-        'Workstation: keys, agent, ssh, token, status, audit. Server/CI: relay, connect, serve. Both: doctor.',
+        'Workstation: keys, agent, ssh, token, status, lock, audit. Server/CI: relay, connect, serve. Both: doctor.',
     )
     .version(packageVersion(), '-V, --version', 'print the version')
     .option(

@@ -67,7 +67,7 @@ t.test('group commands list their subcommands', async (t) => {
   const groups: [string, string[]][] = [
     ['keys', ['import', 'list', 'export', 'remove']],
     ['token', ['create', 'list', 'revoke']],
-    ['audit', ['verify', 'checkpoint']],
+    ['audit', ['verify', 'checkpoint', 'list', 'summary']],
   ];
   for (const [group, subs] of groups) {
     const r = await runCli([group, '--help']);
@@ -121,6 +121,11 @@ t.test('every command documents its flags in --help', async (t) => {
     ],
     [['token', 'list'], ['--json']],
     [['status'], ['--json']],
+    [['lock'], ['--all']],
+    [
+      ['audit', 'list'],
+      ['--key', '--host', '--token', '--decision', '--since', '--until', '--limit', '--json'],
+    ],
     [['relay'], ['--listen', '--tls-cert', '--tls-key']],
     [['connect'], ['--relay', '--token', '--socket']],
     [['serve'], ['--stdio', '--socket', '--import-keys', '--replace']],

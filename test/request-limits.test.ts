@@ -248,7 +248,7 @@ t.test('per-token rate limit: refusals past the burst, one alert, a status line'
   const home = path.join(w.dir, 'home');
   await mkdir(home, { mode: 0o700 });
   const control = await startControlServer(
-    { holder: w.holder, cache: { entries: () => [] }, audit: w.audit },
+    { holder: w.holder, cache: { entries: () => [], delete: () => false }, audit: w.audit },
     { home, version: '9.9.9' },
   );
   t.teardown(() => control.close());

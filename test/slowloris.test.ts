@@ -203,7 +203,7 @@ t.test('control socket: the request line must arrive within the bound', async (t
   t.teardown(() => audit.close());
   const logged: string[] = [];
   const control = await startControlServer(
-    { holder: new SimpleHolder(), cache: { entries: () => [] }, audit },
+    { holder: new SimpleHolder(), cache: { entries: () => [], delete: () => false }, audit },
     { home, version: '9.9.9', requestTimeoutMs: 1000, log: (l) => logged.push(l) },
   );
   t.teardown(() => control.close());

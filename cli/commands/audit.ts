@@ -1,6 +1,7 @@
 // `keytether audit verify`: checks the audit log's hash chain and names the first broken record,
 // and that the log still reaches its head file and any checkpoint the user kept.
 // `keytether audit checkpoint`: prints where the log ends now, for the user to keep elsewhere.
+// `keytether audit list` / `audit summary`: the log read for a person (audit-query.ts).
 
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
@@ -14,6 +15,7 @@ import {
 } from '../../workstation/audit/head.js';
 import { UsageError, UserError } from '../../system/user-error.js';
 import { action, examples, resolveHome } from '../program.js';
+import { registerQueries } from './audit-query.js';
 
 interface AuditOpts {
   file?: string;
@@ -86,8 +88,8 @@ export async function auditCheckpoint(opts: AuditOpts): Promise<string> {
 export function register(program: Command): void {
   const audit = program
     .command('audit')
-    .addHelpText('after', examples('keytether audit verify'))
-    .description("check the holder's audit log");
+    .addHelpText('after', examples('keytether audit verify', 'keytether audit list --since 24h'))
+    .description("check and read the holder's audit log");
   const write = (cmd: Command, line: string) => {
     const out = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
     out(`${line}\n`);
@@ -144,4 +146,5 @@ export function register(program: Command): void {
         write(cmd, await auditCheckpoint(cmd.optsWithGlobals<AuditOpts>()));
       }),
     );
+  registerQueries(audit, logPath);
 }

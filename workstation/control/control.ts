@@ -8,6 +8,7 @@
 //   `status`                 → `OK <pid>\n`, one JSON document (a StatusDocument), `\n`, EOF.
 //   `tunnel ssh <host>`      → `OK <pid>\n`, then the rest of the connection is the tunnel
 //                              protocol with the agent as holder. <host> is percent-encoded.
+//   `lock <keygrip>|all`     → forgets unlocked keys (lock.ts).
 // Anything else is answered with `ERR <sentence>\n` and the connection is closed.
 
 import { sshSummary } from '../audit/operation-line.js';
@@ -38,6 +39,7 @@ import {
 } from './status.js';
 import { RequestLimiter } from '../holder/request-limits.js';
 import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
+import { answerLock, type LockableCache } from './lock.js';
 
 export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
 export {
@@ -72,7 +74,7 @@ const MAX_SOCKET_PATH_BYTES = 107;
 
 export interface ControlRuntime {
   holder: KeyHolder;
-  cache: { entries(): { keygrip: string; expiresInMs: number }[] };
+  cache: LockableCache;
   audit: AuditLog;
 }
 
@@ -277,6 +279,7 @@ export async function startControlServer(
       startTunnel(sock, host, { holder: rt.holder, tunnels, software, watchInventory });
       return;
     }
+    if (words[0] === 'lock') return answerLock(sock, words, rt.cache, log);
     refuse(sock, 'unknown request; expected "status" or "tunnel ssh <host>"');
   };
 

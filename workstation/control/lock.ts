@@ -1,0 +1,114 @@
+// "Lock now": the control socket's `lock <keygrip>` / `lock all`, which makes the holder forget
+// unlocked keys before their cache time runs out (leaving the desk, a key that looks misused), so
+// the next operation with them asks the pinentry again. Behind `keytether lock` and the web
+// page's "lock now".
+//
+//   `lock <keygrip>` / `lock all` → `OK <pid>\n`, `{"locked":["<KEYGRIP>",…]}\n`, EOF.
+//
+// Locking a key that is not unlocked is no error (the answer lists nothing): the user's wish, a
+// locked key, holds either way. Only keytether's own cache is reached; keys the workstation's
+// gpg-agent serves stay in gpg-agent's cache (`gpgconf --reload gpg-agent` forgets those).
+
+import type net from 'node:net';
+import { z } from 'zod';
+import { UserError } from '../../system/user-error.js';
+import { REQUEST_TIMEOUT_MS, request } from './connection.js';
+
+/** What `lock` needs of the unlock cache (workstation/holder/unlock-cache.ts fits). */
+export interface LockableCache {
+  entries(): { keygrip: string; expiresInMs: number }[];
+  delete(keygrip: string): boolean;
+}
+
+const KEYGRIP = /^[0-9A-Fa-f]{40}$/;
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+/** Forgets the named key (or all) and says which keys were forgotten. */
+export function lockKeys(cache: LockableCache, which: string | 'all'): string[] {
+  const grips =
+    which === 'all'
+      ? cache.entries().map((e) => e.keygrip)
+      : cache.entries().some((e) => e.keygrip === which.toUpperCase())
+        ? [which.toUpperCase()]
+        : [];
+  return grips.filter((g) => cache.delete(g));
+}
+
+/**
+ * Answers a `lock …` request line (split into WORDS) on SOCK. LOG hears one line per lock that
+ * forgot something, so the agent's output accounts for why a key asks again.
+ */
+export function answerLock(
+  sock: net.Socket,
+  words: string[],
+  cache: LockableCache,
+  log: (line: string) => void,
+): void {
+  const which = words[1];
+  if (words.length !== 2 || which === undefined || (which !== 'all' && !KEYGRIP.test(which))) {
+    sock.end('ERR the lock request names no keygrip; expected "lock <keygrip>" or "lock all"\n');
+    return;
+  }
+  const locked = lockKeys(cache, which);
+  if (locked.length > 0) {
+    const time = new Date().toISOString().slice(11, 19);
+    const s = locked.length === 1 ? '' : 's';
+    log(`${time} locked ${locked.length} key${s} on request (keygrip${s} ${locked.join(', ')})`);
+  }
+  sock.end(`OK ${process.pid}\n${JSON.stringify({ locked })}\n`);
+}
+
+const LockAnswer = z.object({ locked: z.array(z.string().regex(KEYGRIP)).max(10_000) });
+
+/**
+ * Asks the agent of HOME to forget the key with KEYGRIP, or all; resolves with the keygrips it
+ * forgot, or undefined when no agent runs for HOME.
+ */
+export async function requestLock(
+  home: string,
+  which: string | 'all',
+  timeoutMs = REQUEST_TIMEOUT_MS,
+): Promise<string[] | undefined> {
+  if (which !== 'all' && !KEYGRIP.test(which)) throw new Error('lock takes a keygrip or all');
+  const conn = await request(
+    home,
+    `lock ${which === 'all' ? 'all' : which.toUpperCase()}`,
+    timeoutMs,
+  );
+  if (!conn) return undefined;
+  const { sock } = conn;
+  const body = await new Promise<string>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new UserError(`the keytether agent's answer to lock could not be read: ${why}`));
+    };
+    const timer = setTimeout(() => fail('it did not answer in time'), timeoutMs);
+    timer.unref();
+    sock.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > MAX_ANSWER_BYTES) fail('it is too long');
+      else parts.push(d);
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(parts).toString('utf8'));
+    });
+    sock.resume();
+  });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    parsed = undefined;
+  }
+  const valid = LockAnswer.safeParse(parsed);
+  if (!valid.success) {
+    throw new UserError(
+      "the keytether agent's answer to lock is malformed; restart the agent if it runs another keytether version",
+    );
+  }
+  return valid.data.locked;
+}
