@@ -127,6 +127,16 @@ t.test('Ed448 + X448 in the builtin store, served to gpg 2.4', { skip: !gpg24 },
     t.same(got, want);
   });
 
+  await t.test('keys export gives both certificates, no secret packet', async (t) => {
+    const exp = await runCli(['keys', 'export', clear, locked], { env });
+    t.equal(exp.code, 0, exp.stderr);
+    const dump = (await ws.gpg(['--batch', '--list-packets'], { input: exp.stdout })).stdout;
+    const text = dump.toString();
+    t.equal(text.match(/^:public key packet:/gm)?.length, 2, 'two v5 primary keys');
+    t.equal(text.match(/^:public sub key packet:/gm)?.length, 2, 'two v5 subkeys');
+    t.notMatch(text, /secret/, 'no secret packet');
+  });
+
   const pin = await makePinentryScript({ answers: Array(8).fill(PASSPHRASE) });
   t.teardown(() => pin.cleanup());
   const config = {

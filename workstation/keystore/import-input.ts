@@ -4,6 +4,7 @@
 import * as openpgp from 'openpgp';
 import { UserError } from '../../system/user-error.js';
 import { PacketFormatError } from '../../protocol/openpgp/packets.js';
+import { KEY_TAGS } from '../../protocol/openpgp/v5-key-packet.js';
 import { splitKeyExport, type V5Key } from './v5-key.js';
 import { unsupportedProtection } from './v5-secret.js';
 import type { KeyPart } from './key-part.js';
@@ -48,8 +49,8 @@ async function splitVersionFive(
       others.push(...split.others);
     } catch (e) {
       if (!(e instanceof PacketFormatError)) throw e;
-      // Framing trouble in an older key is left to openpgp.js, whose message users know.
-      if (e.version !== 5) return undefined;
+      // Framing trouble outside a v5 key packet is left to openpgp.js, whose message users know.
+      if (e.version !== 5 || (e.tag !== undefined && !KEY_TAGS.includes(e.tag))) return undefined;
       throw new UserError(
         `${source} holds a malformed gpg 2.4 (version 5) key: ${e.message}; export it again with gpg --export-secret-keys`,
       );
