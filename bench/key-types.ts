@@ -212,7 +212,7 @@ async function measure(
     const ks = await Keystore.open(builtinHome);
     const inBuiltin = new Set<string>();
     for (const m of made) {
-      // The builtin store refuses DSA/ElGamal and gpg 2.4's v5 keys; those lines say "n/a".
+      // The builtin store refuses DSA/ElGamal; those lines say "n/a".
       const ok = await ks.importKeys(m.secret).then(
         () => true,
         () => false,

@@ -5,6 +5,8 @@
 export type CurveName =
   | 'Ed25519'
   | 'Curve25519'
+  | 'Ed448'
+  | 'X448'
   | 'NIST P-256'
   | 'NIST P-384'
   | 'NIST P-521'
@@ -20,6 +22,11 @@ export interface CurveInfo {
   bits: number;
   /** Bytes per coordinate: the size of p. */
   fieldBytes: number;
+  /**
+   * Set for the 448 curves, whose native public point is carried bare, never 0x40-prefixed:
+   * its size (Ed448's, RFC 8032, has a 57th byte for the sign of x).
+   */
+  pointBytes?: number;
   model: 'edwards' | 'montgomery' | 'weierstrass';
   /** Node's crypto curve name, for point (de)compression; Weierstrass curves only. */
   nodeName?: string;
@@ -35,6 +42,13 @@ export interface CurveInfo {
 
 const P25519 = '7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffed';
 const N25519 = '1000000000000000000000000000000014def9dea2f79cd65812631a5cf5d3ed';
+
+const P448 =
+  'fffffffffffffffffffffffffffffffffffffffffffffffffffffffe' +
+  'ffffffffffffffffffffffffffffffffffffffffffffffffffffffff';
+const N448 =
+  '3fffffffffffffffffffffffffffffffffffffffffffffffffffffff' +
+  '7cca23e9c44edb49aed63690216cc2728dc58f552378c292ab5844f3';
 
 export const CURVES: Readonly<Record<CurveName, CurveInfo>> = {
   Ed25519: {
@@ -63,6 +77,45 @@ export const CURVES: Readonly<Record<CurveName, CurveInfo>> = {
     gx: '09',
     gy: '20ae19a1b8a086b4e01edd2c7748d14c923d4d7e6d7c61b229e9c5a27eced3d9',
     n: N25519,
+  },
+  // gpg 2.4's ed448 and cv448 (libgcrypt's "safecurve" dialect: native points, no flags).
+  Ed448: {
+    name: 'Ed448',
+    oid: '1.3.101.113',
+    bits: 448,
+    fieldBytes: 56,
+    pointBytes: 57,
+    model: 'edwards',
+    p: P448,
+    a: '01',
+    // d = -39081 mod p, which libgcrypt keeps in b for Edwards curves.
+    b:
+      'fffffffffffffffffffffffffffffffffffffffffffffffffffffffe' +
+      'ffffffffffffffffffffffffffffffffffffffffffffffffffff6756',
+    gx:
+      '4f1970c66bed0ded221d15a622bf36da9e146570470f1767ea6de324' +
+      'a3d3a46412ae1af72ab66511433b80e18b00938e2626a82bc70cc05e',
+    gy:
+      '693f46716eb6bc248876203756c9c7624bea73736ca3984087789c1e' +
+      '05a0c2d73ad3ff1ce67c39c4fdbd132c4ed7c8ad9808795bf230fa14',
+    n: N448,
+  },
+  X448: {
+    name: 'X448',
+    oid: '1.3.101.111',
+    bits: 448,
+    fieldBytes: 56,
+    pointBytes: 56,
+    model: 'montgomery',
+    p: P448,
+    // (A - 2) / 4 = 39081, as for Curve25519.
+    a: '98a9',
+    b: '01',
+    gx: '05',
+    gy:
+      '7d235d1295f5b1f66c98ab6e58326fcecbae5d34f55545d060f75dc2' +
+      '8df3f6edb8027e2346430d211312c4b150677af76fd7223d457b5b1a',
+    n: N448,
   },
   'NIST P-256': {
     name: 'NIST P-256',
@@ -217,6 +270,10 @@ const NAME_ALIASES: Readonly<Record<string, CurveName>> = {
   cv25519: 'Curve25519',
   curve25519: 'Curve25519',
   x25519: 'Curve25519',
+  ed448: 'Ed448',
+  cv448: 'X448',
+  x448: 'X448',
+  curve448: 'X448',
   nistp256: 'NIST P-256',
   'nist p-256': 'NIST P-256',
   'p-256': 'NIST P-256',

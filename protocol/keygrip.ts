@@ -78,10 +78,17 @@ export function keygripBytes(pk: PublicKeyParams): Buffer {
   return sha1.digest();
 }
 
-/** The point in the form libgcrypt hashes: native 32 bytes for the 25519 curves, else 04||X||Y. */
+/**
+ * The point in the form libgcrypt hashes: native bytes for the 25519 and 448 curves (the 25519
+ * ones arrive 0x40-prefixed, the 448 ones bare), else 04||X||Y.
+ */
 function keygripQ(curve: CurveName, q: Uint8Array): Buffer {
   const c = CURVES[curve];
   if (c.model !== 'weierstrass') {
+    if (c.pointBytes !== undefined) {
+      if (q.length === c.pointBytes) return Buffer.from(q);
+      throw new Error(`${curve} public point must be ${c.pointBytes} bytes`);
+    }
     if (q.length === c.fieldBytes + 1 && q[0] === 0x40) return Buffer.from(q.subarray(1));
     if (q.length === c.fieldBytes) return Buffer.from(q);
     throw new Error(`${curve} public point must be 0x40 followed by ${c.fieldBytes} bytes`);

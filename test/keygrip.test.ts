@@ -4,6 +4,7 @@ import * as openpgp from 'openpgp';
 import { p256, p384, p521 } from '@noble/curves/nist.js';
 import { brainpoolP256r1, brainpoolP384r1, brainpoolP512r1 } from '@noble/curves/misc.js';
 import { ed25519 } from '@noble/curves/ed25519.js';
+import { ed448 } from '@noble/curves/ed448.js';
 import {
   curveBits,
   curveFromOid,
@@ -68,6 +69,21 @@ t.test('curve constants agree with @noble/curves', async (t) => {
     (x ** 3n + 486662n * x * x + x) % p,
     'Curve25519 base point is on the curve',
   );
+  const ed4 = ed448.Point.CURVE();
+  const e4 = CURVES.Ed448;
+  t.equal(big(e4.p), ed4.p, 'Ed448 p');
+  t.equal(big(e4.a), ed4.a, 'Ed448 a');
+  t.equal(big(e4.b), ed4.d, 'Ed448 b holds d');
+  t.equal(big(e4.gx), ed4.Gx, 'Ed448 Gx');
+  t.equal(big(e4.gy), ed4.Gy, 'Ed448 Gy');
+  t.equal(big(e4.n), ed4.n, 'Ed448 n');
+  const x4 = CURVES.X448;
+  const p4 = big(x4.p);
+  const [u, v] = [big(x4.gx), big(x4.gy)];
+  t.equal(p4, ed4.p);
+  t.equal(big(x4.n), ed4.n);
+  t.equal(big(x4.a), (156326n - 2n) / 4n, 'X448 a = (A-2)/4');
+  t.equal((v * v) % p4, (u ** 3n + 156326n * u * u + u) % p4, 'X448 base point is on the curve');
 });
 
 t.test('curve lookups', async (t) => {
@@ -82,12 +98,14 @@ t.test('curve lookups', async (t) => {
     ['1.3.36.3.3.2.8.1.1.13', 'brainpoolP512r1'],
     ['1.3.101.112', 'Ed25519'],
     ['1.3.101.110', 'Curve25519'],
+    ['1.3.101.113', 'Ed448'],
+    ['1.3.101.111', 'X448'],
   ];
   for (const [oid, name] of oids) t.equal(curveFromOid(oid), name, oid);
   t.equal(curveFromOid('1.3.132.0.10'), undefined, 'secp256k1 is not supported');
   t.equal(curveFromOid(''), undefined);
   t.same(
-    [255, 255, 256, 384, 521, 256, 384, 512],
+    [255, 255, 448, 448, 256, 384, 521, 256, 384, 512],
     (Object.keys(CURVES) as CurveName[]).map(curveBits),
   );
   t.equal(oidToDotted(hex('2b06010401da470f01')), '1.3.6.1.4.1.11591.15.1');
@@ -203,6 +221,40 @@ async function packetsOf(binary: Buffer) {
     return { fingerprint, pk: { kind: 'ecc', curve, q: pp.Q as Uint8Array } as const };
   });
 }
+
+// A key gpg 2.4.7 made (`--quick-gen-key … ed448`, `--quick-add-key … cv448`): its public points
+// as the v5 packets carry them, and the keygrips `gpg --with-keygrip` printed.
+t.test('Ed448 and X448 keygrips and READKEY forms are gpg 2.4’s', async (t) => {
+  const ed = {
+    kind: 'ecc' as const,
+    curve: 'Ed448' as const,
+    q: hex(
+      '63a37032e341f3a3219cdba44128ac3babf57d7aa9706733d0d4c92ea3a14cb9ee50cd5514628e4b02d31999df2f43f4d0650d0640a0513400',
+    ),
+  };
+  const x = {
+    kind: 'ecc' as const,
+    curve: 'X448' as const,
+    q: hex(
+      'd441595fba8e466725c7881ad163f41cbadd405a45a6b42c5a1ec02a8480dd1f9d725a79299d2dbe609d04685b67917636f8e4959c7e86be',
+    ),
+  };
+  t.equal(keygrip(ed), '77EC5DAF9EE5A88671534353333C7DA38D27EE81');
+  t.equal(keygrip(x), 'A8548B477D4495077E4D7DB3B73CC796D23B88FC');
+  // gpg-agent 2.4's READKEY: no flags list for these curves, the point bare.
+  t.equal(
+    publicKeySexp(ed).toString('latin1'),
+    `(10:public-key(3:ecc(5:curve5:Ed448)(1:q57:${ed.q.toString('latin1')})))`,
+  );
+  t.equal(
+    publicKeySexp(x).toString('latin1'),
+    `(10:public-key(3:ecc(5:curve4:X448)(1:q56:${x.q.toString('latin1')})))`,
+  );
+  t.throws(
+    () => keygrip({ ...ed, q: ed.q.subarray(0, 56) }),
+    /Ed448 public point must be 57 bytes/,
+  );
+});
 
 t.test('keygrips match gpg for every key type', async (t) => {
   const homes: TempGnupg[] = [];

@@ -4,11 +4,12 @@
 
 import type { DecryptResult } from '../../protocol/keyholder.js';
 import type { CurveName } from '../../protocol/keygrip.js';
+import { CURVES } from '../../protocol/curves.js';
 import { gpgErr } from '../../protocol/gpg-error.js';
 import { RsaKey } from './rsa-key.js';
-import { Ed25519Key } from './ed25519-key.js';
+import { EdDsaKey } from './eddsa-key.js';
 import { WeierstrassKey } from './weierstrass-key.js';
-import { X25519Key } from './x25519-key.js';
+import { XdhKey } from './xdh-key.js';
 
 export interface UnlockedKey {
   readonly keygrip: string;
@@ -28,8 +29,9 @@ export interface UnlockedKey {
 
 /**
  * Secret key material in OpenPGP's own conventions (the bytes of the secret-key packet's MPIs):
- * RSA has p < q and u = p⁻¹ mod q; Curve25519's d is big-endian (reversed against RFC 7748);
- * q is the public point exactly as the packet holds it (0x40-prefixed for the 25519 curves).
+ * RSA has p < q and u = p⁻¹ mod q; Curve25519's d is big-endian (reversed against RFC 7748),
+ * X448's native; q is the public point exactly as the packet holds it (0x40-prefixed for the
+ * 25519 curves, bare for the 448 ones).
  */
 export type SecretKeyMaterial =
   | {
@@ -54,14 +56,15 @@ export function createUnlockedKey(
     case 'rsa':
       return new RsaKey(keygrip, algorithm, m);
     case 'eddsa':
-      if (m.curve !== 'Ed25519') break;
-      return new Ed25519Key(keygrip, algorithm, m.q, m.seed);
+      if (m.curve !== 'Ed25519' && m.curve !== 'Ed448') break;
+      return new EdDsaKey(keygrip, algorithm, m.curve, m.q, m.seed);
     case 'ecdh':
-      if (m.curve === 'Curve25519') return new X25519Key(keygrip, algorithm, m.q, m.d);
-      if (m.curve === 'Ed25519') break;
+      if (m.curve === 'Curve25519' || m.curve === 'X448')
+        return new XdhKey(keygrip, algorithm, m.curve, m.q, m.d);
+      if (m.curve === 'Ed25519' || m.curve === 'Ed448') break;
       return new WeierstrassKey(keygrip, algorithm, m.curve, m.q, m.d, 'ecdh');
     case 'ecdsa':
-      if (m.curve === 'Curve25519' || m.curve === 'Ed25519') break;
+      if (CURVES[m.curve].model !== 'weierstrass') break;
       return new WeierstrassKey(keygrip, algorithm, m.curve, m.q, m.d, 'ecdsa');
   }
   throw gpgErr('UNSUPPORTED_ALGORITHM', `${algorithm} keys are not supported`);

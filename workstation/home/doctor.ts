@@ -114,7 +114,8 @@ export async function diagnoseWorkstation(
   }
 
   const keyFiles = (await readdir(path.join(home, 'keys')).catch(() => [] as string[])).filter(
-    (n) => n.endsWith('.key'),
+    // <FPR>.v5: gpg 2.4's Ed448/X448 keys, stored as exported.
+    (n) => n.endsWith('.key') || n.endsWith('.v5'),
   );
   const backend = config?.backend ?? 'auto';
   out.push(

@@ -1,8 +1,13 @@
 // Turning what a user pipes into `keytether keys import` into OpenPGP key objects, with one plain
-// sentence for every way that input can be wrong.
+// sentence for every way that input can be wrong (including keys the builtin store cannot serve).
 
 import * as openpgp from 'openpgp';
 import { UserError } from '../../system/user-error.js';
+import { PacketFormatError } from '../../protocol/openpgp/packets.js';
+import { KEY_TAGS } from '../../protocol/openpgp/v5-key-packet.js';
+import { splitKeyExport, type V5Key } from './v5-key.js';
+import { unsupportedProtection } from './v5-secret.js';
+import type { KeyPart } from './key-part.js';
 
 /** More than any real keyring export; stops a wrong file (a disk image…) from being parsed. */
 export const MAX_IMPORT_BYTES = 16 * 1024 * 1024;
@@ -11,89 +16,47 @@ const MAX_KEYS = 1000;
 const ARMOR_BLOCK =
   /-----BEGIN PGP (PRIVATE|PUBLIC) KEY BLOCK-----[\s\S]*?-----END PGP \1 KEY BLOCK-----/g;
 
-// openpgp.js reads version 5 key packets (LibrePGP, what gpg 2.4 makes for Ed448 and X448) only
-// for the curves it knows, and Ed448 as legacy EdDSA and X448 as ECDH are not among them: it drops
-// those packets, then says only "No key packet found" or imports the rest without them. This probe
-// reuses openpgp's packet framing to read the first bytes of each key packet, so that the refusal
-// can say what the file holds.
-const KEY_PACKET_TAGS = [5, 6, 7, 14] as const;
-const OID_NAMES: Record<string, string> = { '2b6571': 'Ed448', '2b656f': 'X448' };
-const ALGO_NAMES: Record<number, string> = { 26: 'X448', 28: 'Ed448' };
+// gpg 2.4 writes Ed448 and X448 keys as version 5 packets, which openpgp.js drops (alone they
+// gave "No key packet found", beside older keys they were skipped): those keys are read by
+// v5-key.ts, every other key by openpgp.js.
 
-interface KeyPacketHead {
-  version: number;
-  name: string;
-}
-
-function probeClass(tag: number) {
-  return class KeyVersionProbe {
-    static readonly tag = tag;
-    head: KeyPacketHead | undefined;
-    read(bytes: Uint8Array): void {
-      // Version 5: version, 4-byte creation time, algorithm, 4-byte key material length, then for
-      // ECC algorithms the curve OID with its length byte.
-      const algo = bytes[5] ?? 0;
-      const oidLength = bytes[10] ?? 0;
-      const oid = Buffer.from(bytes.subarray(11, 11 + oidLength)).toString('hex');
-      this.head = {
-        version: bytes[0] ?? 0,
-        name: ALGO_NAMES[algo] ?? OID_NAMES[oid] ?? `algorithm ${algo}`,
-      };
-    }
-  };
-}
-
-function skipClass(tag: number) {
-  return class UnreadPacket {
-    static readonly tag = tag;
-    read(): void {}
-  };
-}
-
-/** The algorithms of the version 5 key packets in BYTES (binary or armored), in order. */
-async function versionFiveKeys(bytes: Uint8Array): Promise<string[]> {
-  const names: string[] = [];
-  const binaries: Uint8Array[] = [];
-  if (looksArmored(bytes)) {
-    for (const block of Buffer.from(bytes).toString('utf8').match(ARMOR_BLOCK) ?? []) {
-      binaries.push((await openpgp.unarmor(block)).data as Uint8Array);
-    }
-  } else {
-    binaries.push(bytes);
+async function binaries(bytes: Uint8Array): Promise<Uint8Array[]> {
+  if (!looksArmored(bytes)) return [bytes];
+  const out: Uint8Array[] = [];
+  for (const block of Buffer.from(bytes).toString('utf8').match(ARMOR_BLOCK) ?? []) {
+    out.push((await openpgp.unarmor(block)).data as Uint8Array);
   }
-  // At run time openpgp indexes this by tag as a plain object, whatever its typings say.
-  // Every other packet (user IDs, signatures…) is taken and left unread, since openpgp throws on a
-  // packet type it was not told to expect.
-  const allowed = Object.fromEntries(
-    Array.from({ length: 63 }, (_, i) => i + 1).map((tag) => [
-      tag,
-      (KEY_PACKET_TAGS as readonly number[]).includes(tag) ? probeClass(tag) : skipClass(tag),
-    ]),
-  );
-  const config = {
-    ...openpgp.config,
-    ignoreUnsupportedPackets: true,
-    ignoreMalformedPackets: true,
-  };
-  for (const binary of binaries) {
-    const packets = await openpgp.PacketList.fromBinary(
-      binary,
-      allowed as unknown as Parameters<typeof openpgp.PacketList.fromBinary>[1],
-      config,
-    );
-    for (const p of packets as unknown as { head?: KeyPacketHead }[]) {
-      if (p.head?.version === 5 && !names.includes(p.head.name)) names.push(p.head.name);
+  return out;
+}
+
+/** The v5 keys in BYTES and the other keys' bytes; undefined when it holds no v5 key. */
+async function splitVersionFive(
+  bytes: Uint8Array,
+  source: string,
+): Promise<{ v5: V5Key[]; others: Uint8Array[] } | undefined> {
+  const v5: V5Key[] = [];
+  const others: Uint8Array[] = [];
+  let blocks: Uint8Array[];
+  try {
+    blocks = await binaries(bytes);
+  } catch {
+    return undefined;
+  }
+  for (const binary of blocks) {
+    try {
+      const split = splitKeyExport(binary);
+      v5.push(...split.v5);
+      others.push(...split.others);
+    } catch (e) {
+      if (!(e instanceof PacketFormatError)) throw e;
+      // Framing trouble outside a v5 key packet is left to openpgp.js, whose message users know.
+      if (e.version !== 5 || (e.tag !== undefined && !KEY_TAGS.includes(e.tag))) return undefined;
+      throw new UserError(
+        `${source} holds a malformed gpg 2.4 (version 5) key: ${e.message}; export it again with gpg --export-secret-keys`,
+      );
     }
   }
-  return names;
-}
-
-async function refuseVersionFive(bytes: Uint8Array, source: string): Promise<void> {
-  const names = await versionFiveKeys(bytes).catch(() => []);
-  if (names.length === 0) return;
-  throw new UserError(
-    `${source} holds ${names.join(' and ')} keys in gpg 2.4's version 5 format, which the builtin store cannot read; keep them in your GnuPG home and run keytether with --backend gpg-agent`,
-  );
+  return v5.length > 0 ? { v5, others } : undefined;
 }
 
 function looksArmored(bytes: Uint8Array): boolean {
@@ -101,16 +64,13 @@ function looksArmored(bytes: Uint8Array): boolean {
   return head.startsWith('-----BEGIN PGP');
 }
 
-export async function readKeyInput(bytes: Uint8Array, source: string): Promise<openpgp.Key[]> {
-  if (bytes.length === 0)
-    throw new UserError(`${source} is empty; pipe in the output of gpg --export-secret-keys`);
-  if (bytes.length > MAX_IMPORT_BYTES) {
-    throw new UserError(
-      `${source} is larger than ${MAX_IMPORT_BYTES} bytes; that is not a key export`,
-    );
-  }
-  // Before openpgp's own parse: in a file that also holds older keys, it would skip these silently.
-  await refuseVersionFive(bytes, source);
+export interface KeyInput {
+  keys: openpgp.Key[];
+  /** gpg 2.4's version 5 keys (Ed448, X448), which openpgp.js cannot read. */
+  v5: V5Key[];
+}
+
+async function readOpenpgpKeys(bytes: Uint8Array, source: string): Promise<openpgp.Key[]> {
   const keys: openpgp.Key[] = [];
   try {
     if (looksArmored(bytes)) {
@@ -133,19 +93,65 @@ export async function readKeyInput(bytes: Uint8Array, source: string): Promise<o
       `${source} is not a readable OpenPGP key export (${why}); export with gpg --export-secret-keys`,
     );
   }
-  if (keys.length === 0) {
+  return keys;
+}
+
+export async function readKeyInput(bytes: Uint8Array, source: string): Promise<KeyInput> {
+  if (bytes.length === 0)
+    throw new UserError(`${source} is empty; pipe in the output of gpg --export-secret-keys`);
+  if (bytes.length > MAX_IMPORT_BYTES) {
+    throw new UserError(
+      `${source} is larger than ${MAX_IMPORT_BYTES} bytes; that is not a key export`,
+    );
+  }
+  const split = await splitVersionFive(bytes, source);
+  const v5 = split?.v5 ?? [];
+  const keys = !split
+    ? await readOpenpgpKeys(bytes, source)
+    : split.others.length > 0
+      ? await readOpenpgpKeys(Buffer.concat(split.others), source)
+      : [];
+  const count = keys.length + v5.length;
+  if (count === 0) {
     throw new UserError(`${source} holds no OpenPGP keys; export with gpg --export-secret-keys`);
   }
-  if (keys.length > MAX_KEYS) throw new UserError(`${source} holds more than ${MAX_KEYS} keys`);
-  const publicOnly = keys.filter((k) => !k.isPrivate());
-  if (publicOnly.length === keys.length) {
+  if (count > MAX_KEYS) throw new UserError(`${source} holds more than ${MAX_KEYS} keys`);
+  const publicOnly = [
+    ...keys.filter((k) => !k.isPrivate()).map((k) => k.getFingerprint().toUpperCase()),
+    ...v5.filter((k) => k.packets[0]!.secret === undefined).map((k) => k.fingerprint),
+  ];
+  if (publicOnly.length === count) {
     throw new UserError(`${source} holds only public keys; export with gpg --export-secret-keys`);
   }
   if (publicOnly.length > 0) {
-    const fpr = publicOnly[0]!.getFingerprint().toUpperCase();
+    const fpr = publicOnly[0]!;
     throw new UserError(
       `${source} holds key ${fpr} without its secret part; export it with gpg --export-secret-keys ${fpr}`,
     );
   }
-  return keys;
+  return { keys, v5 };
+}
+
+/**
+ * Refuses key FPR (its PARTS; V5 when it is a version 5 key) when the builtin store could list it
+ * but not serve it: storing it would list a key that then fails every operation.
+ */
+export function refuseUnservable(source: string, fpr: string, parts: KeyPart[], v5?: V5Key): void {
+  if (!parts.some((p) => p.secret)) {
+    throw new UserError(
+      `${source} holds only stubs of key ${fpr} (no secret key material, e.g. keys on a smartcard or exported with --export-secret-subkeys of a stub); export it from the machine that has the secret keys`,
+    );
+  }
+  const unusable = parts.find((p) => p.secret && !p.materialKind);
+  if (unusable) {
+    throw new UserError(
+      `${source}: key ${fpr} has a ${unusable.algorithm} part the builtin store cannot use (DSA and ElGamal are served only by the workstation's gpg-agent); keep it in your GnuPG home and run keytether with --backend gpg-agent`,
+    );
+  }
+  const why = v5?.packets.map((p) => p.secret && unsupportedProtection(p.secret)).find((w) => w);
+  if (why) {
+    throw new UserError(
+      `${source}: key ${fpr} protects its secret with ${why}, which the builtin store cannot open; keep it in your GnuPG home and run keytether with --backend gpg-agent`,
+    );
+  }
 }

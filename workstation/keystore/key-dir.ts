@@ -11,7 +11,7 @@ import * as path from 'node:path';
  * A replaced file has a new inode, so re-imports are seen too.
  */
 export async function keyDirSignature(dir: string): Promise<string> {
-  const names = (await fs.readdir(dir)).filter((n) => /^[0-9A-F]+\.(key|ssh)$/.test(n));
+  const names = (await fs.readdir(dir)).filter((n) => /^[0-9A-F]+\.(key|ssh|v5)$/.test(n));
   const parts = await Promise.all(
     names.sort().map(async (n) => {
       const st = await fs.stat(path.join(dir, n)).catch(() => undefined);

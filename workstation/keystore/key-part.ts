@@ -57,6 +57,8 @@ const FALLBACK_NAMES: Record<number, string> = {
 const CURVE_ALGO_NAMES: Record<CurveName, string> = {
   Ed25519: 'ed25519',
   Curve25519: 'cv25519',
+  Ed448: 'ed448',
+  X448: 'cv448',
   'NIST P-256': 'nistp256',
   'NIST P-384': 'nistp384',
   'NIST P-521': 'nistp521',
@@ -146,7 +148,7 @@ export function describeAlgorithm(packet: KeyPacket): AlgorithmInfo {
   };
 }
 
-function flagsToUsage(flags: number): KeyUsage[] {
+export function flagsToUsage(flags: number): KeyUsage[] {
   const out: KeyUsage[] = [];
   if (flags & 0x01) out.push('certify');
   if (flags & 0x02) out.push('sign');
@@ -167,7 +169,10 @@ function newestFlags(sigs: Sig[]): number | undefined {
   return best?.keyFlags?.[0];
 }
 
-function defaultUsage(kind: SecretKeyMaterial['kind'] | undefined, isPrimary: boolean): KeyUsage[] {
+export function defaultUsage(
+  kind: SecretKeyMaterial['kind'] | undefined,
+  isPrimary: boolean,
+): KeyUsage[] {
   const base: KeyUsage[] = isPrimary ? ['certify'] : [];
   if (kind === 'ecdh') return ['encrypt'];
   if (kind === 'rsa') return [...base, 'sign', ...(isPrimary ? [] : (['encrypt'] as KeyUsage[]))];

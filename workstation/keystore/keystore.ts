@@ -1,5 +1,6 @@
 // The builtin back end's key store: OpenPGP secret keys exactly as gpg exported them (still
-// passphrase-encrypted), one file per primary key under $KEYTETHER_HOME/keys/<FPR>.key.
+// passphrase-encrypted), one file per primary key under $KEYTETHER_HOME/keys/<FPR>.key (gpg 2.4's
+// version 5 Ed448/X448 keys, which openpgp.js cannot read: <FPR>.v5).
 // Nothing is decrypted until unlock(), and then only the one packet asked for.
 
 import * as fs from 'node:fs/promises';
@@ -12,7 +13,16 @@ import { publicKeySexp } from '../../protocol/keygrip.js';
 import { createUnlockedKey, type UnlockedKey } from '../crypto/unlocked-key.js';
 import { ensureHome, readSecretFile, writeSecretFile } from '../home/home.js';
 import { describeKey, secretMaterial, type KeyPart } from './key-part.js';
-import { readKeyInput } from './import-input.js';
+import { readKeyInput, refuseUnservable } from './import-input.js';
+import { readV5KeyFile, v5KeyFileText, type V5Key } from './v5-key.js';
+import {
+  storedCertificate,
+  storedPublicBinary,
+  unlockPart,
+  type AnyStoredKey,
+  type StoredKey,
+  type StoredV5Key,
+} from './stored-key.js';
 import { concat, mergeKeys } from './merge-keys.js';
 import { keyDirSignature } from './key-dir.js';
 import type { ImportOptions, ImportResult, ListedKey, ListedSubkey } from './listed-key.js';
@@ -30,14 +40,6 @@ import {
 
 export type { ImportOptions, ImportResult, ListedKey, ListedSubkey } from './listed-key.js';
 
-interface StoredKey {
-  fingerprint: string;
-  file: string;
-  armored: string;
-  key: openpgp.Key;
-  parts: KeyPart[];
-}
-
 const FPR_RE = /^[0-9A-F]{40}$|^[0-9A-F]{64}$/;
 const SSH_FPR_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
 
@@ -52,6 +54,7 @@ export class Keystore {
   readonly home: string;
   readonly dir: string;
   private keys = new Map<string, StoredKey>();
+  private v5Keys = new Map<string, StoredV5Key>();
   /** OpenSSH keys by keygrip. */
   private sshKeys = new Map<string, SshStoredKey>();
   // The inventory is asked for on every request; rebuilding it (armoring every certificate)
@@ -80,8 +83,19 @@ export class Keystore {
   async reload(): Promise<void> {
     const next = new Map<string, StoredKey>();
     const nextSsh = new Map<string, SshStoredKey>();
+    const nextV5 = new Map<string, StoredV5Key>();
     const names = await fs.readdir(this.dir);
     for (const name of names.sort()) {
+      if (/^[0-9A-F]{64}\.v5$/.test(name)) {
+        const file = path.join(this.dir, name);
+        const v5 = await readV5KeyFile((await readSecretFile(file)).toString('utf8')).catch(() => {
+          throw new UserError(
+            `${file} is not a readable key file; remove it and import the key again`,
+          );
+        });
+        nextV5.set(v5.fingerprint, this.v5Entry(v5));
+        continue;
+      }
       const ssh = /^([0-9A-F]{40})\.ssh$/.exec(name);
       if (ssh) {
         const k = await readStoredSshKey(path.join(this.dir, name), ssh[1]!);
@@ -104,6 +118,7 @@ export class Keystore {
     }
     this.keys = next;
     this.sshKeys = nextSsh;
+    this.v5Keys = nextV5;
     this.cachedInventory = undefined;
   }
 
@@ -124,6 +139,11 @@ export class Keystore {
       this.dirSignature = sig;
     })().finally(() => (this.refreshing = undefined));
     return this.refreshing;
+  }
+
+  private v5Entry(v5: V5Key): StoredV5Key {
+    const file = path.join(this.dir, `${v5.fingerprint}.v5`);
+    return { fingerprint: v5.fingerprint, file, v5, parts: v5.parts };
   }
 
   private entry(key: openpgp.Key, armored: string): StoredKey {
@@ -147,35 +167,39 @@ export class Keystore {
     opts: ImportOptions = {},
   ): Promise<ImportResult[]> {
     if (isSshKeyInput(bytes)) return [await this.importSshKey(bytes, source, opts)];
-    const incoming = await readKeyInput(bytes, source);
+    const { keys: incoming, v5 } = await readKeyInput(bytes, source);
     const prepared: { key: openpgp.Key; created: boolean }[] = [];
-    for (const k of incoming) {
-      const fpr = k.getFingerprint().toUpperCase();
+    const prepared5: V5Key[] = [];
+    for (const k of [...incoming, ...v5]) {
+      const fpr = 'parts' in k ? k.fingerprint : k.getFingerprint().toUpperCase();
       const old = this.keys.get(fpr);
-      const merged = old
-        ? await mergeKeys(k as openpgp.PrivateKey, old.key as openpgp.PrivateKey)
-        : k;
-      if (!describeKey(merged).some((p) => p.secret)) {
-        throw new UserError(
-          `${source} holds only stubs of key ${fpr} (no secret key material, e.g. keys on a smartcard or exported with --export-secret-subkeys of a stub); export it from the machine that has the secret keys`,
-        );
-      }
-      const unusable = describeKey(merged).find((p) => p.secret && !p.materialKind);
-      if (unusable) {
-        // Storing it would list a key that then fails every operation with "No secret key".
-        throw new UserError(
-          `${source}: key ${fpr} has a ${unusable.algorithm} part the builtin store cannot use (DSA, ElGamal, Ed448 and X448 are served only by the workstation's gpg-agent); keep it in your GnuPG home and run keytether with --backend gpg-agent`,
-        );
-      }
-      const twin = describeKey(merged).find((p) => p.keygrip && this.sshKeys.has(p.keygrip));
+      // A v5 key is stored as exported; re-importing one replaces the stored copy.
+      const merged =
+        'parts' in k
+          ? k
+          : old
+            ? await mergeKeys(k as openpgp.PrivateKey, old.key as openpgp.PrivateKey)
+            : k;
+      const parts = 'parts' in merged ? merged.parts : describeKey(merged);
+      refuseUnservable(source, fpr, parts, 'parts' in merged ? merged : undefined);
+      const twin = parts.find((p) => p.keygrip && this.sshKeys.has(p.keygrip));
       if (twin) {
         throw new UserError(
           `${source}: subkey ${twin.fingerprint} of ${fpr} is the OpenSSH key ${this.sshKeys.get(twin.keygrip!)!.fingerprint} already stored; remove that one first (keytether keys remove ${this.sshKeys.get(twin.keygrip!)!.fingerprint})`,
         );
       }
-      prepared.push({ key: merged, created: !old });
+      if ('parts' in merged) prepared5.push(merged);
+      else prepared.push({ key: merged, created: !old });
     }
     const results: ImportResult[] = [];
+    for (const v5 of prepared5) {
+      const entry = this.v5Entry(v5);
+      const created = !this.v5Keys.has(v5.fingerprint);
+      await writeSecretFile(entry.file, v5KeyFileText(v5));
+      this.v5Keys.set(entry.fingerprint, entry);
+      this.cachedInventory = undefined;
+      results.push({ fingerprint: entry.fingerprint, uid: v5.uids[0] ?? '', created });
+    }
     for (const { key, created } of prepared) {
       const armored = key.armor();
       const entry = this.entry(key, armored);
@@ -228,14 +252,18 @@ export class Keystore {
       const uids = k.key.getUserIDs();
       return { ...sub(primary!), format: 'openpgp', uids, subkeys: subs.map(sub) };
     });
+    const v5Keys = [...this.v5Keys.values()].map((k): ListedKey => {
+      const [primary, ...subs] = k.parts;
+      return { ...sub(primary!), format: 'openpgp', uids: k.v5.uids, subkeys: subs.map(sub) };
+    });
     const sshKeys = [...this.sshKeys.values()].map(listedSshKey);
-    return [...openpgpKeys, ...sshKeys];
+    return [...openpgpKeys, ...v5Keys, ...sshKeys];
   }
 
-  private lookup(fprs: string[]): StoredKey[] {
+  private lookup(fprs: string[]): AnyStoredKey[] {
     return fprs.map((input) => {
       const f = normaliseFingerprint(input);
-      const k = f ? this.keys.get(f) : undefined;
+      const k = f ? (this.keys.get(f) ?? this.v5Keys.get(f)) : undefined;
       if (!k) {
         throw new UserError(
           `no key with fingerprint ${input} in ${this.dir}; see keytether keys list for the stored keys`,
@@ -257,8 +285,9 @@ export class Keystore {
     if (ssh.some((k) => k !== undefined)) {
       throw new UserError('export OpenSSH keys (SHA256:…) and OpenPGP keys in separate commands');
     }
-    const chosen = fprs.length > 0 ? this.lookup(fprs) : [...this.keys.values()];
-    const bytes = chosen.map((k) => k.key.toPublic().write());
+    const chosen =
+      fprs.length > 0 ? this.lookup(fprs) : [...this.keys.values(), ...this.v5Keys.values()];
+    const bytes = chosen.map(storedPublicBinary);
     // gpg 2.2 reads armor without the CRC24 line as corrupt, so emit it (as key.armor() does
     // for v4 keys).
     return openpgp.armor(
@@ -282,13 +311,14 @@ export class Keystore {
     const [k] = this.lookup([fpr]);
     await fs.rm(k!.file, { force: true });
     this.keys.delete(k!.fingerprint);
+    this.v5Keys.delete(k!.fingerprint);
     this.cachedInventory = undefined;
     return k!.fingerprint;
   }
 
-  private openpgpPart(keygrip: string): { stored: StoredKey; part: KeyPart } | undefined {
+  private openpgpPart(keygrip: string): { stored: AnyStoredKey; part: KeyPart } | undefined {
     const grip = keygrip.toUpperCase();
-    for (const stored of this.keys.values()) {
+    for (const stored of [...this.keys.values(), ...this.v5Keys.values()]) {
       for (const part of stored.parts) {
         if (part.keygrip === grip && part.secret && part.materialKind) return { stored, part };
       }
@@ -298,7 +328,7 @@ export class Keystore {
 
   private part(
     keygrip: string,
-  ): { stored: StoredKey; part: KeyPart } | { ssh: SshStoredKey } | undefined {
+  ): { stored: AnyStoredKey; part: KeyPart } | { ssh: SshStoredKey } | undefined {
     const ssh = this.sshKeys.get(keygrip.toUpperCase());
     return ssh ? { ssh } : this.openpgpPart(keygrip);
   }
@@ -311,12 +341,8 @@ export class Keystore {
   private buildInventory(): Inventory {
     const keys: KeyEntry[] = [];
     const certificates: Certificate[] = [];
-    for (const stored of this.keys.values()) {
-      certificates.push({
-        fingerprint: stored.fingerprint,
-        userIds: stored.key.getUserIDs(),
-        armored: stored.key.toPublic().armor(),
-      });
+    for (const stored of [...this.keys.values(), ...this.v5Keys.values()]) {
+      certificates.push(storedCertificate(stored));
       for (const p of stored.parts) {
         if (!p.secret || !p.keygrip || !p.publicKey || !p.materialKind) continue;
         keys.push({
@@ -370,41 +396,6 @@ export class Keystore {
         zeroMaterial(material);
       }
     }
-    const { stored, part } = found;
-    // A fresh parse, so decrypted parameters never linger in the long-lived key objects.
-    const key = await openpgp.readKey({ armoredKey: stored.armored });
-    const holder = key.getKeys().find((k) => k.getFingerprint().toUpperCase() === part.fingerprint);
-    const packet = holder?.keyPacket as openpgp.SecretKeyPacket | undefined;
-    if (!packet || typeof packet.decrypt !== 'function') throw gpgErr('NO_SECKEY');
-    try {
-      if (!packet.isDecrypted()) {
-        if (passphrase === null) throw gpgErr('BAD_PASSPHRASE', 'the key needs a passphrase');
-        try {
-          // openpgp takes the passphrase as a string; pinentry passphrases are UTF-8.
-          await packet.decrypt(passphrase.toString('utf8'));
-        } catch {
-          throw gpgErr('BAD_PASSPHRASE');
-        }
-      }
-      const material = secretMaterial(part, packet);
-      if (!material)
-        throw gpgErr('UNSUPPORTED_ALGORITHM', `${part.algorithm} keys are not supported`);
-      try {
-        // The crypto layer checks that the secret matches the public key (openpgp's validate()
-        // rejects valid brainpool keys); that check also catches a wrong passphrase which slipped
-        // past a 2-byte-checksum (s2k usage 255) key.
-        return createUnlockedKey(part.keygrip!, part.algorithm, material);
-      } catch (e) {
-        if (e instanceof GpgError && e.code === ErrorCode.INV_DATA && part.protection === 'P') {
-          throw gpgErr('BAD_PASSPHRASE');
-        }
-        throw e;
-      }
-    } finally {
-      // Zeroes openpgp's copy; the UnlockedKey holds its own.
-      if (packet.isDecrypted() && packet.privateParams) {
-        (packet as unknown as { clearPrivateParams(): void }).clearPrivateParams();
-      }
-    }
+    return unlockPart(found.stored, found.part, passphrase);
   }
 }
