@@ -25,8 +25,9 @@ export const TOKEN_SECRET_BYTES = 32;
 export const TOKEN_ID_RE = /^ktt_[0-9a-f]{16}$/;
 
 const B64URL_RE = /^[A-Za-z0-9_-]+$/;
-/** An OpenPGP v4 fingerprint, or an SSH-only key's `SHA256:` fingerprint (ssh-sign only). */
-const TOKEN_KEY_RE = /^[0-9A-F]{40}$|^SHA256:[A-Za-z0-9+/]{43}$/;
+/** An OpenPGP v4 (40 hex digits) or v5 (64: gpg 2.4's Ed448/X448 keys) fingerprint, or an
+ * SSH-only key's `SHA256:` fingerprint (ssh-sign only). */
+const TOKEN_KEY_RE = /^[0-9A-F]{40}$|^[0-9A-F]{64}$|^SHA256:[A-Za-z0-9+/]{43}$/;
 
 /** `ssh-sign`: ssh-agent signatures (logins, `ssh-keygen -Y sign`) with an authentication key. */
 export type TokenOp = 'sign' | 'decrypt' | 'ssh-sign';
@@ -47,7 +48,7 @@ export const TokenPayloadSchema = z
       .array(
         z
           .string()
-          .regex(TOKEN_KEY_RE, 'must be 40 uppercase hex digits or an SSH SHA256: fingerprint'),
+          .regex(TOKEN_KEY_RE, 'must be 40 or 64 uppercase hex digits or an SSH SHA256: fingerprint'),
       )
       .min(1)
       .max(MAX_TOKEN_KEYS)

@@ -104,13 +104,7 @@ export function resolveKeyName(name: string, keys: NameableKey[]): string {
       `key id ${norm} matches several keys; name the key by its full fingerprint`,
     );
   }
-  const fpr = matches[0]!;
-  if (fpr.length !== 40) {
-    throw new UserError(
-      `key ${fpr} is a v5/v6 key; tokens can only name v4 (40-digit) fingerprints yet`,
-    );
-  }
-  return fpr;
+  return matches[0]!;
 }
 
 const OP_FLAG: Record<TokenOp, string> = { sign: 'sign', decrypt: 'encrypt', 'ssh-sign': 'auth' };

@@ -23,6 +23,7 @@ import {
   type StoredKey,
   type StoredV5Key,
 } from './stored-key.js';
+import { armorWithChecksum } from './armor.js';
 import { concat, mergeKeys } from './merge-keys.js';
 import { keyDirSignature } from './key-dir.js';
 import type { ImportOptions, ImportResult, ListedKey, ListedSubkey } from './listed-key.js';
@@ -288,16 +289,7 @@ export class Keystore {
     const chosen =
       fprs.length > 0 ? this.lookup(fprs) : [...this.keys.values(), ...this.v5Keys.values()];
     const bytes = chosen.map(storedPublicBinary);
-    // gpg 2.2 reads armor without the CRC24 line as corrupt, so emit it (as key.armor() does
-    // for v4 keys).
-    return openpgp.armor(
-      openpgp.enums.armor.publicKey,
-      concat(bytes),
-      undefined,
-      undefined,
-      undefined,
-      true,
-    );
+    return armorWithChecksum(openpgp.enums.armor.publicKey, concat(bytes));
   }
 
   async remove(fpr: string): Promise<string> {

@@ -3,6 +3,7 @@
 // its certificate, its user ids, and one of its parts unlocked.
 
 import * as openpgp from 'openpgp';
+import { armorWithChecksum } from './armor.js';
 import { ErrorCode, GpgError, gpgErr } from '../../protocol/gpg-error.js';
 import type { Certificate } from '../../protocol/keyholder.js';
 import {
@@ -46,7 +47,7 @@ export function storedCertificate(k: AnyStoredKey): Certificate {
     userIds: storedUids(k),
     armored:
       'v5' in k
-        ? openpgp.armor(openpgp.enums.armor.publicKey, v5PublicBinary(k.v5))
+        ? armorWithChecksum(openpgp.enums.armor.publicKey, v5PublicBinary(k.v5))
         : k.key.toPublic().armor(),
   };
 }

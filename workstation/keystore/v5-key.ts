@@ -24,6 +24,7 @@ import type { SecretKeyMaterial } from '../crypto/unlocked-key.js';
 import { fixedLength } from '../crypto/bytes.js';
 import { defaultUsage, flagsToUsage, type KeyPart } from './key-part.js';
 import { openV5Secret } from './v5-secret.js';
+import { armorWithChecksum } from './armor.js';
 
 export const PACKET_LIMITS = { maxPackets: 10_000, maxBodyBytes: 1024 * 1024 };
 const TAG_SIGNATURE = 2;
@@ -149,7 +150,7 @@ export function splitKeyExport(binary: Uint8Array): { v5: V5Key[]; others: Uint8
 
 /** The key file's text: the export's packets as one armored private key block. */
 export function v5KeyFileText(key: V5Key): string {
-  return openpgp.armor(openpgp.enums.armor.privateKey, key.binary);
+  return armorWithChecksum(openpgp.enums.armor.privateKey, key.binary);
 }
 
 export async function readV5KeyFile(text: string): Promise<V5Key> {
