@@ -8,6 +8,7 @@
 //   `status`                 → `OK <pid>\n`, one JSON document (a StatusDocument), `\n`, EOF.
 //   `tunnel ssh <host>`      → `OK <pid>\n`, then the rest of the connection is the tunnel
 //                              protocol with the agent as holder. <host> is percent-encoded.
+//   `approvals`, `approve <id> [<ms>]`, `deny <id>`, `web url`: confirmations (approvals.ts).
 // Anything else is answered with `ERR <sentence>\n` and the connection is closed.
 
 import { sshSummary } from '../audit/operation-line.js';
@@ -38,6 +39,7 @@ import {
 } from './status.js';
 import { RequestLimiter } from '../holder/request-limits.js';
 import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
+import { serveApprovalRequest, type ApprovalControl } from './approvals.js';
 
 export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
 export {
@@ -74,6 +76,7 @@ export interface ControlRuntime {
   holder: KeyHolder;
   cache: { entries(): { keygrip: string; expiresInMs: number }[] };
   audit: AuditLog;
+  broker?: ApprovalControl['broker'];
 }
 
 export interface ControlServerOptions {
@@ -94,6 +97,8 @@ export interface ControlServerOptions {
    * client that connects and says nothing, or dribbles, holds a connection slot no longer.
    */
   requestTimeoutMs?: number;
+  /** The approval page, for `keytether open`. */
+  web?: ApprovalControl['web'];
   /** Where a line about a cut client goes; default stderr. */
   log?: (line: string) => void;
 }
@@ -277,6 +282,7 @@ export async function startControlServer(
       startTunnel(sock, host, { holder: rt.holder, tunnels, software, watchInventory });
       return;
     }
+    if (serveApprovalRequest(words, sock, { broker: rt.broker, web: opts.web }, refuse)) return;
     refuse(sock, 'unknown request; expected "status" or "tunnel ssh <host>"');
   };
 
