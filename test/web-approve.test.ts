@@ -9,6 +9,7 @@ import path from 'node:path';
 import { clearSignRig } from './support/clear-sign-rig.js';
 import { makePinentryScript } from './support/pinentry-script.js';
 import { launchChromium, screenshot } from './support/browser.js';
+import { runCli } from './support/cli.js';
 
 /** Resolves once PID has exited (the withdrawn pinentry), within LIMIT ms. */
 async function exited(pid: number, limitMs = 10_000): Promise<boolean> {
@@ -25,7 +26,7 @@ async function exited(pid: number, limitMs = 10_000): Promise<boolean> {
 }
 
 t.test('approving and denying on the page', async (t) => {
-  const pin = await makePinentryScript({ confirm: ['hang', 'hang', 'ok', 'hang', 'hang'] });
+  const pin = await makePinentryScript({ confirm: ['hang', 'hang', 'ok', 'hang', 'hang', 'hang'] });
   t.teardown(() => pin.cleanup());
   const rig = await clearSignRig(t, 'Wendy Web <wendy@example.org>', {
     agentArgs: [
@@ -150,10 +151,33 @@ t.test('approving and denying on the page', async (t) => {
       content: { kind: 'git-commit' },
     });
   });
+  await t.test('keytether approve lists and answers it; the page drops it', async (t) => {
+    const s = sign();
+    await page.waitForSelector('#pending article.request');
+    await confirms(5);
+    const env = { KEYTETHER_HOME: rig.home };
+    const listed = await runCli(['approve'], { env });
+    t.equal(listed.code, 0, listed.stderr);
+    const id = /^([0-9a-f]{12}) {2}sign with key (\S+) \(verified\) for relay, token ktt_/m.exec(
+      listed.stdout,
+    );
+    t.ok(id, listed.stdout);
+    t.equal(id?.[2], FPR);
+    t.match(listed.stdout, /process: .*\(reported\)/);
+    const answered = await runCli(['approve', id![1]!], { env });
+    t.equal(answered.code, 0, answered.stderr);
+    t.equal((await s.done).code, 0);
+    await page.waitForSelector('#pending .empty');
+    t.match((await rig.signs()).at(-1), { reason: /confirmed at the command line/ });
+    const again = await runCli(['deny', id![1]!], { env });
+    t.equal(again.code, 1, 'a late answer is refused');
+    t.match(again.stderr, new RegExp(`no request ${id![1]} is waiting`));
+  });
+
   await t.test('"for 10 minutes" skips the next prompt', async (t) => {
     const s = sign();
     const item = await page.waitForSelector('#pending article.request');
-    await confirms(5);
+    await confirms(6);
     t.equal(
       await item.$eval('select.minutes', (e) => (e as unknown as { value: string }).value),
       '10',
