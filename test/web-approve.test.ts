@@ -191,4 +191,20 @@ t.test('approving and denying on the page', async (t) => {
     t.equal((await pin.invocations()).length, before, 'no pinentry was started');
     t.match((await rig.signs()).at(-1), { decision: 'allowed' });
   });
+
+  await t.test('fronts, relays and tokens show; revoke on the page revokes', async (t) => {
+    await page.waitForSelector('table.relays td:text("connected")');
+    t.match(await page.textContent('table.relays'), rig.url.replace(/\/$/, ''));
+    t.match(await page.textContent('table.fronts'), /relay/);
+    const row = await page.waitForSelector('table.tokens tr[data-id^="ktt_"]');
+    const tokenId = await row.getAttribute('data-id');
+    t.ok(tokenId, "the rig's token is listed");
+    await screenshot(page, 'overview');
+    await page.click(`table.tokens tr[data-id="${tokenId}"] button.revoke`);
+    await page.waitForSelector(`table.tokens tr[data-id="${tokenId}"] td:text("revoked")`);
+    const listed = await runCli(['token', 'list', '--json'], { env: { KEYTETHER_HOME: rig.home } });
+    t.match(JSON.parse(listed.stdout), [{ id: tokenId, revoked: true }]);
+    const r = await sign().done;
+    t.not(r.code, 0, 'the revoked token signs nothing');
+  });
 });

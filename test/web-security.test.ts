@@ -241,6 +241,14 @@ t.test('answers: forged, borrowed and replayed tokens get 403 and change nothing
     JSON.stringify({ token: 'x'.repeat(20_000) }),
   );
   t.equal(big.status, 413, 'an oversize body');
+  const revoke = await send(
+    w.base,
+    'POST',
+    '/api/tokens/ktt_0123456789abcdef/revoke',
+    { origin: w.origin, cookie, 'content-type': 'application/json' },
+    '{}',
+  );
+  t.equal(revoke.status, 403, 'a revoke without its single-use token');
   t.equal(w.broker.pending().length, 1);
 });
 
