@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { UsageError, UserError } from '../system/user-error.js';
 import * as agent from './commands/agent.js';
+import * as approve from './commands/approve.js';
 import * as audit from './commands/audit.js';
 import * as completion from './commands/completion.js';
 import * as connect from './commands/connect.js';
@@ -43,6 +44,7 @@ const COMMAND_MODULES: readonly CommandModule[] = [
   token,
   status,
   lock,
+  approve,
   audit,
   doctor,
   relay,

@@ -48,7 +48,10 @@ export const TokenPayloadSchema = z
       .array(
         z
           .string()
-          .regex(TOKEN_KEY_RE, 'must be 40 or 64 uppercase hex digits or an SSH SHA256: fingerprint'),
+          .regex(
+            TOKEN_KEY_RE,
+            'must be 40 or 64 uppercase hex digits or an SSH SHA256: fingerprint',
+          ),
       )
       .min(1)
       .max(MAX_TOKEN_KEYS)

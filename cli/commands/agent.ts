@@ -17,8 +17,10 @@ import { RelayUrlError, startRelayClients } from '../../workstation/relay/client
 import { UsageError, UserError } from '../../system/user-error.js';
 import { loadRelayTrust, RELAY_CA_HELP, RELAY_FINGERPRINT_HELP } from '../relay-trust.js';
 import { action, collect, examples, packageVersion, resolveHome } from '../program.js';
+import { startWebServer, type WebServer } from '../../workstation/web/server.js';
+import { webOptions, webPlan, type WebFlags } from './agent-web.js';
 
-interface AgentFlags extends ConfigFlags {
+interface AgentFlags extends ConfigFlags, WebFlags {
   socket?: string;
   gnupgHome?: string;
   insecure?: boolean;
@@ -44,6 +46,7 @@ export async function loadHolderConfig(
 }
 
 export function register(program: Command): void {
+  const pageFlags = webOptions();
   program
     .command('agent')
     .addHelpText(
@@ -103,6 +106,10 @@ export function register(program: Command): void {
       '--ssh-agent-backend <socket>',
       "also offer this ssh-agent's keys for SSH signatures (SSH_AUTH_SOCK: that variable's)",
     )
+    .addOption(pageFlags.web)
+    .addOption(pageFlags.listen)
+    .addOption(pageFlags.cert)
+    .addOption(pageFlags.key)
     .action(
       action(async (flags: AgentFlags, cmd: Command) => {
         const globals = cmd.optsWithGlobals() as { home?: string; config?: string };
@@ -117,6 +124,7 @@ export function register(program: Command): void {
             ? { fingerprint: { value: flags.relayFingerprint, name: '--relay-fingerprint' } }
             : {}),
         });
+        const webAt = await webPlan(flags);
         const rt = await openHolderRuntime(
           home,
           config,
@@ -179,19 +187,34 @@ export function register(program: Command): void {
           await rt.close();
           throw e instanceof RelayUrlError ? new UsageError(e.message) : e;
         });
-        // The control socket lets `keytether status` and `keytether ssh` use this holder.
-        const control = await startControlServer(rt, {
-          home,
-          agentSocket: socketPath,
-          version: packageVersion(),
-          relays,
-        }).catch(async (e: unknown) => {
+        let web: WebServer | undefined;
+        // The control socket lets `keytether status`, `ssh`, `approve` and `open` use this holder.
+        const control = await (async () => {
+          if (webAt) {
+            web = await startWebServer({ broker: rt.broker, home, ...webAt }).catch(
+              (e: unknown) => {
+                throw new UserError(
+                  `cannot serve the approval page on ${webAt.host}:${webAt.port}: ${(e as Error).message}`,
+                );
+              },
+            );
+          }
+          return startControlServer(rt, {
+            home,
+            agentSocket: socketPath,
+            version: packageVersion(),
+            relays,
+            web,
+          });
+        })().catch(async (e: unknown) => {
+          await web?.close();
           server.close();
           await closeSsh();
           await relays.close();
           await rt.close();
           throw e;
         });
+        if (web) process.stderr.write(`web: ${web.freshUrl()}\n`);
         process.stdout.write(`ready: ${socketPath}\n`);
         if (sshServer) process.stdout.write(`ssh-agent: ${sshSocketPath}\n`);
         const stopLines = rt.audit.onRecorded((rec) =>
@@ -222,6 +245,7 @@ export function register(program: Command): void {
         });
         stopLines();
         stopFailures();
+        await web?.close();
         await control.close();
         await Promise.all([
           new Promise<void>((resolve) => {

@@ -39,7 +39,18 @@ function stopper(child: ChildProcess): () => Promise<void> {
   };
 }
 
-export async function clearSignRig(t: Test, uid: string): Promise<ClearSignRig> {
+export interface ClearSignRigOptions {
+  /** More `keytether agent` arguments (a policy, a pinentry, --web). */
+  agentArgs?: string[];
+  /** More environment for the agent (a scripted pinentry's). */
+  agentEnv?: Record<string, string>;
+}
+
+export async function clearSignRig(
+  t: Test,
+  uid: string,
+  opts: ClearSignRigOptions = {},
+): Promise<ClearSignRig> {
   const ws = await makeGnupgHome();
   t.teardown(() => ws.cleanup());
   const key = await generateKey(ws, { uid, algo: 'ed25519', usage: 'sign,cert' });
@@ -57,9 +68,10 @@ export async function clearSignRig(t: Test, uid: string): Promise<ClearSignRig> 
   const relay = await spawnCli(['relay', '--listen', '127.0.0.1:0']);
   t.teardown(stopper(relay));
   const url = (await waitForLine(relay.stdout!, /^listening: (\S+)$/, 30_000))[1]!;
-  const holder = await spawnCli(['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url], {
-    env,
-  });
+  const holder = await spawnCli(
+    ['agent', '--socket', path.join(tmp, 'S.local'), '--relay', url, ...(opts.agentArgs ?? [])],
+    { env: { ...env, ...opts.agentEnv } },
+  );
   t.teardown(stopper(holder));
   let holderErr = '';
   holder.stderr!.on('data', (b: Buffer) => (holderErr += b.toString()));

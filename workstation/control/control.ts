@@ -9,6 +9,7 @@
 //   `tunnel ssh <host>`      → `OK <pid>\n`, then the rest of the connection is the tunnel
 //                              protocol with the agent as holder. <host> is percent-encoded.
 //   `lock <keygrip>|all`     → forgets unlocked keys (lock.ts).
+//   `approvals`, `approve <id> [<ms>]`, `deny <id>`, `web url`: confirmations (approvals.ts).
 // Anything else is answered with `ERR <sentence>\n` and the connection is closed.
 
 import { sshSummary } from '../audit/operation-line.js';
@@ -40,6 +41,7 @@ import {
 import { RequestLimiter } from '../holder/request-limits.js';
 import { parseTunnelHost, startTunnel, type LiveTunnel } from './tunnel.js';
 import { answerLock, type LockableCache } from './lock.js';
+import { serveApprovalRequest, type ApprovalControl } from './approvals.js';
 
 export { CONTROL_SOCKET_NAME, controlSocketPath } from './connection.js';
 export {
@@ -76,6 +78,7 @@ export interface ControlRuntime {
   holder: KeyHolder;
   cache: LockableCache;
   audit: AuditLog;
+  broker?: ApprovalControl['broker'];
 }
 
 export interface ControlServerOptions {
@@ -96,6 +99,8 @@ export interface ControlServerOptions {
    * client that connects and says nothing, or dribbles, holds a connection slot no longer.
    */
   requestTimeoutMs?: number;
+  /** The approval page, for `keytether open`. */
+  web?: ApprovalControl['web'];
   /** Where a line about a cut client goes; default stderr. */
   log?: (line: string) => void;
 }
@@ -280,7 +285,11 @@ export async function startControlServer(
       return;
     }
     if (words[0] === 'lock') return answerLock(sock, words, rt.cache, log);
-    refuse(sock, 'unknown request; expected "status" or "tunnel ssh <host>"');
+    if (serveApprovalRequest(words, sock, { broker: rt.broker, web: opts.web }, refuse)) return;
+    refuse(
+      sock,
+      'unknown request; expected "status", "tunnel ssh <host>", "lock", "approvals", "approve", "deny" or "web url"',
+    );
   };
 
   let server: net.Server;

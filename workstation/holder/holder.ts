@@ -18,6 +18,8 @@ import type {
 } from '../../protocol/keyholder.js';
 import type { AuditInput, AuditLog } from '../audit/audit.js';
 import type { ApprovalMemory } from '../policy/approvals.js';
+import { ApprovalBroker } from '../approvals/broker.js';
+import { pendingView } from '../approvals/pending.js';
 import {
   approvalScope,
   decide,
@@ -49,6 +51,8 @@ export interface HolderDeps {
   audit: AuditLog;
   cache: UnlockCache<UnlockedKey>;
   approvals: ApprovalMemory;
+  /** Where a confirmation is offered (pinentry, pages, `keytether approve`); default the pinentry. */
+  broker?: ApprovalBroker;
   now?: () => number;
   /**
    * Where keys live, first wins a keygrip. Default: the builtin back end over `keystore`. The
@@ -109,6 +113,7 @@ export class Holder implements KeyHolder {
   readonly #inventoryListeners = new Set<{ fn: () => void }>();
   readonly #limiter: RequestLimiter;
   readonly #refusals: RefusalSummary;
+  readonly #broker: ApprovalBroker;
   #watch: InventoryWatch | undefined;
   #stopCacheWatch: (() => void) | undefined;
 
@@ -117,6 +122,7 @@ export class Holder implements KeyHolder {
     this.#now = deps.now ?? Date.now;
     this.#limiter = deps.limiter ?? new RequestLimiter({}, this.#now);
     this.#refusals = deps.refusals ?? new RefusalSummary(deps.audit, { now: this.#now });
+    this.#broker = deps.broker ?? new ApprovalBroker({ pinentry: deps.pinentry, now: this.#now });
     this.#backends = deps.backends ?? [
       new BuiltinBackend({ keystore: deps.keystore, pinentry: deps.pinentry, cache: deps.cache }),
     ];
@@ -331,6 +337,8 @@ export class Holder implements KeyHolder {
     }
 
     let decision = 'allowed';
+    let via = '';
+    let denial: GpgError | undefined;
     let key: KeyOperator | undefined;
     try {
       // A client that must never be prompted hears so before any key is touched.
@@ -344,22 +352,28 @@ export class Holder implements KeyHolder {
         ...(noPrompt ? { pinentryMode: noPrompt } : {}),
       });
       if (verdict.action === 'confirm') {
-        const ok = await this.#d.pinentry.confirm(
-          { description: spec.prompt(entry, clear?.content?.lines) },
+        const answer = await this.#broker.confirm(
+          spec.prompt(entry, clear?.content?.lines),
+          pendingView(op, entry, requester, clear, verdict.rememberMs),
           signal,
         );
-        if (!ok) {
-          await record('denied', 'not confirmed at the pinentry');
-          throw gpgErr('NOT_CONFIRMED');
+        if (!answer.approved) {
+          // Deny on a page or the command line is the user cancelling, as gpg-agent reports it.
+          if (answer.channel === 'pinentry') {
+            await record('denied', 'not confirmed at the pinentry');
+            throw gpgErr('NOT_CONFIRMED');
+          }
+          await record('denied', `denied at the ${answer.channel}`);
+          throw (denial = gpgErr('CANCELED', `denied at the ${answer.channel}`));
         }
         decision = 'confirmed';
-        if (verdict.rememberMs) {
-          this.#d.approvals.grant(approvalScope(asked), verdict.rememberMs, this.#now());
-        }
+        if (answer.channel !== 'pinentry') via = ` (confirmed at the ${answer.channel})`;
+        const remember = answer.rememberMs ?? verdict.rememberMs;
+        if (remember) this.#d.approvals.grant(approvalScope(asked), remember, this.#now());
       }
       const result = await act(key);
       try {
-        await record(decision, `policy: ${verdict.rule}`);
+        await record(decision, `policy: ${verdict.rule}${via}`);
       } catch (e) {
         // The result never leaves, so a decrypted session key must not linger either.
         if (op === 'decrypt') (result as DecryptResult).value.fill(0);
@@ -368,7 +382,7 @@ export class Holder implements KeyHolder {
       return result;
     } catch (e) {
       const err = toGpgError(e);
-      if (err.code === ErrorCode.NOT_CONFIRMED || err === unrecorded) throw err;
+      if (err.code === ErrorCode.NOT_CONFIRMED || err === unrecorded || err === denial) throw err;
       const canceled = err.code === ErrorCode.CANCELED || err.code === ErrorCode.FULLY_CANCELED;
       await record(canceled ? 'canceled' : 'failed', err.message);
       throw err;

@@ -5,6 +5,7 @@
 import path from 'node:path';
 import { AuditError, AuditLog } from '../audit/audit.js';
 import { ApprovalMemory } from '../policy/approvals.js';
+import { ApprovalBroker } from '../approvals/broker.js';
 import { RequestLimiter } from './request-limits.js';
 import type { Config } from '../home/config.js';
 import type { UnlockedKey } from '../crypto/index.js';
@@ -25,6 +26,8 @@ export interface HolderRuntime {
   keystore: Keystore;
   cache: UnlockCache<UnlockedKey>;
   audit: AuditLog;
+  /** Where confirmations wait: the pinentry, approval pages and `keytether approve` answer. */
+  broker: ApprovalBroker;
   home: string;
   /** Set when the workstation's gpg-agent serves keys too (backend gpg-agent or auto). */
   gpgAgent: GpgAgentBackend | undefined;
@@ -96,7 +99,9 @@ export async function openHolderRuntime(
   if (config.sshAgentBackend !== undefined) {
     backends.push(new SshAgentBackend({ socket: config.sshAgentBackend }));
   }
+  const broker = new ApprovalBroker({ pinentry, timeoutMs: config.pinentryTimeoutMs });
   const holder = new Holder({
+    broker,
     backends,
     keystore,
     policy: config.policy,
@@ -111,6 +116,7 @@ export async function openHolderRuntime(
     keystore,
     cache,
     audit,
+    broker,
     home,
     gpgAgent,
     async close() {
