@@ -22,6 +22,13 @@ export const CLOSE_NONE = 0;
 /** In a close frame: the origin cuts the facade off at once (it did not read its answers). */
 export const CLOSE_TERMINATE = 1;
 
+/**
+ * Credit is returned in batches of this many bytes, not per message: a signature's few small
+ * messages then cost no credit frames at all, and the windows (1 MiB one way, maxBufferedBytes the
+ * other) stay far above a batch.
+ */
+export const CREDIT_BATCH_BYTES = 256 * 1024;
+
 const MAX_INSTANCE_ID = 64;
 const MAX_JSON_BODY = 12 * 1024;
 

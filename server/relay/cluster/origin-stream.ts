@@ -8,7 +8,14 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { WebSocket } from 'ws';
 import { CloseCode, isOpen, wsReason } from '../wire.js';
-import { CLOSE_NONE, CLOSE_TERMINATE, LinkKind, closeBody, creditBody } from './frames.js';
+import {
+  CLOSE_NONE,
+  CLOSE_TERMINATE,
+  CREDIT_BATCH_BYTES,
+  LinkKind,
+  closeBody,
+  creditBody,
+} from './frames.js';
 import type { LinkSender } from './remote-facade.js';
 
 /** Bytes a facade may have on the way to the owner before it is no longer read. */
@@ -30,6 +37,8 @@ export class OriginStream {
   private inflight = 0;
   private paused = false;
   private openTimer: NodeJS.Timeout | undefined;
+  /** Bytes of the owner's that the facade's socket has taken, not yet credited back. */
+  private owed = 0;
 
   constructor(
     private readonly link: LinkSender,
@@ -93,7 +102,11 @@ export class OriginStream {
   fromOwner(data: Buffer): void {
     if (this.ended || !isOpen(this.ws)) return;
     this.ws.send(data, { binary: true }, (err) => {
-      if (!err && !this.ended) this.toOwner(LinkKind.Credit, creditBody(data.length));
+      if (err || this.ended) return;
+      this.owed += data.length;
+      if (this.owed < CREDIT_BATCH_BYTES) return;
+      this.toOwner(LinkKind.Credit, creditBody(this.owed));
+      this.owed = 0;
     });
   }
 

@@ -4,11 +4,11 @@
 //
 // Flow control is by credit. What this instance sent to the origin and the origin has not yet
 // handed to the facade's socket is this facade's bufferedAmount (the router cuts a slow reader by
-// it). Whatever the origin sends is credited back as soon as the router took it, except while
-// the router has paused the facade: the origin then runs out of window and stops reading.
+// it). Whatever the origin sends is credited back once the router took it, in batches, except
+// while the router has paused the facade: the origin then runs out of window and stops reading.
 
 import type { FacadeEnd } from '../streams.js';
-import { CLOSE_TERMINATE, LinkKind, closeBody, creditBody } from './frames.js';
+import { CLOSE_TERMINATE, CREDIT_BATCH_BYTES, LinkKind, closeBody, creditBody } from './frames.js';
 
 export interface LinkSender {
   /** Sends a frame about stream (origin, number) to INSTANCE; false when it is not listening. */
@@ -47,8 +47,13 @@ export class RemoteFacade implements FacadeEnd {
 
   /** Data the origin's facade sent; the router takes it, then the origin gets its credit. */
   taken(bytes: number): void {
-    if (this.paused) this.owed += bytes;
-    else this.frame(LinkKind.Credit, creditBody(bytes));
+    this.owed += bytes;
+    if (!this.paused && this.owed >= CREDIT_BATCH_BYTES) this.payCredit();
+  }
+
+  private payCredit(): void {
+    if (this.owed > 0 && !this.closed) this.frame(LinkKind.Credit, creditBody(this.owed));
+    this.owed = 0;
   }
 
   /** The origin handed BYTES of ours to the facade's socket. */
@@ -62,10 +67,7 @@ export class RemoteFacade implements FacadeEnd {
 
   resume(): void {
     this.paused = false;
-    if (this.owed > 0 && !this.closed) {
-      this.frame(LinkKind.Credit, creditBody(this.owed));
-      this.owed = 0;
-    }
+    if (this.owed >= CREDIT_BATCH_BYTES) this.payCredit();
   }
 
   close(code: number, reason: string): void {
