@@ -13,7 +13,7 @@ import { repoRoot } from './support/cli.js';
 
 const execFileP = promisify(execFile);
 
-async function metricFamilies(tls: boolean): Promise<Set<string>> {
+async function metricFamilies(tls: boolean, redis?: string): Promise<Set<string>> {
   let https: { cert: Buffer; key: Buffer } | undefined;
   if (tls) {
     const dir = await mkdtemp('/tmp/kt-metrics-');
@@ -39,7 +39,12 @@ async function metricFamilies(tls: boolean): Promise<Set<string>> {
       await rm(dir, { recursive: true, force: true });
     }
   }
-  const app = buildRelay({ logger: false, ...(https ? { https } : {}) });
+  // With --redis (never connected here: metrics exist before the connection does).
+  const app = buildRelay({
+    logger: false,
+    ...(https ? { https } : {}),
+    ...(redis ? { redis } : {}),
+  });
   try {
     const body = (await app.inject({ method: 'GET', url: '/metrics' })).body;
     return new Set([...body.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
@@ -56,6 +61,10 @@ t.test('every metric is documented, and only those', async (t) => {
   const tls = await metricFamilies(true);
   t.ok(tls.has('keytether_relay_tls_certificate_not_after_seconds'), 'TLS adds its series');
   t.notOk(plain.has('keytether_relay_tls_certificate_not_after_seconds'), 'and only with TLS');
+  const redis = await metricFamilies(false, 'redis://127.0.0.1:1');
+  t.ok(redis.has('keytether_relay_redis_up'), '--redis adds its series');
+  t.notOk(plain.has('keytether_relay_redis_up'), 'and only with --redis');
+  for (const m of redis) tls.add(m);
   const documented = new Set(
     [...doc.matchAll(/^\| `(keytether_relay_\w+)`\s*\|/gm)].map((m) => m[1]!),
   );
@@ -70,6 +79,10 @@ t.test('every refusal reason the relay counts is explained', async (t) => {
     const src = await readFile(path.join(dir, f), 'utf8');
     for (const m of src.matchAll(/refusals\.inc\(\{ reason: '([a-z_]+)' \}\)/g)) reasons.add(m[1]!);
     // this.refuse(ws, log, code, text, 'metric_reason'): the last literal is the metric's.
+    // refusal(code, 'text', 'metric_reason'), as hub.ts decides a stream's admission.
+    for (const m of src.matchAll(/\brefusal\(\s*CloseCode\.\w+,\s*'[^']*',\s*'([a-z_]+)'\s*\)/g)) {
+      reasons.add(m[1]!);
+    }
     for (const m of src.matchAll(/this\.refuse\(([^;]*?)\);/gs)) {
       const literals = [...m[1]!.matchAll(/'([a-z_]+)'/g)];
       if (literals.length) reasons.add(literals.at(-1)![1]!);

@@ -3,12 +3,13 @@
 // idle in the CLI and cost nothing per operation). Bench-only: `--unsealed` makes it serve relayed
 // streams without the sealed channel, through the BENCH_UNSEALED symbol that no keytether flag,
 // config or environment variable can produce, so that sealed and unsealed run in the same shape.
-//   node relay-holder.js --home DIR --relay URL [--unsealed]
+//   node relay-holder.js --home DIR --relay URL [--unsealed] [--unlimited]
 // Prints `ready: <hid>` once the relay accepted the holder; exits cleanly on SIGTERM (so that
 // `node --cpu-prof` writes its profile).
 
 import { parseArgs } from 'node:util';
 import { DEFAULT_CONFIG } from '../../workstation/home/config.js';
+import { limitsFromFile } from '../../workstation/home/limits-config.js';
 import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
 import { BENCH_UNSEALED, startRelayClient } from '../../workstation/relay/client.js';
 import { openHolderRuntime } from '../../workstation/holder/runtime.js';
@@ -23,6 +24,8 @@ const { values } = parseArgs({
     home: { type: 'string' },
     relay: { type: 'string' },
     unsealed: { type: 'boolean', default: false },
+    // The holder's per-token and per-key rates raised out of the way, for throughput benches.
+    unlimited: { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -33,7 +36,17 @@ if (!values.home || !values.relay) {
 const home = values.home;
 
 const stopped = new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
-const rt = await openHolderRuntime(home, { ...DEFAULT_CONFIG, backend: 'builtin' });
+const unlimited = limitsFromFile({
+  'token-rate': 1e6,
+  'token-burst': 1e6,
+  'key-rate': 1e6,
+  'key-burst': 1e6,
+});
+const rt = await openHolderRuntime(home, {
+  ...DEFAULT_CONFIG,
+  backend: 'builtin',
+  ...(values.unlimited ? { limits: unlimited } : {}),
+});
 const identity = await loadOrCreateIdentity(home);
 const tokens = await TokenRegistry.open(home, { identity });
 const client = startRelayClient({

@@ -65,7 +65,11 @@ export function register(program: Command): void {
       '--no-ssh-agent',
       "serve no ssh-agent socket (default: $KEYTETHER_HOME/S.ssh-agent, printed as 'ssh-agent: SOCKET')",
     )
-    .option('--relay <url>', 'connect out to this relay (repeatable)', collect)
+    .option(
+      '--relay <url>',
+      'connect out to this relay (repeatable; instances of one relay: URL,URL,…)',
+      collect,
+    )
     .option('--insecure', 'allow an unencrypted ws:// or http:// relay that is not on loopback')
     .option('--relay-ca <file>', `${RELAY_CA_HELP}; applies to every --relay`)
     .option('--relay-fingerprint <sha256>', `${RELAY_FINGERPRINT_HELP}; applies to every --relay`)

@@ -21,6 +21,7 @@ interface RelayFlags {
   tlsKey?: string;
   trustProxy?: string[];
   openapi?: boolean;
+  redis?: string;
 }
 
 /** `HOST:PORT`, `[V6]:PORT`; port 0 lets the system pick one. */
@@ -126,6 +127,10 @@ export function register(program: Command): void {
       'a reverse proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable)',
       collect,
     )
+    .option(
+      '--redis <url>',
+      'share holders with other relay instances through this Redis (redis://host:6379)',
+    )
     .option('--openapi', "print the OpenAPI 3.1 document of the relay's HTTP routes and exit")
     .action(
       action(async (flags: RelayFlags) => {
@@ -143,6 +148,10 @@ export function register(program: Command): void {
         if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
           throw new UsageError('--tls-cert and --tls-key must be given together');
         }
+        if (flags.redis !== undefined && !/^rediss?:\/\/[^\s]+$/.test(flags.redis)) {
+          // Not echoed: a Redis URL may carry a password.
+          throw new UsageError('--redis must be a Redis URL (redis://HOST:6379 or rediss://…)');
+        }
         let https: { cert: Buffer; key: Buffer } | undefined;
         if (flags.tlsCert !== undefined && flags.tlsKey !== undefined) {
           https = {
@@ -152,7 +161,11 @@ export function register(program: Command): void {
         }
         let app;
         try {
-          app = buildRelay({ ...(https ? { https } : {}), trustProxy });
+          app = buildRelay({
+            ...(https ? { https } : {}),
+            trustProxy,
+            ...(flags.redis !== undefined ? { redis: flags.redis } : {}),
+          });
         } catch (e) {
           throw new UserError(`${(e as Error).message}; check --tls-cert and --tls-key`);
         } finally {

@@ -18,7 +18,10 @@ import { checkTokenSignature, parseToken } from '../../protocol/token.js';
 import { AddressCounter, RateLimiter, type RelayLimits } from './limits.js';
 import { TrustedProxies } from './client-address.js';
 import type { RelayMetrics, Role } from './metrics.js';
-import { StreamRouter, type Holder, type Stream } from './streams.js';
+import { StreamRouter, localFacade, type Holder, type Stream } from './streams.js';
+import { Cluster } from './cluster/cluster.js';
+import { refusal, type LinkRefusal } from './cluster/frames.js';
+import { OriginStream } from './cluster/origin-stream.js';
 import {
   CloseCode,
   FacadeTokenSchema,
@@ -45,16 +48,24 @@ export class RelayHub {
   private readonly holderWss: WebSocketServer;
   private readonly facadeWss: WebSocketServer;
   private draining = false;
+  /** With --redis: the other relay instances this one shares holders with. */
+  readonly cluster: Cluster | undefined;
 
   constructor(
     private readonly log: FastifyBaseLogger,
     private readonly limits: RelayLimits,
     private readonly metrics: RelayMetrics,
     private readonly proxies: TrustedProxies = new TrustedProxies([]),
+    redisUrl?: string,
   ) {
     this.addresses = new AddressCounter(limits.maxConnectionsPerAddress);
     this.rate = new RateLimiter(limits.tokenRatePerSecond, limits.tokenBurst);
     this.streams = new StreamRouter(limits, metrics, this.rate);
+    if (redisUrl !== undefined) {
+      this.cluster = new Cluster(redisUrl, log, metrics, this.streams, (open) =>
+        this.admitStream(open.hid, open.tid),
+      );
+    }
     const common = { noServer: true, perMessageDeflate: false, WebSocket: RelaySocket } as const;
     this.holderWss = new WebSocketServer({
       ...common,
@@ -186,6 +197,7 @@ export class RelayHub {
     }
     const holder: Holder = { ws, hid, log, streams: new Map(), nextStreamId: 1 };
     this.holders.set(hid, holder);
+    this.cluster?.holderUp(hid);
     log.info('holder connected');
     return holder;
   }
@@ -194,6 +206,7 @@ export class RelayHub {
   private dropHolder(holder: Holder): void {
     if (this.holders.get(holder.hid) !== holder) return;
     this.holders.delete(holder.hid);
+    this.cluster?.holderDown(holder.hid);
     for (const s of [...holder.streams.values()]) {
       this.streams.endStream(s, {
         facadeCode: CloseCode.HolderNotConnected,
@@ -229,7 +242,7 @@ export class RelayHub {
   // ---- facades ----
 
   private acceptFacade(ws: WebSocket, log: FastifyBaseLogger, addr: string): void {
-    let stream: Stream | undefined;
+    let stream: Stream | OriginStream | undefined;
     let answered = false;
     ws.on('message', (data, isBinary) => {
       if (!isOpen(ws)) return;
@@ -239,15 +252,15 @@ export class RelayHub {
         return;
       }
       if (!stream || stream.ended) return;
-      if (isBinary) this.streams.fromFacade(stream, data as Buffer);
-      else stream.log.debug('ignored a text message from the facade');
+      if (!isBinary) stream.log.debug('ignored a text message from the facade');
+      else if (stream instanceof OriginStream) stream.fromFacade(data as Buffer);
+      else this.streams.fromFacade(stream, data as Buffer);
     });
     ws.once('close', (code, reason) => {
-      if (stream && !stream.ended) {
-        this.streams.endStream(stream, {
-          reason: reason.toString('utf8') || `facade closed (${code})`,
-        });
-      }
+      if (!stream || stream.ended) return;
+      const why = reason.toString('utf8') || `facade closed (${code})`;
+      if (stream instanceof OriginStream) stream.facadeClosed(why);
+      else this.streams.endStream(stream, { reason: why });
     });
   }
 
@@ -257,7 +270,7 @@ export class RelayHub {
     addr: string,
     data: RawData,
     isBinary: boolean,
-  ): Stream | undefined {
+  ): Stream | OriginStream | undefined {
     const msg = isBinary ? undefined : parseControl(data, FacadeTokenSchema);
     if (!msg) {
       this.refuse(ws, connLog, CloseCode.TokenInvalid, 'expected a token message', 'token_invalid');
@@ -300,28 +313,47 @@ export class RelayHub {
       this.refuse(ws, log, CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
       return undefined;
     }
-    const holder = this.holders.get(hid);
-    if (!holder) {
-      this.refuse(
-        ws,
-        log,
-        CloseCode.HolderNotConnected,
-        'holder not connected',
-        'holder_not_connected',
-      );
-      return undefined;
+    if (!this.holders.has(hid) && this.cluster) {
+      // Connected to another instance, perhaps: that one decides on rate and stream count.
+      const open = { hid, tid, token: token.publicPart, peer: addr };
+      return this.cluster.route(ws, log, open, {
+        accepted: () => {
+          this.pending.delete(ws);
+          ws.send(JSON.stringify({ type: 'ok' }));
+        },
+        refused: (code, reason, metric) => this.refuse(ws, log, code, reason, metric),
+        ended: () => {},
+      });
     }
-    // Only after the signature check: otherwise anyone could drain another token's bucket.
-    if (!this.rate.take(tid)) {
-      this.refuse(ws, log, CloseCode.RateLimited, 'rate limited', 'rate_limited');
-      return undefined;
-    }
-    if (holder.streams.size >= this.limits.maxStreamsPerHolder) {
-      this.refuse(ws, log, CloseCode.RateLimited, 'too many streams', 'too_many_streams');
+    const admitted = this.admitStream(hid, tid);
+    if (!('ws' in admitted)) {
+      this.refuse(ws, log, admitted.code, admitted.reason, admitted.metric);
       return undefined;
     }
     this.pending.delete(ws);
-    return this.streams.open(holder, ws, tid, log, { token: token.publicPart, peer: addr });
+    return this.streams.open(admitted, localFacade(ws), tid, log, {
+      token: token.publicPart,
+      peer: addr,
+    });
+  }
+
+  /**
+   * On the holder's instance: may a facade (here, or on another instance with --redis) open a
+   * stream to holder HID with token TID? The rate is taken only after the token's signature was
+   * checked, or anyone could drain another token's bucket.
+   */
+  private admitStream(hid: string, tid: string): Holder | LinkRefusal {
+    if (this.draining)
+      return refusal(CloseCode.ShuttingDown, 'relay shutting down', 'shutting_down');
+    const holder = this.holders.get(hid);
+    if (!holder) {
+      return refusal(CloseCode.HolderNotConnected, 'holder not connected', 'holder_not_connected');
+    }
+    if (!this.rate.take(tid)) return refusal(CloseCode.RateLimited, 'rate limited', 'rate_limited');
+    if (holder.streams.size >= this.limits.maxStreamsPerHolder) {
+      return refusal(CloseCode.RateLimited, 'too many streams', 'too_many_streams');
+    }
+    return holder;
   }
 
   // ---- shutdown ----
@@ -371,5 +403,6 @@ export class RelayHub {
     );
     this.holderWss.close();
     this.facadeWss.close();
+    await this.cluster?.close();
   }
 }

@@ -34,10 +34,25 @@ export interface RelayOptions {
    * address (per-address limits, logs, the peer the holder sees). Default: none.
    */
   trustProxy?: readonly string[];
+  /**
+   * `redis://…`: run as one of several instances sharing holders through this Redis (holder
+   * presence, streams carried to the instance a holder is connected to). Without it the relay
+   * is one process, as always.
+   */
+  redis?: string;
 }
 
-const routes: FastifyPluginAsync<{ metrics: RelayMetrics }> = async (app, { metrics }) => {
-  app.get('/healthz', async (): Promise<z.infer<typeof HealthSchema>> => ({ ok: true }));
+const routes: FastifyPluginAsync<{ metrics: RelayMetrics; hub: RelayHub }> = async (
+  app,
+  { metrics, hub },
+) => {
+  app.get('/healthz', async (_req, reply): Promise<z.infer<typeof HealthSchema>> => {
+    if (!hub.cluster) return { ok: true };
+    // An instance without Redis cannot reach holders on the others: take it out of rotation.
+    if (await hub.cluster.ping()) return { ok: true, redis: 'up' };
+    reply.code(503);
+    return { ok: false, redis: 'unreachable' };
+  });
   // A WebSocket upgrade never reaches these ('upgrade' is handled below); a plain request, such
   // as someone checking the URL with curl, learns what the endpoint is instead of a bare 404.
   for (const url of ['/v1/holder', '/v1/facade']) {
@@ -113,9 +128,15 @@ export function buildRelay(opts: RelayOptions = {}): FastifyInstance {
   const app = (opts.https
     ? Fastify({ logger, clientErrorHandler, https: { ...opts.https, ...timeouts } })
     : Fastify({ logger, clientErrorHandler, http: timeouts })) as unknown as FastifyInstance;
-  const hub = new RelayHub(app.log, limits, metrics, new TrustedProxies(opts.trustProxy ?? []));
+  const hub = new RelayHub(
+    app.log,
+    limits,
+    metrics,
+    new TrustedProxies(opts.trustProxy ?? []),
+    opts.redis,
+  );
   relays.set(app, { hub, limits, metrics, tls: opts.https !== undefined });
-  app.register(routes, { metrics });
+  app.register(routes, { metrics, hub });
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
     hub.handleUpgrade(req, socket, head),
   );
@@ -130,6 +151,7 @@ export async function listenRelay(
   host: string,
   port: number,
 ): Promise<string> {
+  await relays.get(app)?.hub.cluster?.start();
   await app.listen({ host, port });
   const addr = app.server.address() as AddressInfo;
   const scheme = relays.get(app)?.tls ? 'https' : 'http';

@@ -7,8 +7,14 @@ import { z } from 'zod';
 import { RELAY_AUTH_CONTEXT } from '../../protocol/relay/identity.js';
 import { CloseCode, FacadeTokenSchema, HolderAuthSchema } from './wire.js';
 
-/** What GET /healthz answers while the relay runs. */
-export const HealthSchema = z.strictObject({ ok: z.literal(true) });
+/** What GET /healthz answers: 200 and ok while the relay runs; with --redis, 503 without Redis. */
+export const HealthSchema = z.strictObject({
+  ok: z.boolean(),
+  redis: z
+    .enum(['up', 'unreachable'])
+    .optional()
+    .describe('with --redis only: whether this instance reaches the shared Redis'),
+});
 
 // What the relay sends on the WebSockets. It builds them with JSON.stringify; these schemas are
 // their documentation and the test's check of what it really sends.
@@ -101,6 +107,11 @@ export function relayOpenApi(version: string): Record<string, unknown> {
           responses: {
             '200': {
               description: 'The relay is running',
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Health' } } },
+            },
+            '503': {
+              description:
+                'Only with --redis: this instance cannot reach Redis, so it cannot reach holders on the other instances',
               content: { 'application/json': { schema: { $ref: '#/components/schemas/Health' } } },
             },
           },

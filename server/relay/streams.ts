@@ -20,6 +20,43 @@ const SLOW_READER_REASON = 'facade is not reading';
 /** A throttled facade is read again after at most this long, whatever its token's rate. */
 const MAX_THROTTLE_MS = 5000;
 
+/**
+ * The facade side of a stream as the router drives it: the facade's own WebSocket on this
+ * instance, or (with --redis) a facade connected to another instance (cluster/remote-facade.ts).
+ */
+export interface FacadeEnd {
+  readonly open: boolean;
+  /** Bytes sent to the facade that it has not taken yet. */
+  readonly bufferedAmount: number;
+  /** Tells the facade its stream is open. */
+  accepted(): void;
+  send(data: Buffer): void;
+  pause(): void;
+  resume(): void;
+  close(code: number, reason: string): void;
+  terminate(): void;
+  /** The stream has ended, for whichever reason. */
+  released(): void;
+}
+
+export function localFacade(ws: WebSocket): FacadeEnd {
+  return {
+    get open() {
+      return isOpen(ws);
+    },
+    get bufferedAmount() {
+      return ws.bufferedAmount;
+    },
+    accepted: () => ws.send(JSON.stringify({ type: 'ok' })),
+    send: (data) => ws.send(data, { binary: true }),
+    pause: () => ws.pause(),
+    resume: () => ws.resume(),
+    close: (code, reason) => ws.close(code, wsReason(reason)),
+    terminate: () => ws.terminate(),
+    released: () => {},
+  };
+}
+
 export interface Holder {
   ws: WebSocket;
   hid: string;
@@ -31,7 +68,7 @@ export interface Holder {
 export interface Stream {
   id: number;
   holder: Holder;
-  facade: WebSocket;
+  facade: FacadeEnd;
   tid: string;
   log: FastifyBaseLogger;
   ended: boolean;
@@ -58,12 +95,18 @@ export class StreamRouter {
   ) {}
 
   /** Registers a facade's stream with its holder and tells both sides it is open. */
-  open(holder: Holder, ws: WebSocket, tid: string, log: FastifyBaseLogger, open: MuxOpen): Stream {
+  open(
+    holder: Holder,
+    facade: FacadeEnd,
+    tid: string,
+    log: FastifyBaseLogger,
+    open: MuxOpen,
+  ): Stream {
     const id = this.allocateStreamId(holder);
     const stream: Stream = {
       id,
       holder,
-      facade: ws,
+      facade,
       tid,
       log: log.child({ stream: id }),
       ended: false,
@@ -76,7 +119,7 @@ export class StreamRouter {
     holder.streams.set(id, stream);
     this.count++;
     holder.ws.send(encodeMuxOpen(id, open));
-    ws.send(JSON.stringify({ type: 'ok' }));
+    facade.accepted();
     this.metrics.streams.inc();
     stream.log.info('stream opened');
     return stream;
@@ -97,7 +140,7 @@ export class StreamRouter {
       this.metrics.latency.observe((performance.now() - s.pendingSince) / 1000);
       s.pendingSince = undefined;
     }
-    if (!isOpen(s.facade)) return;
+    if (!s.facade.open) return;
     if (s.facade.bufferedAmount > this.limits.maxBufferedBytes) {
       // Pausing the holder would stall every stream it carries; this one alone is dropped,
       // and terminated rather than closed so its queue is freed now, not after a handshake.
@@ -107,7 +150,7 @@ export class StreamRouter {
       s.facade.terminate();
       return;
     }
-    s.facade.send(payload, { binary: true });
+    s.facade.send(payload);
   }
 
   fromFacade(s: Stream, data: Buffer): void {
@@ -179,7 +222,7 @@ export class StreamRouter {
   }
 
   private resume(s: Stream): void {
-    if (s.ended || s.paused || s.throttle !== undefined || !isOpen(s.facade)) return;
+    if (s.ended || s.paused || s.throttle !== undefined || !s.facade.open) return;
     s.facade.resume();
     s.log.debug('facade resumed');
   }
@@ -198,9 +241,10 @@ export class StreamRouter {
     if (!how.fromHolder && isOpen(s.holder.ws)) {
       s.holder.ws.send(encodeMuxClose(s.id, how.reason));
     }
-    if (how.facadeCode !== undefined && isOpen(s.facade)) {
-      s.facade.close(how.facadeCode, wsReason(how.reason));
+    if (how.facadeCode !== undefined && s.facade.open) {
+      s.facade.close(how.facadeCode, how.reason);
     }
+    s.facade.released();
     s.log.info({ reason: how.reason.slice(0, 200) }, 'stream closed');
     if (this.count === 0) this.onDrained?.();
   }

@@ -4,7 +4,8 @@
 //   - `new UserError(…)` / `new UsageError(…)` first arguments in cli/, workstation/, server/,
 //     system/ (what `keytether <command>: …` prints);
 //   - `new GpgError(ErrorCode.X, '…')` texts in server/ (what the facade answers gpg with);
-//   - the relay's refusals: `refuse(ws, log, code, '…', …)` reasons (its log) and the REFUSALS /
+//   - the relay's refusals: `refuse(ws, log, code, '…', …)` and `refusal(code, '…', …)` reasons
+//     (its log) and the REFUSALS /
 //     CLOSE_TEXT tables that turn its close codes into sentences for `keytether connect` and
 //     `keytether agent --relay`.
 // A literal string gives its text; a template literal or a `+` concatenation gives its literal
@@ -107,6 +108,17 @@ export function collectUserMessages(repoRoot: string): UserMessage[] {
         ) {
           const reason = node.arguments[3];
           if (ts.isStringLiteral(reason)) add(reason.text, sf, node, file);
+        }
+        // refusal(code, '…', metric): a refusal decided in one place and sent to either kind of
+        // facade (on this relay instance or, with --redis, on another).
+        if (
+          ts.isCallExpression(node) &&
+          ts.isIdentifier(node.expression) &&
+          node.expression.text === 'refusal' &&
+          node.arguments[1] &&
+          ts.isStringLiteral(node.arguments[1])
+        ) {
+          add(node.arguments[1].text, sf, node, file);
         }
         if (
           ts.isVariableDeclaration(node) &&

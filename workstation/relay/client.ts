@@ -39,7 +39,11 @@ export interface RelayIdentity {
 }
 
 export interface RelayClientOptions {
-  /** The relay's base URL as printed by `keytether relay`. */
+  /**
+   * The relay's base URL as printed by `keytether relay`; or several instances of one relay
+   * (`keytether relay --redis`), comma-separated: the holder is connected to one at a time and
+   * moves on to the next when it goes away.
+   */
   url: string;
   holder: KeyHolder;
   identity: RelayIdentity;
@@ -113,12 +117,25 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number): num
   return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }
 
+/** The instances a `relay` entry names: one URL, or several of one relay, comma-separated. */
+export function relayInstances(entry: string): string[] {
+  return entry
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
+}
+
 export function startRelayClient(opts: RelayClientOptions): RelayClient {
-  const endpoint = relayEndpoint(opts.url, 'holder', opts.insecure ?? false);
-  if (!endpoint.ok) throw new RangeError(endpoint.error);
-  const tlsOptions = relayTlsOptions(endpoint.url, opts.trust, (o: tls.ConnectionOptions) =>
-    tls.connect(o),
-  ) as WebSocket.ClientOptions;
+  const instances = relayInstances(opts.url).map((url) => {
+    const endpoint = relayEndpoint(url, 'holder', opts.insecure ?? false);
+    if (!endpoint.ok) throw new RangeError(endpoint.error);
+    const tlsOptions = relayTlsOptions(endpoint.url, opts.trust, (o: tls.ConnectionOptions) =>
+      tls.connect(o),
+    ) as WebSocket.ClientOptions;
+    return { url, endpoint: endpoint.url, tlsOptions };
+  });
+  if (instances.length === 0) throw new RangeError('the relay URL is empty');
+  let at = 0;
   const log = opts.log ?? (() => {});
   const minMs = opts.minBackoffMs ?? 500;
   const maxMs = opts.maxBackoffMs ?? 30_000;
@@ -140,7 +157,8 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
   const connect = () => {
     retryTimer = undefined;
     if (stopped) return;
-    const sock = new WebSocket(endpoint.url, {
+    const { url, endpoint, tlsOptions } = instances[at]!;
+    const sock = new WebSocket(endpoint, {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: AUTH_TIMEOUT_MS,
       perMessageDeflate: false,
@@ -167,7 +185,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       const sentence = describeRelayTlsError(e);
       if (sentence !== undefined) lastError = sentence;
       if (!stopped && attempt === 0) {
-        log(`relay ${opts.url}: ${sentence ?? e.message}`);
+        log(`relay ${url}: ${sentence ?? e.message}`);
       }
     });
     sock.on('close', (code: number, reasonBuf: Buffer) => {
@@ -185,13 +203,16 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       // A certificate sentence says more than the close that follows it.
       if (wasConnected || lastError === undefined || code !== 1006) lastError = text;
       const gone = code === 1006 || code === 1001;
+      // Another instance of the same relay serves the holder as well as this one did.
+      at = (at + 1) % instances.length;
       const delay = backoffDelay(
         attempt++,
         minMs,
         gone ? Math.min(maxMs, UNREACHABLE_MAX_BACKOFF_MS) : maxMs,
       );
       if (wasConnected || attempt === 1) {
-        log(`relay ${opts.url}: ${text}; retrying in ${(delay / 1000).toFixed(1)} s`);
+        const next = instances.length > 1 ? ` at ${instances[at]!.url}` : '';
+        log(`relay ${url}: ${text}; retrying${next} in ${(delay / 1000).toFixed(1)} s`);
       }
       retryTimer = setTimeout(connect, delay);
     });
@@ -227,7 +248,7 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
       connected = true;
       lastError = undefined;
       attempt = 0;
-      log(`relay connected: ${opts.url} as ${opts.identity.hid}`);
+      log(`relay connected: ${instances[at]!.url} as ${opts.identity.hid}`);
       opts.onConnected?.(opts.identity.hid);
     }
     // Other control messages are for newer holders; ignoring them keeps old ones working.
@@ -264,7 +285,9 @@ export function startRelayClient(opts: RelayClientOptions): RelayClient {
   connect();
 
   return {
-    url: opts.url,
+    get url() {
+      return instances[at]!.url;
+    },
     get connected() {
       return connected;
     },
@@ -326,7 +349,10 @@ export async function startRelayClients(
     return { clients: [], inventoryChanged() {}, close: async () => {} };
   }
   // Bad URLs are refused before anything connects, so a typo is one clear message.
-  for (const u of urls) {
+  if (urls.some((u) => relayInstances(u).length === 0)) {
+    throw new RelayUrlError('a relay URL is empty; use the URL the relay printed');
+  }
+  for (const u of urls.flatMap(relayInstances)) {
     const e = relayEndpoint(u, 'holder', opts.insecure ?? false);
     if (!e.ok) throw new RelayUrlError(e.error);
   }
