@@ -12,6 +12,7 @@ import { loadAssets } from './assets.js';
 import { SESSION_COOKIE, WebGuard } from './guard.js';
 import { pendingRoutes } from './routes-pending.js';
 import { overviewRoutes } from './routes-overview.js';
+import { recordRoutes } from './routes-records.js';
 import { notifier } from './notify.js';
 import { SECURITY_HEADERS } from './headers.js';
 
@@ -96,6 +97,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
 
   const pending = pendingRoutes(app, { broker: o.broker, guard });
   overviewRoutes(app, { guard, home: o.home });
+  recordRoutes(app, { guard, home: o.home });
   try {
     await app.listen({ host: o.host, port: o.port });
   } catch (e) {

@@ -6,8 +6,10 @@ import { el } from './dom.js';
 import * as pending from './sections/pending.js';
 import * as fronts from './sections/fronts.js';
 import * as tokens from './sections/tokens.js';
+import * as keys from './sections/keys.js';
+import * as audit from './sections/audit.js';
 
-const SECTIONS = [pending, fronts, tokens];
+const SECTIONS = [pending, fronts, keys, tokens, audit];
 
 async function start() {
   const connection = document.getElementById('connection');
