@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { UserError } from '../../system/user-error.js';
 import type { PendingApproval } from '../approvals/pending.js';
-import { REQUEST_TIMEOUT_MS, request } from './connection.js';
+import { readAnswer, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 const MAX_REPLY_BYTES = 1 << 20;
 
@@ -45,27 +45,12 @@ const Pending = z.array(
 async function ask(home: string, line: string): Promise<string> {
   const conn = await request(home, line, REQUEST_TIMEOUT_MS);
   if (!conn) throw new UserError(NO_AGENT);
-  const { sock } = conn;
-  return new Promise<string>((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let size = 0;
-    const timer = setTimeout(() => fail('it sent no complete answer in time'), REQUEST_TIMEOUT_MS);
-    timer.unref();
-    function fail(why: string): void {
-      clearTimeout(timer);
-      sock.destroy();
-      reject(new UserError(`the keytether agent's answer could not be read: ${why}; restart it`));
-    }
-    sock.on('data', (d: Buffer) => {
-      size += d.length;
-      if (size > MAX_REPLY_BYTES) fail('it is larger than 1 MiB');
-      else parts.push(d);
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(parts).toString('utf8'));
-    });
-    sock.resume();
+  return readAnswer(conn.sock, {
+    maxBytes: MAX_REPLY_BYTES,
+    timeoutMs: REQUEST_TIMEOUT_MS,
+    late: 'it sent no complete answer in time',
+    long: 'it is larger than 1 MiB',
+    sentence: (why) => `the keytether agent's answer could not be read: ${why}; restart it`,
   });
 }
 

@@ -138,3 +138,39 @@ export async function request(
   }
   return { sock, pid: Number(ok[1]) };
 }
+
+/** How one kind of answer reads when it cannot be read (each keeps its own sentence). */
+export interface AnswerWords {
+  maxBytes: number;
+  timeoutMs: number;
+  /** Why, when the answer does not end in time / grows past maxBytes. */
+  late: string;
+  long: string;
+  /** The whole sentence for WHY. */
+  sentence: (why: string) => string;
+}
+
+/** The rest of a control answer, up to the agent's EOF, bounded in size and time. */
+export function readAnswer(sock: net.Socket, w: AnswerWords): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => fail(w.late), w.timeoutMs);
+    timer.unref();
+    function fail(why: string): void {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new UserError(w.sentence(why)));
+    }
+    sock.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > w.maxBytes) fail(w.long);
+      else parts.push(d);
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(parts).toString('utf8'));
+    });
+    sock.resume();
+  });
+}

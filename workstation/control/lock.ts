@@ -12,7 +12,7 @@
 import type net from 'node:net';
 import { z } from 'zod';
 import { UserError } from '../../system/user-error.js';
-import { REQUEST_TIMEOUT_MS, request } from './connection.js';
+import { readAnswer, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 /** What `lock` needs of the unlock cache (workstation/holder/unlock-cache.ts fits). */
 export interface LockableCache {
@@ -76,27 +76,12 @@ export async function requestLock(
     timeoutMs,
   );
   if (!conn) return undefined;
-  const { sock } = conn;
-  const body = await new Promise<string>((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let size = 0;
-    const fail = (why: string) => {
-      clearTimeout(timer);
-      sock.destroy();
-      reject(new UserError(`the keytether agent's answer to lock could not be read: ${why}`));
-    };
-    const timer = setTimeout(() => fail('it did not answer in time'), timeoutMs);
-    timer.unref();
-    sock.on('data', (d: Buffer) => {
-      size += d.length;
-      if (size > MAX_ANSWER_BYTES) fail('it is too long');
-      else parts.push(d);
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(parts).toString('utf8'));
-    });
-    sock.resume();
+  const body = await readAnswer(conn.sock, {
+    maxBytes: MAX_ANSWER_BYTES,
+    timeoutMs,
+    late: 'it did not answer in time',
+    long: 'it is too long',
+    sentence: (why) => `the keytether agent's answer to lock could not be read: ${why}`,
   });
   let parsed: unknown;
   try {

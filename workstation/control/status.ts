@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { Requester } from '../../protocol/keyholder.js';
 import { MAX_LABEL_CHARS } from '../../protocol/token.js';
 import { UserError } from '../../system/user-error.js';
-import { MAX_HOST_CHARS, REQUEST_TIMEOUT_MS, request } from './connection.js';
+import { MAX_HOST_CHARS, readAnswer, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 const MAX_STATUS_BYTES = 1 << 20;
 export const RECENT_KEPT = 20;
@@ -199,27 +199,12 @@ export async function requestStatus(
   const timeoutMs = opts.timeoutMs ?? REQUEST_TIMEOUT_MS;
   const conn = await request(home, 'status', timeoutMs);
   if (!conn) return undefined;
-  const { sock } = conn;
-  const body = await new Promise<string>((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let size = 0;
-    const timer = setTimeout(() => fail('it sent no complete status in time'), timeoutMs);
-    timer.unref();
-    function fail(why: string): void {
-      clearTimeout(timer);
-      sock.destroy();
-      reject(new UserError(`the keytether agent's status could not be read: ${why}; restart it`));
-    }
-    sock.on('data', (d: Buffer) => {
-      size += d.length;
-      if (size > MAX_STATUS_BYTES) fail('it is larger than 1 MiB');
-      else parts.push(d);
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(parts).toString('utf8'));
-    });
-    sock.resume();
+  const body = await readAnswer(conn.sock, {
+    maxBytes: MAX_STATUS_BYTES,
+    timeoutMs,
+    late: 'it sent no complete status in time',
+    long: 'it is larger than 1 MiB',
+    sentence: (why) => `the keytether agent's status could not be read: ${why}; restart it`,
   });
   let parsed: unknown;
   try {
