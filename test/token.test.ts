@@ -546,11 +546,19 @@ t.test('registry: changes by other registries and processes reach a long-lived o
   for (let i = 0; i < 4; i++) await ask(agent, c);
   for (let i = 0; i < 2; i++) await ask(cli, c);
   t.equal(await cli.revoke(c.payload.tid), true);
-  await agent.flushUses();
+  // The agent's timer may have started a flush just before (on a loaded machine it does), and
+  // that flush may be waiting for a `token` command's lock: the explicit one must wait for it
+  // rather than find nothing left and return early.
+  await writeFile(path.join(home, 'tokens.json.lock'), String(process.pid), { mode: 0o600 });
+  const timers = agent.flushUses();
+  const explicit = agent.flushUses();
+  await rm(path.join(home, 'tokens.json.lock'), { force: true });
+  await explicit;
   await cli.flushUses();
   const row = (await cli.list()).find((x) => x.id === c.payload.tid);
   t.equal(row?.uses, 7, 'every use is on disk after the flushes');
   t.equal(row?.revoked, true, 'the flush kept the revocation');
+  await timers;
 
   // A 5-use token asked for by two registries at once (as two agents would): exactly 5 pass,
   // and the count on disk is 5.

@@ -4,6 +4,7 @@
 //   - `new UserError(…)` / `new UsageError(…)` first arguments in cli/, workstation/, server/,
 //     system/ (what `keytether <command>: …` prints);
 //   - `new GpgError(ErrorCode.X, '…')` texts in server/ (what the facade answers gpg with);
+//   - `sentence: (why) => …` in a control answer's reader (thrown as a UserError by it);
 //   - the relay's refusals: `refuse(ws, log, code, '…', …)` and `refusal(code, '…', …)` reasons
 //     (its log) and the REFUSALS /
 //     CLOSE_TEXT tables that turn its close codes into sentences for `keytether connect` and
@@ -119,6 +120,17 @@ export function collectUserMessages(repoRoot: string): UserMessage[] {
           ts.isStringLiteral(node.arguments[1])
         ) {
           add(node.arguments[1].text, sf, node, file);
+        }
+        // `sentence: (why) => `…``: a control answer's reader (workstation/control/connection.ts)
+        // throws it as a UserError when that answer cannot be read.
+        if (
+          ts.isPropertyAssignment(node) &&
+          ts.isIdentifier(node.name) &&
+          node.name.text === 'sentence' &&
+          ts.isArrowFunction(node.initializer) &&
+          !ts.isBlock(node.initializer.body)
+        ) {
+          add(textOf(node.initializer.body), sf, node, file);
         }
         if (
           ts.isVariableDeclaration(node) &&

@@ -110,6 +110,7 @@ export class TokenRegistry {
    */
   #pendingUses = new Map<string, number>();
   #flushTimer: NodeJS.Timeout | undefined;
+  #flushing: Promise<void> | undefined;
   #folding: Promise<void> | undefined;
 
   private constructor(home: string, opts: RegistryOptions) {
@@ -390,13 +391,26 @@ export class TokenRegistry {
     return undefined;
   }
 
-  /** Appends the committed uses of unlimited tokens (see #pendingUses) to the journal. */
+  /**
+   * Appends the committed uses of unlimited tokens (see #pendingUses) to the journal. When it
+   * returns, every use committed before the call is on disk (or kept for the next try when the
+   * registry cannot be written): a flush the timer started holds counts already taken out of
+   * #pendingUses, so it is waited for rather than treated as nothing left to do.
+   */
   async flushUses(): Promise<void> {
     clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
+    while (this.#flushing) await this.#flushing;
     if (this.#pendingUses.size === 0) return;
     const batch = this.#pendingUses;
     this.#pendingUses = new Map();
+    this.#flushing = this.#appendUses(batch).finally(() => {
+      this.#flushing = undefined;
+    });
+    await this.#flushing;
+  }
+
+  async #appendUses(batch: Map<string, number>): Promise<void> {
     try {
       await this.#file.exclusive(async () => {
         const snap = await this.#file.fresh();
