@@ -6,14 +6,8 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import t, { type Test } from 'tap';
 import { UsageError, UserError } from '../system/user-error.js';
-import {
-  action,
-  buildProgram,
-  parseDuration,
-  resolveHome,
-  runProgram,
-  type Io,
-} from '../cli/program.js';
+import { action, buildProgram, resolveHome, runProgram, type Io } from '../cli/program.js';
+import { parseDuration } from '../system/flag-duration.js';
 import { cliPath, repoRoot, runCli as runCliIn, type RunOptions } from './support/cli.js';
 
 // Never let a command touch the real ~/.local/share/keytether of whoever runs the tests.

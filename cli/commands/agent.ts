@@ -195,13 +195,22 @@ export function register(program: Command): void {
         // The control socket lets `keytether status`, `ssh`, `approve` and `open` use this holder.
         const control = await (async () => {
           if (webAt) {
-            web = await startWebServer({ broker: rt.broker, home, ...webAt }).catch(
-              (e: unknown) => {
-                throw new UserError(
-                  `cannot serve the approval page on ${webAt.host}:${webAt.port}: ${(e as Error).message}`,
-                );
+            web = await startWebServer({
+              broker: rt.broker,
+              home,
+              ...webAt,
+              tokens: {
+                config,
+                version: packageVersion(),
+                ...(flags.gnupgHome !== undefined
+                  ? { gnupgHome: path.resolve(flags.gnupgHome) }
+                  : {}),
               },
-            );
+            }).catch((e: unknown) => {
+              throw new UserError(
+                `cannot serve the approval page on ${webAt.host}:${webAt.port}: ${(e as Error).message}`,
+              );
+            });
           }
           return startControlServer(rt, {
             home,

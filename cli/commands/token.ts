@@ -1,9 +1,7 @@
 // `keytether token …`: scoped tokens for facades and CI jobs, issued and revoked at the holder.
 
-import { isDisplaySafeLine } from '../../protocol/display-text.js';
 import { Option, type Command } from 'commander';
-import path from 'node:path';
-import { UsageError, UserError } from '../../system/user-error.js';
+import { UserError } from '../../system/user-error.js';
 import {
   action,
   collect,
@@ -13,16 +11,9 @@ import {
   positiveIntArg,
   resolveHome,
 } from '../program.js';
-import { formatDuration, type Config } from '../../workstation/home/config.js';
-import { requestStatus } from '../../workstation/control/control.js';
 import { loadHolderConfig } from './agent.js';
-import { loadOrCreateIdentity } from '../../workstation/home/identity.js';
-import { Keystore } from '../../workstation/keystore/index.js';
-import { nameableKeys, resolveKeyName, sshAgentKeys, tokenKeys } from './token-keys.js';
+import { createToken } from '../../workstation/tokens/create.js';
 import { TokenRegistry, type TokenSummary } from '../../workstation/tokens/tokens.js';
-import { MAX_LABEL_CHARS, MAX_TOKEN_KEYS, type TokenOp } from '../../protocol/token.js';
-
-const DEFAULT_TTL_MS = 3_600_000;
 
 interface Globals {
   home?: string;
@@ -43,69 +34,6 @@ interface CreateOpts {
 function out(cmd: Command): (s: string) => void {
   const write = cmd.configureOutput().writeOut;
   return (s) => (write ? write(s) : process.stdout.write(s));
-}
-
-function parseOps(text: string): TokenOp[] {
-  const ops = text.split(',').map((s) => s.trim());
-  for (const op of ops) {
-    if (op !== 'sign' && op !== 'decrypt' && op !== 'ssh-sign') {
-      throw new UsageError(
-        `'${op.slice(0, 32)}' is not an operation; use --ops with sign, decrypt, ssh-sign or a comma-separated list of them (sign,ssh-sign)`,
-      );
-    }
-  }
-  return [...new Set(ops as TokenOp[])];
-}
-
-function checkRelayUrl(url: string): string {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new UsageError(
-      `'${url.slice(0, 200)}' is not a URL; give the relay's base URL, e.g. https://relay.example:7878`,
-    );
-  }
-  if (
-    !['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol) ||
-    url.length > 1024 ||
-    /\s/.test(url)
-  ) {
-    throw new UsageError(`'${url.slice(0, 200)}' is not an http(s):// or ws(s):// relay URL`);
-  }
-  return url;
-}
-
-// A running agent's relays are the ones it is connected to right now, so a token for them works
-// at once; config.toml is next, for tokens made while no agent runs. Either way the user is told,
-// since a token bound to the wrong relay only shows up as a failure in CI.
-async function chooseRelay(
-  flag: string | undefined,
-  home: string,
-  config: Config,
-  note: (s: string) => void,
-): Promise<string> {
-  if (flag !== undefined) return checkRelayUrl(flag);
-  const agent = await requestStatus(home, { version: packageVersion(), timeoutMs: 2000 }).catch(
-    () => undefined,
-  );
-  const fromAgent = agent?.relays[0]?.url;
-  if (fromAgent !== undefined) {
-    note(
-      `relay ${fromAgent} is the one the running agent (pid ${agent!.pid}) uses; give --relay URL for another`,
-    );
-    return checkRelayUrl(fromAgent);
-  }
-  const first = config.relay[0];
-  if (first === undefined) {
-    throw new UsageError(
-      'no relay is configured; give --relay URL (the URL `keytether relay` printed) or add relay = ["URL"] to config.toml',
-    );
-  }
-  note(
-    `relay ${first} is the first in ${config.file ?? 'config.toml'}; give --relay URL for another`,
-  );
-  return checkRelayUrl(first);
 }
 
 function statusOf(t: TokenSummary, now: number): string {
@@ -177,65 +105,26 @@ export function register(program: Command): void {
       action(async (opts: CreateOpts, cmd: Command) => {
         const globals = cmd.optsWithGlobals<Globals>();
         const home = resolveHome(globals);
-        const ops = parseOps(opts.ops);
-        if (opts.key.length > MAX_TOKEN_KEYS) {
-          throw new UsageError(`a token can name at most ${MAX_TOKEN_KEYS} keys`);
-        }
-        if (opts.label !== undefined) {
-          if (opts.label.length > MAX_LABEL_CHARS) {
-            throw new UsageError(`the label is longer than ${MAX_LABEL_CHARS} characters`);
-          }
-          if (!isDisplaySafeLine(opts.label)) {
-            throw new UsageError(
-              'the label must not contain control characters, line breaks or bidi/format characters',
-            );
-          }
-        }
         const config = await loadHolderConfig(
           home,
           globals.config,
           opts.backend !== undefined ? { backend: opts.backend } : {},
         );
-        const ttlMs = opts.ttl ?? DEFAULT_TTL_MS;
-        if (ttlMs > config.tokenMaxTtlMs) {
-          const max = formatDuration(config.tokenMaxTtlMs);
-          throw new UsageError(
-            `--ttl is longer than the ${max} a token may live; give a shorter --ttl or raise token-max-ttl (now "${max}") in ${config.file ?? path.join(home, 'config.toml')}`,
-          );
-        }
-        const relayNotes: string[] = [];
-        const relay = await chooseRelay(opts.relay, home, config, (n) => relayNotes.push(n));
-        const ks = await Keystore.open(home);
-        const listed = [
-          ...(await nameableKeys(ks.list(), config, opts.gnupgHome)),
-          ...(await sshAgentKeys(config)),
-        ];
-        const notes: string[] = [];
-        const keys = [
-          ...new Set(
-            opts.key.flatMap((k) => tokenKeys(resolveKeyName(k, listed), listed, ops, notes)),
-          ),
-        ];
-        if (keys.length > MAX_TOKEN_KEYS) {
-          throw new UsageError(
-            `these keys stand for ${keys.length} subkeys; a token can name at most ${MAX_TOKEN_KEYS}`,
-          );
-        }
-        const identity = await loadOrCreateIdentity(home);
-        const registry = await TokenRegistry.open(home, { identity });
-        const text = await registry.issue(
+        const { text, notes } = await createToken(
+          home,
+          config,
           {
-            keys,
-            ops,
-            ttlMs,
+            keys: opts.key,
+            ops: opts.ops,
+            ttlMs: opts.ttl,
             maxUses: opts.maxUses,
             label: opts.label,
-            relay,
+            relay: opts.relay,
+            gnupgHome: opts.gnupgHome,
           },
-          identity,
+          { version: packageVersion() },
         );
-        for (const n of [...relayNotes, ...notes])
-          process.stderr.write(`keytether token create: ${n}\n`);
+        for (const n of notes) process.stderr.write(`keytether token create: ${n}\n`);
         out(cmd)(text + '\n');
       }),
     );

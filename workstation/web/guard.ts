@@ -7,6 +7,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 
 export const SESSION_COOKIE = 'kt_session';
+/** The header a change carries its single-use token in (assets/api.js sends it). */
+export const CSRF_HEADER = 'x-keytether-csrf';
 const SESSION_TTL_MS = 12 * 3600_000;
 const MAX_SESSIONS = 64;
 const MAX_SECRETS = 16;

@@ -9,8 +9,7 @@ import { parseAuditFilter, type AuditFilterText } from '../audit/filter.js';
 import { queryAuditLog } from '../audit/query.js';
 import { requestStatus } from '../control/control.js';
 import { requestLock } from '../control/lock.js';
-import type { WebGuard } from './guard.js';
-import { CSRF_HEADER } from './routes-overview.js';
+import { CSRF_HEADER, type WebGuard } from './guard.js';
 
 /** Records a page shows at once; the counts cover every match. */
 const PAGE_RECORDS = 200;

@@ -13,6 +13,7 @@ import { SESSION_COOKIE, WebGuard } from './guard.js';
 import { pendingRoutes } from './routes-pending.js';
 import { overviewRoutes } from './routes-overview.js';
 import { recordRoutes } from './routes-records.js';
+import { tokenRoutes, type TokenIssuing } from './routes-tokens.js';
 import { notifier } from './notify.js';
 import { SECURITY_HEADERS } from './headers.js';
 
@@ -24,6 +25,8 @@ export interface WebServerOptions {
   /** 0 = any free port. */
   port: number;
   tls?: { cert: Buffer; key: Buffer };
+  /** How the token form issues tokens (the agent's config); without it the form is refused. */
+  tokens?: TokenIssuing;
   /** Desktop notifications for new requests (notify-send where present); default on. */
   notify?: boolean;
 }
@@ -98,6 +101,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
   const pending = pendingRoutes(app, { broker: o.broker, guard });
   overviewRoutes(app, { guard, home: o.home });
   recordRoutes(app, { guard, home: o.home });
+  tokenRoutes(app, { guard, home: o.home, ...(o.tokens ? { issuing: o.tokens } : {}) });
   try {
     await app.listen({ host: o.host, port: o.port });
   } catch (e) {

@@ -5,10 +5,10 @@
 import path from 'node:path';
 import { UsageError, UserError } from '../../system/user-error.js';
 import type { TokenOp } from '../../protocol/token.js';
-import type { Config } from '../../workstation/home/config.js';
-import { GpgAgentBackend } from '../../workstation/backends/index.js';
-import { SshAgentBackend } from '../../workstation/backends/ssh-agent.js';
-import type { ListedKey } from '../../workstation/keystore/index.js';
+import type { Config } from '../home/config.js';
+import { GpgAgentBackend } from '../backends/index.js';
+import { SshAgentBackend } from '../backends/ssh-agent.js';
+import type { ListedKey } from '../keystore/index.js';
 
 /** What a token may name: a primary fingerprint and its subkeys' fingerprints, with their flags. */
 export interface NameableKey {
