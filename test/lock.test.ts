@@ -5,7 +5,7 @@
 
 import t from 'tap';
 import net from 'node:net';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { controlSocketPath, type StatusDocument } from '../workstation/control/control.js';
 import { runCli, spawnCli, waitForLine } from './support/cli.js';
@@ -80,16 +80,31 @@ t.test('keytether lock forgets an unlocked key', async (t) => {
   t.equal(await prompts(), 1, 'one prompt, then the cache');
   t.match(await unlocked(), [{ keygrip: key.keygrip, fingerprint: key.fingerprint }]);
 
-  const logged = waitForLine(agent.stderr!, /locked 1 key on request/, 30_000);
+  const logged = waitForLine(agent.stderr!, / lock key /, 30_000);
   const lock = await kt(['lock', key.fingerprint]);
   t.equal(lock.code, 0, lock.stderr);
   t.equal(lock.stdout, `locked ${key.fingerprint} (keygrip ${key.keygrip})\n`);
   t.equal(lock.stderr, '');
   const line = await logged;
+  // The agent's line is the audit record's: who asked, which key, and why it asks again.
   t.match(
     line.input,
-    new RegExp(`^\\d\\d:\\d\\d:\\d\\d locked 1 key on request \\(keygrip ${key.keygrip}\\)$`),
+    new RegExp(
+      `^\\d\\d:\\d\\d:\\d\\d local by .*: lock key ${key.keygrip}: allowed — forgotten on request`,
+    ),
   );
+  const records = (await readFile(path.join(home, 'audit.jsonl'), 'utf8'))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown> & { requester?: { command?: string } });
+  const rec = records.at(-1)!;
+  t.match(rec, { front: 'local', op: 'lock', keygrip: key.keygrip, decision: 'allowed' });
+  t.match(rec.requester?.command, /\block\b/, 'the record names the process that asked');
+  const verify = await kt(['audit', 'verify']);
+  t.equal(verify.code, 0, `the chain holds with the lock record: ${verify.stderr}`);
+  const listed = await kt(['audit', 'list', '--key', key.keygrip, '--json']);
+  t.equal(listed.code, 0, listed.stderr);
+  t.match(listed.stdout, /"op": ?"lock"/, 'audit list shows it');
   t.same(await unlocked(), [], 'status no longer lists it');
 
   await sign('after lock');

@@ -38,7 +38,7 @@ const RecordSchema = z
     tokenId: str(200).optional(),
     fingerprint: str(200).optional(),
     keygrip: str(200).optional(),
-    op: z.enum(['sign', 'decrypt', 'ssh-sign', 'channel']),
+    op: z.enum(['sign', 'decrypt', 'ssh-sign', 'channel', 'lock']),
     hashAlgo: z.union([int, str(64)]).optional(),
     digest: str(300).optional(),
     decision: z.enum(AUDIT_DECISIONS as [AuditDecision, ...AuditDecision[]]),

@@ -22,8 +22,11 @@ export interface AuditInput {
   fingerprint?: string;
   /** Absent for `channel` records: the stream failed before any key was named. */
   keygrip?: string;
-  /** `channel`: a relayed stream's sealed channel failed (tampering, wrong secret). */
-  op: 'sign' | 'decrypt' | 'ssh-sign' | 'channel';
+  /**
+   * `channel`: a relayed stream's sealed channel failed (tampering, wrong secret). `lock`: the
+   * user made the holder forget an unlocked key (`keytether lock`, the page's "lock now").
+   */
+  op: 'sign' | 'decrypt' | 'ssh-sign' | 'channel' | 'lock';
   /** libgcrypt hash id from SETHASH (8 = SHA-256…), or its name; digits are stored as a number. */
   hashAlgo?: number | string;
   /** The digest that was (or would have been) signed; not secret. */

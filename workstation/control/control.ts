@@ -143,6 +143,8 @@ export async function startControlServer(
   // knowing about the control socket. Observed after the record is written, so the status never
   // shows an operation the audit log does not hold.
   const restoreAudit = rt.audit.onRecorded((rec: AuditInput) => {
+    // A lock is the user's act on the cache, not a use of a key: not an operation to count.
+    if (rec.op === 'lock') return;
     counts[rec.front] = (counts[rec.front] ?? 0) + 1;
     const requestedBy = rec.requester ? shortProcessChain(rec.requester) : undefined;
     recent.push({
@@ -284,7 +286,7 @@ export async function startControlServer(
       startTunnel(sock, host, { holder: rt.holder, tunnels, software, watchInventory });
       return;
     }
-    if (words[0] === 'lock') return answerLock(sock, words, rt.cache, log);
+    if (words[0] === 'lock') return answerLock(sock, words, rt.cache, log, rt.audit);
     if (serveApprovalRequest(words, sock, { broker: rt.broker, web: opts.web }, refuse)) return;
     refuse(
       sock,

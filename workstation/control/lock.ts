@@ -11,7 +11,9 @@
 
 import type net from 'node:net';
 import { z } from 'zod';
+import { findPeerProcess } from '../../system/peer-process.js';
 import { UserError } from '../../system/user-error.js';
+import type { AuditInput } from '../audit/audit.js';
 import { readAnswer, REQUEST_TIMEOUT_MS, request } from './connection.js';
 
 /** What `lock` needs of the unlock cache (workstation/holder/unlock-cache.ts fits). */
@@ -34,16 +36,25 @@ export function lockKeys(cache: LockableCache, which: string | 'all'): string[] 
   return grips.filter((g) => cache.delete(g));
 }
 
+/** Where a lock is recorded: the holder's audit log (audit.ts's AuditLog fits). */
+export interface LockAudit {
+  append(rec: AuditInput): Promise<void>;
+}
+
 /**
- * Answers a `lock …` request line (split into WORDS) on SOCK. LOG hears one line per lock that
- * forgot something, so the agent's output accounts for why a key asks again.
+ * Answers a `lock …` request line (split into WORDS) on SOCK. Each key it forgets gets an audit
+ * record (`op: lock`, with the process that asked), whose operation line the agent prints, so
+ * the log accounts for why a key asks again. A record that cannot be written does not undo the
+ * lock (forgetting a key only ever errs safe): LOG then says what was locked and why it is not in
+ * the log.
  */
-export function answerLock(
+export async function answerLock(
   sock: net.Socket,
   words: string[],
   cache: LockableCache,
   log: (line: string) => void,
-): void {
+  audit: LockAudit,
+): Promise<void> {
   const which = words[1];
   if (words.length !== 2 || which === undefined || (which !== 'all' && !KEYGRIP.test(which))) {
     sock.end('ERR the lock request names no keygrip; expected "lock <keygrip>" or "lock all"\n');
@@ -51,9 +62,34 @@ export function answerLock(
   }
   const locked = lockKeys(cache, which);
   if (locked.length > 0) {
-    const time = new Date().toISOString().slice(11, 19);
-    const s = locked.length === 1 ? '' : 's';
-    log(`${time} locked ${locked.length} key${s} on request (keygrip${s} ${locked.join(', ')})`);
+    const peer = await findPeerProcess(sock).catch(() => undefined);
+    const requester = peer
+      ? {
+          pid: peer.pid,
+          uid: peer.uid,
+          name: peer.name,
+          command: peer.command,
+          parents: peer.parents,
+        }
+      : undefined;
+    try {
+      for (const keygrip of locked) {
+        await audit.append({
+          front: 'local',
+          keygrip,
+          op: 'lock',
+          decision: 'allowed',
+          reason: 'forgotten on request (keytether lock or the page)',
+          ...(requester ? { requester } : {}),
+        });
+      }
+    } catch (e) {
+      const time = new Date().toISOString().slice(11, 19);
+      const s = locked.length === 1 ? '' : 's';
+      log(
+        `${time} locked ${locked.length} key${s} on request (keygrip${s} ${locked.join(', ')}); not in the audit log: ${(e as Error).message}`,
+      );
+    }
   }
   sock.end(`OK ${process.pid}\n${JSON.stringify({ locked })}\n`);
 }
