@@ -3,7 +3,7 @@
 // was revoked. It is the authority for relayed requests — the relay's checks are only a first
 // filter.
 
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { UserError } from '../../system/user-error.js';
 import {
   TOKEN_SECRET_BYTES,
@@ -11,17 +11,18 @@ import {
   checkTokenSignature,
   encodeToken,
   tokenSecretHash,
-  type ParsedToken,
   type TokenOp,
   type TokenPayload,
 } from '../../protocol/token.js';
 import { ensureHome } from '../home/home.js';
 import { loadOrCreateIdentity, type HolderIdentity } from '../home/identity.js';
+import { deny, judgeToken, sameHex, type AuthorizeRequest, type DenyReason } from './judge.js';
 import type { TokenUse } from './scoped-holder.js';
 import { MAX_TOKENS, PRUNE_AFTER_MS, TokenFile, endedAt, type TokenRecord } from './token-file.js';
 
 export { PRUNE_AFTER_MS, TOKENS_FILE, type TokenRecord } from './token-file.js';
 export { USES_FILE } from './use-journal.js';
+export type { AuthorizeRequest, DenyReason } from './judge.js';
 
 export interface IssueOptions {
   /** 40-hex uppercase fingerprints (primary or subkey). */
@@ -46,10 +47,6 @@ export interface TokenSummary {
   created: string;
 }
 
-/** `registry`: tokens.json cannot be read or is damaged, so nothing can be allowed. */
-export type DenyReason =
-  'unknown' | 'revoked' | 'expired' | 'key' | 'op' | 'uses' | 'signature' | 'holder' | 'registry';
-
 /**
  * An allowed request holds USE: commit it once the holder produced a result, release it when the
  * holder threw (a declined confirmation, a cancelled pinentry, a policy refusal), so that only
@@ -58,35 +55,14 @@ export type DenyReason =
 export type AuthorizeResult =
   { ok: true; use: TokenUse } | { ok: false; reason: DenyReason; message: string };
 
-export interface AuthorizeRequest {
-  token: ParsedToken;
-  /** SHA-256 (hex) of the secret part the facade proved, once the sealed channel provides it. */
-  secretHash?: string | undefined;
-  fingerprint: string;
-  primaryFingerprint: string;
-  op: TokenOp;
-}
-
 export interface RegistryOptions {
   now?: () => number;
   /** The identity tokens must be signed by; loaded from HOME on first authorize when omitted. */
   identity?: HolderIdentity;
 }
 
-const deny = (reason: DenyReason, message: string): AuthorizeResult => ({
-  ok: false,
-  reason,
-  message,
-});
-
 // Past this the journal is folded into tokens.json: about 2,700 uses, one rewrite each.
 const FOLD_JOURNAL_BYTES = 64 * 1024;
-
-function sameHex(a: string, b: string): boolean {
-  const x = Buffer.from(a, 'utf8');
-  const y = Buffer.from(b, 'utf8');
-  return x.length === y.length && timingSafeEqual(x, y);
-}
 
 /** What a facade hears when its stream is refused for the proof itself. */
 export const WRONG_SECRET = "the facade did not prove the token's secret";
@@ -296,7 +272,7 @@ export class TokenRegistry {
     try {
       const r = (await this.#file.fresh()).get(tid);
       if (!r) return deny('unknown', `token ${tid} was not issued by this holder`);
-      const refusal = this.#judge(r, req, 0);
+      const refusal = judgeToken(r, req, 0, this.#now());
       if (refusal) return refusal;
       if (r.claims.max === undefined) return { ok: true, use: this.#unlimitedUse(tid) };
       // Limited: decide again on the files as they are under the lock, and reserve before answering.
@@ -305,7 +281,7 @@ export class TokenRegistry {
         const cur = snap.get(tid);
         if (!cur) return deny('unknown', `token ${tid} was not issued by this holder`);
         const used = cur.uses + ((await this.#file.journal.deltas(snap.gen)).get(tid) ?? 0);
-        const again = this.#judge(cur, req, used);
+        const again = judgeToken(cur, req, used, this.#now());
         if (again) return again;
         await this.#file.journal.append(snap.gen, [[tid, 1]], true);
         return { ok: true, use: this.#limitedUse(tid) } as const;
@@ -361,34 +337,6 @@ export class TokenRegistry {
       })
       .catch(() => undefined)
       .finally(() => (this.#folding = undefined));
-  }
-
-  /** Why record R does not allow REQ with USED uses counted, or undefined when it does. */
-  #judge(r: TokenRecord, req: AuthorizeRequest, used: number): AuthorizeResult | undefined {
-    if (req.secretHash !== undefined && !sameHex(req.secretHash, r.secretHash)) {
-      return deny('signature', `the request does not prove the secret of token ${r.id}`);
-    }
-    // Judge by the claims we recorded, not the ones presented (they match when the signature
-    // does, but the registry is the authority).
-    const c = r.claims;
-    if (r.revoked) return deny('revoked', `token ${r.id} has been revoked`);
-    if (this.#now() >= c.exp * 1000) {
-      return deny('expired', `token ${r.id} expired at ${new Date(c.exp * 1000).toISOString()}`);
-    }
-    // An SSH-only key's base64 `SHA256:` fingerprint is case-sensitive; hex ones are not.
-    const norm = (f: string) => (f.startsWith('SHA256:') ? f : f.toUpperCase());
-    const fpr = norm(req.fingerprint);
-    const primary = norm(req.primaryFingerprint);
-    if (!c.keys.includes(fpr) && !c.keys.includes(primary)) {
-      return deny('key', `token ${r.id} does not allow key ${fpr}`);
-    }
-    if (!c.ops.includes(req.op)) {
-      return deny('op', `token ${r.id} does not allow ${req.op} operations`);
-    }
-    if (c.max !== undefined && used >= c.max) {
-      return deny('uses', `token ${r.id} has used all of its ${c.max} operations`);
-    }
-    return undefined;
   }
 
   /**
