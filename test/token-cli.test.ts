@@ -250,6 +250,19 @@ t.test("without --relay, the running agent's relay is the token's, and it says s
     fromFile.stderr,
     /^keytether token create: relay https:\/\/other\.example is the first in .*config\.toml; give --relay URL for another\n/,
   );
+
+  // "URL,URL" names instances of one relay (the holder fails over between them): a token is for
+  // one address, the first instance, not the whole string.
+  await writeFile(
+    path.join(agentHome, 'config.toml'),
+    'relay = "https://one.example:7878, https://two.example:7878"\n',
+    { mode: 0o600 },
+  );
+  const cluster = await runCli(['token', 'create', '--key', key.fingerprint], { env });
+  t.equal(cluster.code, 0, cluster.stderr);
+  const c = parseToken(cluster.stdout.trim());
+  t.equal(c.ok && c.token.payload.relay, 'https://one.example:7878', 'the first instance');
+  t.match(cluster.stderr, /relay https:\/\/one\.example:7878 is the first in /);
 });
 
 t.test('--ttl beyond token-max-ttl (default 30d) is refused, naming the maximum', async (t) => {

@@ -86,8 +86,10 @@ async function chooseRelay(
     );
     return checkRelayUrl(fromAgent);
   }
-  const first = config.relay[0];
-  if (first === undefined) {
+  // One entry may be "URL,URL": instances of one relay, which a token reaches through any of
+  // them; it is bound to the first.
+  const first = config.relay[0]?.split(',')[0]?.trim();
+  if (first === undefined || first === '') {
     throw new UsageError(
       'no relay is configured; give --relay URL (the URL `keytether relay` printed) or add relay = ["URL"] to config.toml',
     );
