@@ -13,7 +13,7 @@ import {
 } from '../program.js';
 import { loadHolderConfig } from './agent.js';
 import { createToken } from '../../workstation/tokens/create.js';
-import { TokenRegistry, type TokenSummary } from '../../workstation/tokens/tokens.js';
+import { listedToken, TokenRegistry, type TokenSummary } from '../../workstation/tokens/tokens.js';
 
 interface Globals {
   home?: string;
@@ -142,16 +142,7 @@ export function register(program: Command): void {
         const list = await registry.list();
         const write = out(cmd);
         if (opts.json) {
-          const rows = list.map((t) => ({
-            id: t.id,
-            keys: t.keys,
-            ops: t.ops,
-            expires: t.expires,
-            uses: t.uses,
-            maxUses: t.maxUses,
-            label: t.label,
-            revoked: t.revoked,
-          }));
+          const rows = list.map(listedToken);
           write(JSON.stringify(rows, null, 2) + '\n');
         } else {
           const now = Date.now();

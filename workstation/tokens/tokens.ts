@@ -55,6 +55,20 @@ export interface TokenSummary {
 export type AuthorizeResult =
   { ok: true; use: TokenUse } | { ok: false; reason: DenyReason; message: string };
 
+/** A token as `token list --json` and the page list it: the summary without its creation time. */
+export function listedToken(t: TokenSummary): Omit<TokenSummary, 'created'> {
+  return {
+    id: t.id,
+    keys: t.keys,
+    ops: t.ops,
+    expires: t.expires,
+    uses: t.uses,
+    maxUses: t.maxUses,
+    label: t.label,
+    revoked: t.revoked,
+  };
+}
+
 export interface RegistryOptions {
   now?: () => number;
   /** The identity tokens must be signed by; loaded from HOME on first authorize when omitted. */

@@ -13,7 +13,7 @@ import type { Config } from '../home/config.js';
 import { Keystore } from '../keystore/index.js';
 import { createToken } from '../tokens/create.js';
 import { nameableKeys, sshAgentKeys } from '../tokens/token-keys.js';
-import { TokenRegistry } from '../tokens/tokens.js';
+import { listedToken, TokenRegistry } from '../tokens/tokens.js';
 import { CSRF_HEADER, type WebGuard } from './guard.js';
 
 /** What the agent issues tokens with: its own config, so a token names keys it serves. */
@@ -62,18 +62,7 @@ export function tokenRoutes(
   };
 
   app.get('/api/tokens', async () =>
-    withRegistry(o.home, async (r) =>
-      (await r.list()).map((t) => ({
-        id: t.id,
-        keys: t.keys,
-        ops: t.ops,
-        expires: t.expires,
-        uses: t.uses,
-        maxUses: t.maxUses,
-        label: t.label,
-        revoked: t.revoked,
-      })),
-    ),
+    withRegistry(o.home, async (r) => (await r.list()).map(listedToken)),
   );
 
   app.post('/api/tokens/:id/revoke', async (req, reply) => {
