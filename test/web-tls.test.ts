@@ -195,7 +195,7 @@ t.test('the page over TLS on --web-listen', async (t) => {
         sameSite: 'Strict',
         path: '/',
       });
-      t.equal(await page.evaluate(() => document.cookie), '', 'scripts cannot read it');
+      t.equal(await page.evaluate<string>('document.cookie'), '', 'scripts cannot read it');
       await page.waitForSelector('#pending .empty');
       await screenshot(page, 'tls-page');
     },
