@@ -41,7 +41,9 @@ function run(
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr.on('data', (b: Buffer) => (out += b.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    // `npm install -g` of the package links ~150 dependencies: on a loaded 2-core machine that
+    // took over 90 s, so the bound is generous; it only stops a step that hangs.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
