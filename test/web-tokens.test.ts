@@ -118,6 +118,11 @@ t.test('a token made on the page signs through the relay, and is shown once', as
       /^no key F{40} in the keystore/,
       'an unknown key',
     );
+    t.equal(
+      await refusal({ key: '', ttl: '1h' }),
+      'name at least one key for the token (--key)',
+      'no key',
+    );
     t.match(
       await refusal({ key: FPR, maxUses: '0' }),
       /^--max-uses: '0' is not a whole number of at least 1/,

@@ -27,7 +27,8 @@ export interface TokenIssuing {
 // right on the page too. Strings throughout: the form sends what was typed, parsed here.
 const CreateBody = z
   .object({
-    key: z.array(z.string().min(1).max(200)).min(1).max(MAX_TOKEN_KEYS),
+    // Empty is createToken's to refuse, with the sentence naming --key.
+    key: z.array(z.string().max(200)).max(MAX_TOKEN_KEYS),
     ops: z.string().min(1).max(64),
     ttl: z.string().max(32).optional(),
     maxUses: z.string().max(32).optional(),
