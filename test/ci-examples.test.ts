@@ -41,15 +41,49 @@ function run(
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr.on('data', (b: Buffer) => (out += b.toString()));
-    // `npm install -g` of the package links ~150 dependencies: on a loaded 2-core machine that
-    // took over 90 s, so the bound is generous; it only stops a step that hangs.
-    const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, out });
     });
   });
+}
+
+// How this machine reaches the npm registry, which a CI runner has its own way of too: a proxy
+// and its CA in the environment, and npm's cafile/registry settings. The runner's own prefix
+// moves npm's global npmrc (PREFIX/etc/npmrc) and its HOME moves ~/.npmrc, so settings made
+// there would be lost and an HTTPS proxy with its own CA fails every fetch
+// (SELF_SIGNED_CERT_IN_CHAIN) after retries.
+const PASSED_THROUGH = [
+  'NODE_EXTRA_CA_CERTS',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'HTTPS_PROXY',
+  'https_proxy',
+  'HTTP_PROXY',
+  'http_proxy',
+  'NO_PROXY',
+  'no_proxy',
+];
+let access: Promise<NodeJS.ProcessEnv> | undefined;
+function registryAccess(): Promise<NodeJS.ProcessEnv> {
+  access ??= (async () => {
+    const env: NodeJS.ProcessEnv = {};
+    for (const k of PASSED_THROUGH) if (process.env[k] !== undefined) env[k] = process.env[k];
+    for (const [key, name] of [
+      ['cafile', 'npm_config_cafile'],
+      ['registry', 'npm_config_registry'],
+      ['proxy', 'npm_config_proxy'],
+      ['https-proxy', 'npm_config_https_proxy'],
+    ] as const) {
+      const { stdout } = await execFileP('npm', ['config', 'get', key]);
+      const value = stdout.trim();
+      if (value !== '' && value !== 'null' && value !== 'undefined') env[name] = value;
+    }
+    return env;
+  })();
+  return access;
 }
 
 const systemPackages = (script: string) => /\bapt-get\b/.test(script);
@@ -146,6 +180,7 @@ async function setUp(t: Test, spec: KeySpec) {
     GIT_CONFIG_NOSYSTEM: '1',
     npm_config_prefix: prefix,
     npm_config_cache: process.env.npm_config_cache ?? path.join(homedir(), '.npm'),
+    ...(await registryAccess()),
     npm_config_prefer_offline: 'true',
     npm_config_audit: 'false',
     npm_config_fund: 'false',
